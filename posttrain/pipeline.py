@@ -1,0 +1,170 @@
+"""Pipelines: a YAML names stages in order; each stage's input is the previous stage's output.
+
+A finished stage is skipped on a rerun (its marker is written last), an interrupted one resumes
+from its last checkpoint, and `--from STAGE` moves that stage and later ones aside and reruns them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+import stages
+from posttrain.config import ConfigError, from_dict, load_yaml, to_dict
+from posttrain.rundir import StageContext, archive, read_json, write_json
+
+log = logging.getLogger("posttrain.pipeline")
+
+
+@dataclass
+class StageSpec:
+    stage: str  # the stage kind (stages.REGISTRY)
+    id: str | None = None  # unique name in the pipeline; defaults to `stage`
+    model: str | None = None  # input model: a path, `default`, or `@ID` of an earlier stage
+    config: dict[str, Any] = field(default_factory=dict)
+    eval: bool = True  # evaluate the stage's model with the pipeline's eval suites
+    enabled: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    name: str
+    stages: list[StageSpec]
+    model: str = "default"  # the base model: `default` (embedded SmolLM2-135M) or an HF model dir
+    output_dir: str | None = None  # default runs/NAME
+    seed: int = 0
+    backend: Literal["transformers", "vllm"] = "transformers"  # rollouts and eval generation
+    eval: dict[str, Any] | None = None  # posttrain.evaluate.EvalConfig
+
+
+@dataclass
+class PlannedStage:
+    index: int
+    spec: StageSpec
+    config: Any  # the stage module's Config
+    ctx: StageContext
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps([self.spec.stage, to_dict(self.config), self.ctx.input_model], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load(path: str | Path, output_dir: str | None = None) -> tuple[PipelineConfig, list[PlannedStage]]:
+    """Read, inherit, check every key of a pipeline YAML, and plan its stages (no model loads)."""
+    data = load_yaml(path)
+    cfg = from_dict(PipelineConfig, data, str(path))
+    return cfg, plan(cfg, str(path), output_dir)
+
+
+def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list[PlannedStage]:
+    run_dir = Path(output_dir or cfg.output_dir or Path("runs") / cfg.name)
+    if cfg.eval is not None:
+        from posttrain.evaluate import EvalConfig
+        from_dict(EvalConfig, cfg.eval, f"{where}: eval")
+    _check_model(cfg.model, f"{where}: model")
+    planned: list[PlannedStage] = []
+    previous = cfg.model
+    outputs: dict[str, str] = {}
+    for i, spec in enumerate(s for s in cfg.stages if s.enabled):
+        sid = spec.id or spec.stage
+        at = f"{where}: stages[{i}] ({sid})"
+        if spec.stage not in stages.REGISTRY:
+            raise ConfigError(f"{at}.stage: unknown stage {spec.stage!r} (known: {', '.join(sorted(stages.REGISTRY))})")
+        if sid in outputs:
+            raise ConfigError(f"{at}.id: duplicate stage id {sid!r}")
+        module = stages.get(spec.stage)
+        stage_cfg = from_dict(module.Config, spec.config, f"{at}.config")
+        model = previous
+        if spec.model:
+            if spec.model.startswith("@"):
+                if spec.model[1:] not in outputs:
+                    raise ConfigError(f"{at}.model: {spec.model!r} names no earlier stage")
+                model = outputs[spec.model[1:]]
+            else:
+                _check_model(spec.model, f"{at}.model")
+                model = spec.model
+        stage_dir = run_dir / f"{i + 1:02d}_{sid}"
+        ctx = StageContext(stage_id=sid, dir=stage_dir, input_model=model, seed=cfg.seed,
+                           backend=cfg.backend, run_dir=run_dir)
+        planned.append(PlannedStage(i, spec, stage_cfg, ctx))
+        previous = outputs[sid] = str(ctx.model_dir)
+    if not planned:
+        raise ConfigError(f"{where}: stages: the pipeline has no enabled stage")
+    return planned
+
+
+def _check_model(model: str, where: str) -> None:
+    if model != "default" and not (Path(model) / "config.json").is_file():
+        raise ConfigError(f"{where}: model not found: {model} (an HF model dir, or `default`)")
+
+
+def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
+    run_dir = planned[0].ctx.run_dir
+    lines = [f"pipeline {cfg.name}: {len(planned)} stage(s) -> {run_dir}  (backend {cfg.backend}, seed {cfg.seed})"]
+    for p in planned:
+        state = "done" if p.ctx.is_complete() else ("resume" if p.ctx.last_checkpoint() else "run")
+        lines.append(f"  {p.index + 1}. {p.ctx.stage_id:<16} [{p.spec.stage}] <- {p.ctx.input_model}  ({state})")
+    if cfg.eval:
+        lines.append(f"  eval after: base, {', '.join(p.ctx.stage_id for p in planned if p.spec.eval)}")
+    return "\n".join(lines)
+
+
+def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None = None) -> Path:
+    """Run the planned stages, skipping finished ones; returns the run directory."""
+    run_dir = planned[0].ctx.run_dir
+    ids = [p.ctx.stage_id for p in planned]
+    if from_stage is not None:
+        if from_stage not in ids:
+            raise ConfigError(f"--from: unknown stage {from_stage!r} (stages: {', '.join(ids)})")
+        moved = archive([p.ctx.dir for p in planned[ids.index(from_stage):]], run_dir)
+        if moved:
+            log.warning("moved earlier outputs of %s onwards to %s", from_stage, moved)
+    for p in planned:  # refuse to mix a finished stage with a changed config before any work
+        if p.ctx.is_complete() and p.ctx.completion_info().get("config_hash") != p.config_hash:
+            raise ConfigError(f"stage {p.ctx.stage_id}: finished in {p.ctx.dir} with a different config; "
+                              f"rerun with --from {p.ctx.stage_id} or choose another --output-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    evaluator = _evaluator(cfg)
+    if evaluator:
+        evaluator(cfg.model, run_dir / "base_eval.json")
+    for p in planned:
+        if p.ctx.is_complete():
+            log.info("stage %s: done, skipping", p.ctx.stage_id)
+        else:
+            log.info("stage %s [%s]: %s", p.ctx.stage_id, p.spec.stage, p.ctx.dir)
+            p.ctx.dir.mkdir(parents=True, exist_ok=True)
+            start, resumed = time.time(), p.ctx.last_checkpoint() is not None
+            metrics = stages.get(p.spec.stage).run(p.ctx, p.config) or {}
+            p.ctx.mark_complete({"config_hash": p.config_hash, "wall_time_s": round(time.time() - start, 2),
+                                 "resumed": resumed, "metrics": metrics})
+        if evaluator and p.spec.eval:
+            evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json")
+    from posttrain.report import write_report
+    write_report(run_dir, cfg, planned)
+    return run_dir
+
+
+def _evaluator(cfg: PipelineConfig):
+    """A function (model, path) -> results that evaluates once and keeps the results at `path`."""
+    if not cfg.eval:
+        return None
+    from posttrain.evaluate import EvalConfig, evaluate
+    eval_cfg = from_dict(EvalConfig, cfg.eval, "eval")
+
+    def run_eval(model: str, path: Path) -> dict:
+        cached = read_json(path)
+        if cached is not None:
+            return cached
+        results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed)
+        write_json(path, results)
+        return results
+    return run_eval

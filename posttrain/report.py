@@ -1,0 +1,134 @@
+"""The human report at the end of a pipeline: report.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from posttrain.rundir import read_json, write_json
+
+log = logging.getLogger("posttrain.report")
+CURVES = ("train/loss", "train/reward", "train/entropy", "train/completions/mean_length")
+
+
+def collect(run_dir: Path, planned) -> dict[str, Any]:
+    """report.json: per model (base, then each stage) the eval results, and each stage's wall time."""
+    report: dict[str, Any] = {"run_dir": str(run_dir), "base": {"eval": read_json(run_dir / "base_eval.json")},
+                              "stages": []}
+    for p in planned:
+        info = p.ctx.completion_info()
+        report["stages"].append({
+            "id": p.ctx.stage_id, "stage": p.spec.stage, "input_model": p.ctx.input_model,
+            "model": str(p.ctx.model_dir), "wall_time_s": info.get("wall_time_s"),
+            "resumed": info.get("resumed"), "metrics": read_json(p.ctx.dir / "metrics.json", {}),
+            "eval": read_json(p.ctx.dir / "eval.json")})
+    return report
+
+
+def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    if not tb_dir.is_dir():
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted({f.parent for f in tb_dir.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(events)).Reload()
+        for tag in acc.Tags().get("scalars", []):
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+def _eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
+    rows = []
+    models = [("base", report["base"]["eval"])] + [(s["id"], s["eval"]) for s in report["stages"]]
+    for label, results in models:
+        for suite, modes in ((results or {}).get("suites") or {}).items():
+            for mode, r in modes.items():
+                rows.append((label, suite, mode, r))
+    return rows
+
+
+def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    made = []
+    for p in planned:
+        scalars = _scalars(p.ctx.tb_dir)
+        tags = [t for t in CURVES if t in scalars] or sorted(t for t in scalars if t.startswith("train/"))[:4]
+        if not tags:
+            continue
+        fig, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3), squeeze=False)
+        for ax, tag in zip(axes[0], tags):
+            steps, values = zip(*sorted(scalars[tag]))
+            ax.plot(steps, values, marker=".")
+            ax.set_title(tag, fontsize=9)
+            ax.set_xlabel("step")
+        fig.suptitle(p.ctx.stage_id)
+        fig.tight_layout()
+        name = f"plots/{p.ctx.stage_id}_training.png"
+        fig.savefig(run_dir / name, dpi=90)
+        plt.close(fig)
+        made.append(name)
+    rows = _eval_rows(report)
+    if rows:
+        series: dict[tuple[str, str], dict[str, float]] = {}
+        labels = list(dict.fromkeys(r[0] for r in rows))
+        for label, suite, mode, r in rows:
+            series.setdefault((suite, mode), {})[label] = r.get("accuracy", 0.0)
+        fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(labels) * max(1, len(series)) / 2), 3.5))
+        width = 0.8 / len(series)
+        for k, ((suite, mode), values) in enumerate(sorted(series.items())):
+            xs = [i + k * width for i in range(len(labels))]
+            ax.bar(xs, [values.get(lab, 0.0) for lab in labels], width, label=f"{suite} ({mode})")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels)
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / "plots/eval_accuracy.png", dpi=90)
+        plt.close(fig)
+        made.insert(0, "plots/eval_accuracy.png")
+    return made
+
+
+def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
+    lines = [f"# {title}", "", "## Stages", "", "| stage | kind | wall time (s) | steps | final loss |",
+             "|---|---|---:|---:|---:|"]
+    for s in report["stages"]:
+        train = (s["metrics"] or {}).get("train", {})
+        lines.append(f"| {s['id']} | {s['stage']} | {s['wall_time_s']} | {train.get('global_step', '')} "
+                     f"| {_fmt(train.get('final_loss'))} |")
+    rows = _eval_rows(report)
+    if rows:
+        lines += ["", "## Evaluation", "", "| model | suite | mode | accuracy | pass@k | mean length |",
+                  "|---|---|---|---:|---:|---:|"]
+        for label, suite, mode, r in rows:
+            passk = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.get("pass_at_k") or {}).items())
+            lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))} | {passk} "
+                         f"| {_fmt(r.get('mean_length'))} |")
+    for extra in report.get("sections", []):
+        lines += ["", extra]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def write_report(run_dir: Path, cfg, planned, sections: list[str] | None = None) -> Path:
+    report = collect(run_dir, planned)
+    report["pipeline"] = cfg.name
+    report["sections"] = sections or []
+    write_json(run_dir / "report.json", report)
+    try:
+        plots = _plots(run_dir, report, planned)
+    except Exception as err:  # a plot must never cost the run its report
+        log.warning("plots skipped: %s", err)
+        plots = []
+    (run_dir / "report.md").write_text(markdown(report, plots, f"posttrain report: {cfg.name}"))
+    log.info("report: %s", run_dir / "report.md")
+    return run_dir / "report.md"

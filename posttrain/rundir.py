@@ -1,0 +1,125 @@
+"""The run directory: one sub-directory per stage, written so a killed run resumes, never restarts.
+
+    runs/NAME/
+      pipeline.yaml            resolved config of the run
+      01_cold_start/
+        data/                  what the stage trained on (datasets `save_to_disk`)
+        checkpoints/           TRL checkpoints (resume points), removed once the stage completes
+        tb/                    TensorBoard event files
+        model/                 the saved HF model (weights, tokenizer, template, generation config)
+        metrics.json
+        COMPLETE               written last: the stage finished
+      report.json, report.md, plots/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+MARKER = "COMPLETE"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+@dataclass
+class StageContext:
+    """What a stage module gets: where to read, where to write, and the run's shared settings."""
+
+    stage_id: str
+    dir: Path
+    input_model: str
+    seed: int = 0
+    backend: str = "transformers"
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.dir / "tb"
+
+    def is_complete(self) -> bool:
+        return (self.dir / MARKER).is_file()
+
+    def last_checkpoint(self) -> str | None:
+        """The newest TRL/transformers checkpoint of this stage, to resume from."""
+        from transformers.trainer_utils import get_last_checkpoint
+        return get_last_checkpoint(str(self.checkpoints_dir)) if self.checkpoints_dir.is_dir() else None
+
+    def trainer_args(self, **overrides: Any) -> dict[str, Any]:
+        """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device."""
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.tb_dir)
+        import torch
+        args = dict(output_dir=str(self.checkpoints_dir), report_to=["tensorboard"], logging_steps=1,
+                    save_strategy="steps", save_steps=50, save_total_limit=2, seed=self.seed,
+                    data_seed=self.seed, use_cpu=not torch.cuda.is_available(),
+                    bf16=torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False)
+        args.update(overrides)
+        return args
+
+    def dataset(self, name: str, build: Callable[[], Any]):
+        """A dataset saved under data/NAME, built once: a resumed stage reuses it."""
+        from datasets import load_from_disk
+        path = self.data_dir / name
+        if (path / "dataset_info.json").is_file():
+            return load_from_disk(str(path))
+        ds = build()
+        tmp = self.data_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        os.replace(tmp, path)
+        return load_from_disk(str(path))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        current = read_json(self.dir / "metrics.json", {})
+        current.update(metrics)
+        write_json(self.dir / "metrics.json", current)
+
+    def mark_complete(self, info: dict[str, Any]) -> None:
+        """Last act of a stage: drop resume checkpoints, then write the marker."""
+        if not (self.model_dir / "config.json").is_file():
+            raise RuntimeError(f"stage {self.stage_id} wrote no model to {self.model_dir}")
+        shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+        write_json(self.dir / MARKER, {"finished_at": time.time(), **info})
+
+    def completion_info(self) -> dict[str, Any]:
+        return read_json(self.dir / MARKER, {})
+
+
+def archive(paths: list[Path], run_dir: Path) -> Path | None:
+    """Move stage dirs aside (never delete them) before they are rerun; returns the archive dir."""
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+        return None
+    dest = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in existing:
+        shutil.move(str(p), str(dest / p.name))
+    return dest

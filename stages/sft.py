@@ -1,0 +1,46 @@
+"""Plain supervised fine-tuning on a conversation dataset (the building block of stages 1, 3, 5).
+
+Data is any `messages` dataset (JSONL, parquet, or a `save_to_disk` dir); assistant turns may carry
+`reasoning_content`, which the Qwen3 template renders inside the think block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from posttrain.config import ExistingPath
+from posttrain.rundir import StageContext
+from posttrain.training import TrainOptions, sft
+
+
+@dataclass
+class Config:
+    data: ExistingPath  # a JSONL/JSON/parquet file or a saved dataset dir with a `messages` column
+    max_length: int = 1024
+    packing: bool = False
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+
+def load_messages(path: str):
+    from pathlib import Path
+
+    from datasets import load_dataset, load_from_disk
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data: file not found: {p}")
+    if p.is_dir():
+        ds = load_from_disk(str(p))
+    else:
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(p.suffix)
+        if kind is None:
+            raise ValueError(f"data: {p}: unsupported file type {p.suffix!r} (use .jsonl, .json or .parquet)")
+        ds = load_dataset(kind, data_files=str(p), split="train")
+    if "messages" not in ds.column_names:
+        raise ValueError(f"data: {p}: no 'messages' column (has: {', '.join(ds.column_names)})")
+    return ds.select_columns(["messages"])
+
+
+def run(ctx: StageContext, cfg: Config) -> dict:
+    data = ctx.dataset("train", lambda: load_messages(cfg.data))
+    return sft(ctx, data, cfg.train, where=f"stages.{ctx.stage_id}.config.train",
+               max_length=cfg.max_length, packing=cfg.packing)

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny random models built from the default tokenizer (fast, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from posttrain.models import make_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the project's tokenizer and chat format."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def chat_jsonl(tmp_path) -> Path:
+    """A small SFT file: thinking and non-thinking conversations."""
+    rows = []
+    for i in range(16):
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is {i} + {i}?"},
+            {"role": "assistant", "content": f"The answer is {2 * i}.",
+             "reasoning_content": f"{i} plus {i} is {2 * i}." if i % 2 else ""}]})
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

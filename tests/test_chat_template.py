@@ -1,0 +1,93 @@
+"""The saved tokenizer renders conversations exactly as Qwen3's official template does."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+from transformers import AutoTokenizer
+from trl.chat_template_utils import qwen3_chat_template
+
+from posttrain.chat import (BUDGET_STOP_TEXT, EMPTY_THINK, completion_text, last_flag, resolve_mode,
+                            split_think, with_flag)
+from posttrain.models import prepare_model
+
+
+def official(messages, **kwargs) -> str:
+    """Qwen3's template text rendered by plain Jinja (as the Hub tokenizer_config would)."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda v: __import__("json").dumps(v)
+    return env.from_string(qwen3_chat_template).render(messages=messages, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("prep") / "model"
+    prepare_model(out, tiny_model)
+    return AutoTokenizer.from_pretrained(out)
+
+
+CASES = {
+    "think": ([{"role": "user", "content": "What is 2+2?"}], {}),
+    "no_think": ([{"role": "user", "content": "What is 2+2? /no_think"}], {"enable_thinking": False}),
+    "system": ([{"role": "system", "content": "You are terse. /think"},
+                {"role": "user", "content": "Hi"}], {}),
+    "multi_turn_history": ([
+        {"role": "user", "content": "First? /think"},
+        {"role": "assistant", "content": "One.", "reasoning_content": "hidden first thought"},
+        {"role": "user", "content": "Second? /no_think"},
+        {"role": "assistant", "content": "<think>\ninline thought\n</think>\n\nTwo."},
+        {"role": "user", "content": "Third?"}], {}),
+    "last_turn_keeps_reasoning": ([
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A", "reasoning_content": "kept"}], {"add_generation_prompt": False}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prepared_tokenizer_matches_official_template(prepared, name):
+    messages, kwargs = CASES[name]
+    kwargs = {"add_generation_prompt": True, **kwargs}
+    ours = prepared.apply_chat_template(messages, tokenize=False, **kwargs)
+    assert ours == official(messages, **kwargs)
+
+
+def test_known_renderings(prepared):
+    # Report Table 9, the non-thinking training format.
+    msgs = [{"role": "user", "content": "q /no_think"}, {"role": "assistant", "content": "r", "reasoning_content": ""}]
+    assert prepared.apply_chat_template(msgs, tokenize=False) == (
+        "<|im_start|>user\nq /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nr<|im_end|>\n")
+    gen = prepared.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert gen.endswith("<|im_start|>assistant\n" + EMPTY_THINK)
+    # Reasoning of earlier turns is stripped from history.
+    hist = prepared.apply_chat_template(CASES["multi_turn_history"][0], tokenize=False, add_generation_prompt=True)
+    assert "hidden first thought" not in hist and "inline thought" not in hist
+    assert hist.count("<think>") == 0
+
+
+def test_think_tags_are_single_plain_tokens(prepared):
+    ids = prepared.encode("<think>\nx\n</think>", add_special_tokens=False)
+    assert ids[0] == prepared.convert_tokens_to_ids("<think>")
+    assert ids[-1] == prepared.convert_tokens_to_ids("</think>")
+    assert prepared.decode(ids, skip_special_tokens=True) == "<think>\nx\n</think>"
+    assert prepared.eos_token == "<|im_end|>" and prepared.pad_token != prepared.eos_token
+
+
+def test_flags_last_one_wins():
+    assert last_flag([{"role": "user", "content": "a /think"}, {"role": "user", "content": "b /no_think"}]) == "no_think"
+    assert last_flag([{"role": "system", "content": "/no_think"}, {"role": "user", "content": "b /think"}]) == "think"
+    assert last_flag([{"role": "user", "content": "a/no_think path /think/x"}]) is None
+    assert last_flag([{"role": "assistant", "content": "/no_think"}]) is None
+    assert resolve_mode([{"role": "user", "content": "x"}]) == "think"
+    assert resolve_mode([{"role": "user", "content": "x /think"}], enable_thinking=False) == "no_think"
+    flagged = with_flag([{"role": "user", "content": "x"}], "no_think")
+    assert flagged[-1]["content"] == "x /no_think"
+    assert with_flag([{"role": "user", "content": "x"}], "think", where="system")[0] == {"role": "system", "content": "/think"}
+
+
+def test_split_think_and_completion_forms():
+    assert split_think("<think>\nr\n</think>\n\na") == ("r", "a")
+    assert split_think(EMPTY_THINK + "a") == ("", "a")
+    assert split_think("<think>\nunfinished") == ("unfinished", "")
+    assert split_think("plain") == (None, "plain")
+    assert completion_text([{"role": "assistant", "content": "a", "reasoning_content": "r"}]) == "<think>\nr\n</think>\n\na"
+    assert "\n</think>\n\n" in BUDGET_STOP_TEXT and not BUDGET_STOP_TEXT.endswith(".")

@@ -1,0 +1,109 @@
+"""Pipeline YAMLs: inheritance, and a one-line error naming the key for each kind of bad config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from posttrain import pipeline
+from posttrain.config import ConfigError, load_yaml
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path, chat_jsonl):
+    return write(tmp_path / "base.yaml", f"""
+        name: base
+        seed: 3
+        stages:
+          - stage: sft
+            id: first
+            config: {{data: {chat_jsonl}, train: {{max_steps: 4, learning_rate: 1.0e-4}}}}
+          - stage: sft
+            id: second
+            config: {{data: {chat_jsonl}}}
+        """)
+
+
+def test_inheritance_overrides_and_merges_stages_by_id(tmp_path, base):
+    child = write(tmp_path / "child.yaml", """
+        defaults: base.yaml
+        name: child
+        stages:
+          - id: first
+            config: {train: {max_steps: 9}}
+          - id: second
+            enabled: false
+        """)
+    data = load_yaml(child)
+    assert data["name"] == "child" and data["seed"] == 3
+    cfg, planned = pipeline.load(child)
+    assert [p.ctx.stage_id for p in planned] == ["first"]
+    train = planned[0].config.train
+    assert train.max_steps == 9 and train.learning_rate == 1e-4  # overridden, inherited
+    assert planned[0].ctx.input_model == "default"
+
+
+def test_stage_chaining_and_references(tmp_path, base, chat_jsonl):
+    cfg, planned = pipeline.load(base)
+    assert planned[1].ctx.input_model == str(planned[0].ctx.model_dir)
+    ref = write(tmp_path / "ref.yaml", f"""
+        defaults: base.yaml
+        stages:
+          - stage: sft
+            id: third
+            model: "@first"
+            config: {{data: {chat_jsonl}}}
+        """)
+    _, planned = pipeline.load(ref)
+    assert planned[2].ctx.input_model == str(planned[0].ctx.model_dir)
+
+
+BAD = {
+    "unknown top key": ("lr: 3", "unknown key 'lr'"),
+    "unknown stage key": ("stages:\n  - {stage: sft, id: first, lr: 1}", "stages[0]: unknown key 'lr'"),
+    "unknown stage config key": ("stages:\n  - {id: first, config: {max_stepz: 3}}", "config: unknown key 'max_stepz'"),
+    "unknown nested key": ("stages:\n  - {id: first, config: {train: {max_stepz: 3}}}", "config.train: unknown key 'max_stepz'"),
+    "wrong type": ("stages:\n  - {id: first, config: {train: {max_steps: ten}}}", "config.train.max_steps: expects int, got str 'ten'"),
+    "wrong top type": ("seed: [1]", "seed: expects int"),
+    "bad literal": ("backend: tpu", "backend: must be one of"),
+    "unknown stage": ("stages:\n  - {stage: warp_drive, id: x}", "stages[2] (x).stage: unknown stage 'warp_drive'"),
+    "missing data file": ("stages:\n  - {id: first, config: {data: nowhere.jsonl}}", "config.data: file not found: nowhere.jsonl"),
+    "missing model": ("model: /no/such/model", "model: model not found: /no/such/model"),
+    "bad reference": ("stages:\n  - {id: first, model: '@later'}", "model: '@later' names no earlier stage"),
+    "missing parent": ("defaults: nope.yaml", "defaults: file not found"),
+    "bad trainer key": ("stages:\n  - {id: first, config: {train: {trainer: {learning_rat: 1}}}}", "unknown SFTConfig key 'learning_rat'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_configs_rejected_with_key(tmp_path, base, case):
+    body, expected = BAD[case]
+    bad = write(tmp_path / "bad.yaml", "defaults: base.yaml\n" + body + "\n")
+    with pytest.raises(ConfigError) as err:
+        cfg, planned = pipeline.load(bad)
+        for p in planned:  # trainer pass-through keys are checked against TRL's config class
+            p.config.train.args(p.ctx, __import__("trl").SFTConfig, "train")
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_dry_run_cli_one_line_error_and_no_model_load(tmp_path, base):
+    bad = write(tmp_path / "bad.yaml", "defaults: base.yaml\nstages:\n  - {id: second, config: {packing: maybe}}\n")
+    res = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(bad), "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"posttrain run: error: {bad}: stages[1] (second).config.packing: expects bool, got str 'maybe'"]
+    ok = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(base), "--dry-run",
+                         "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "1. first" in ok.stdout and "2. second" in ok.stdout and "dry run" in ok.stdout
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -1,0 +1,100 @@
+"""A two-stage toy pipeline: completion markers, skip, resume after SIGKILL, --from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import REPO
+
+# Runs the CLI, but kills its own process (SIGKILL: no cleanup) right after the stage's first
+# checkpoint is written, as a crash or an OOM kill would.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import transformers
+    from posttrain import cli
+
+    class Kill(transformers.TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step >= int(os.environ["KILL_AT_STEP"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    original = transformers.Trainer.__init__
+    def patched(self, *a, **kw):
+        original(self, *a, **kw)
+        self.add_callback(Kill())
+    transformers.Trainer.__init__ = patched
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def cli(*args, env=None, script=None):
+    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "posttrain.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def toy(tmp_path, tiny_model, chat_jsonl):
+    path = tmp_path / "toy.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: toy
+        model: {tiny_model}
+        output_dir: {tmp_path / 'run'}
+        stages:
+          - stage: sft
+            id: first
+            config: {{data: {chat_jsonl}, max_length: 64, train: {{max_steps: 6, save_steps: 2, batch_size: 2, learning_rate: 1.0e-3}}}}
+          - stage: sft
+            id: second
+            config: {{data: {chat_jsonl}, max_length: 64, train: {{max_steps: 2, batch_size: 2}}}}
+        """))
+    return path
+
+
+def test_killed_stage_resumes_then_skips(toy, tmp_path):
+    run = tmp_path / "run"
+    first = run / "01_first"
+    killed = cli("run", str(toy), env={"KILL_AT_STEP": "2"}, script=KILLER)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (first / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (first / "COMPLETE").exists() and not (run / "02_second").exists()
+
+    resumed = cli("run", str(toy))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "first: resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
+    done = json.loads((first / "COMPLETE").read_text())
+    assert done["resumed"] is True and done["metrics"]["global_step"] == 6
+    assert not (first / "checkpoints").exists()  # resume points go once the stage is complete
+    second = json.loads((run / "02_second" / "COMPLETE").read_text())
+    assert second["resumed"] is False
+    AutoModelForCausalLM.from_pretrained(run / "02_second" / "model")  # loadable
+    report = json.loads((run / "report.json").read_text())
+    assert [s["id"] for s in report["stages"]] == ["first", "second"]
+    assert all(s["wall_time_s"] > 0 for s in report["stages"])
+    assert (run / "report.md").is_file()
+
+    stamp = (run / "02_second" / "model" / "model.safetensors").stat().st_mtime
+    again = cli("run", str(toy))
+    assert again.returncode == 0 and again.stderr.count("done, skipping") == 2
+    assert (run / "02_second" / "model" / "model.safetensors").stat().st_mtime == stamp
+
+    rerun = cli("run", str(toy), "--from", "second")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    previous = list((run / ".previous").glob("*/02_second/COMPLETE"))
+    assert len(previous) == 1  # the earlier output was moved aside, not lost
+    assert (run / "02_second" / "COMPLETE").is_file() and (run / "01_first" / "COMPLETE").is_file()
+
+
+def test_changed_config_of_finished_stage_is_refused(toy, tmp_path):
+    assert cli("run", str(toy)).returncode == 0
+    toy.write_text(toy.read_text().replace("max_steps: 2", "max_steps: 3"))
+    res = cli("run", str(toy))
+    assert res.returncode == 2
+    assert "stage second: finished" in res.stderr and "--from second" in res.stderr
