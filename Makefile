@@ -4,13 +4,15 @@ CLI     := .venv/bin/posttrain
 PIPELINE ?= pipelines/demo.yaml
 CONFIG  ?=
 
-.PHONY: install test test-fast demo pipeline clean-cache help
+.PHONY: install test demo pipeline cold-start reasoning-rl distill help
 
 help:
 	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
 	@echo "make demo      run pipelines/demo.yaml on the embedded default model"
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml"
+	@echo "make cold-start | reasoning-rl | distill   one stage (CONFIG=file.yaml to override)"
+	@echo "make distill TEACHER=dir STUDENT=layers=6"
 
 # torch goes in first, pinned, so nothing below pulls a CUDA build.
 install: .venv/.installed
@@ -29,3 +31,13 @@ demo: install
 
 pipeline: install
 	$(CLI) run $(PIPELINE)
+
+cold-start: install
+	$(CLI) stage cold_start --config $(or $(CONFIG),pipelines/stages/cold_start.yaml)
+
+reasoning-rl: install
+	$(CLI) stage reasoning_rl --config $(or $(CONFIG),pipelines/stages/reasoning_rl.yaml)
+
+distill: install
+	$(CLI) distill --config $(or $(CONFIG),pipelines/stages/distill.yaml) \
+		$(if $(TEACHER),--teacher $(TEACHER)) $(if $(STUDENT),--student $(STUDENT))

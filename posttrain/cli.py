@@ -41,6 +41,40 @@ def _stage(args) -> None:
     print(f"done: {planned[0].ctx.model_dir} (report {run_dir / 'report.md'})")
 
 
+def _distill(args) -> None:
+    """`distill` is a one-stage pipeline: the teacher is the stage's input model."""
+    from posttrain import pipeline
+    from posttrain.config import from_dict, load_yaml
+    data = load_yaml(args.config) if args.config else {}
+    top = {k: data.pop(k) for k in ("output_dir", "seed", "backend", "eval") if k in data}
+    if args.student:
+        data["student"] = args.student
+    name = f"distill-{Path(args.teacher).name}" if args.teacher != "default" else "distill"
+    cfg = from_dict(pipeline.PipelineConfig, {"name": name, "model": args.teacher, **top,
+                                              "stages": [{"stage": "distill", "config": data}]},
+                    args.config or "distill")
+    planned = pipeline.plan(cfg, args.config or "distill", args.output_dir)
+    print(pipeline.describe(cfg, planned))
+    if not args.dry_run:
+        run_dir = pipeline.run(cfg, planned)
+        print(f"student: {planned[0].ctx.model_dir} (report {run_dir / 'report.md'})")
+
+
+def _eval(args) -> None:
+    import json
+
+    from posttrain.config import from_dict, load_yaml
+    from posttrain.evaluate import EvalConfig, evaluate
+    where = args.config or "pipelines/eval.yaml"
+    data = load_yaml(where)
+    cfg = from_dict(EvalConfig, data.get("eval", data), where)
+    results = evaluate(args.model, cfg, backend=args.backend, seed=args.seed)
+    text = json.dumps(results, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+
+
 def _prepare(args) -> None:
     from posttrain.models import prepare_model
     print(f"wrote {prepare_model(args.output, args.model)}")
@@ -66,10 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_stage)
 
+    p = sub.add_parser("distill", help="strong-to-weak distillation: off-policy, then on-policy")
+    p.add_argument("--teacher", default="default", help="teacher model dir (default: the embedded model)")
+    p.add_argument("--student", help="student model dir, or a spec: layers=N | scratch:layers=N,hidden=H")
+    p.add_argument("--config", help="distill stage YAML (pipelines/stages/distill.yaml)")
+    p.add_argument("--output-dir")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser("eval", help="evaluate a model on held-out suites (accuracy, pass@k, length)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--config", help="YAML with an eval mapping (default pipelines/eval.yaml)")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="also write the JSON here")
+    p.set_defaults(func=_eval)
+
     p = sub.add_parser("prepare-model", help="write the default model (or --model) as an HF dir in the chat format")
     p.add_argument("--output", required=True)
     p.add_argument("--model", default="default")
     p.set_defaults(func=_prepare)
+
+    from posttrain.bench import add_parser
+    add_parser(sub)
 
     return parser
 

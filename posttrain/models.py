@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -177,3 +178,70 @@ def make_tiny_model(output_dir: str | os.PathLike, layers: int = 2, hidden: int 
 
 def num_params(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.PathLike) -> Path:
+    """A student for `teacher` from SPEC, sharing its tokenizer and chat format.
+
+    SPEC is an existing model dir (used as is, after a vocabulary check), `layers=N` (N of the
+    teacher's layers, evenly spaced, initialised from the teacher's weights), or `scratch:layers=N`
+    with optional `,hidden=H` (a smaller configuration of the same architecture, random init).
+    """
+    teacher_dir = resolve_model(teacher)
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    if (Path(spec) / "config.json").is_file():
+        student_tok = AutoTokenizer.from_pretrained(spec)
+        if student_tok.get_vocab() != tok.get_vocab():
+            raise ValueError(f"student {spec}: its vocabulary differs from the teacher's; distillation "
+                             "needs a shared tokenizer")
+        return Path(spec)
+    scratch = spec.startswith("scratch:")
+    try:
+        opts = {k: int(v) for k, v in (part.split("=") for part in spec.removeprefix("scratch:").split(","))}
+    except ValueError:
+        raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N' or "
+                         "'scratch:layers=N[,hidden=H]'") from None
+    unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers"})
+    if unknown or "layers" not in opts:
+        raise ValueError(f"student spec {spec!r}: unknown or missing keys {sorted(unknown) or ['layers']}")
+    config = AutoConfig.from_pretrained(teacher_dir)
+    n_teacher = config.num_hidden_layers
+    if not 0 < opts["layers"] <= n_teacher:
+        raise ValueError(f"student spec {spec!r}: layers must be in 1..{n_teacher}")
+    config.num_hidden_layers = opts["layers"]
+    if scratch:
+        if "hidden" in opts:
+            heads = config.num_attention_heads
+            if opts["hidden"] % heads:
+                raise ValueError(f"student spec {spec!r}: hidden must be a multiple of the {heads} heads")
+            config.hidden_size, config.head_dim = opts["hidden"], opts["hidden"] // heads
+            config.intermediate_size = opts["hidden"] * 8 // 3
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        teacher_model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+        keep = [round(i * (n_teacher - 1) / max(1, opts["layers"] - 1)) for i in range(opts["layers"])]
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        state = {}
+        for name, tensor in teacher_model.state_dict().items():
+            if ".layers." in name:
+                prefix, rest = name.split(".layers.", 1)
+                index, tail = rest.split(".", 1)
+                if int(index) not in keep:
+                    continue
+                name = f"{prefix}.layers.{keep.index(int(index))}.{tail}"
+            state[name] = tensor
+        student.load_state_dict(state)
+    print(f"student {spec}: {num_params(student) / 1e6:.1f}M parameters "
+          f"(teacher {params_on_disk(teacher_dir) / 1e6:.1f}M)", flush=True)
+    return save(student, tok, output_dir)
+
+
+def params_on_disk(model_dir: str | os.PathLike) -> int:
+    """Parameter count of a saved model, read from safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+    total = 0
+    for shard in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            for name in f.keys():
+                total += math.prod(f.get_slice(name).get_shape())
+    return total

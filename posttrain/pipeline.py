@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ log = logging.getLogger("posttrain.pipeline")
 class StageSpec:
     stage: str  # the stage kind (stages.REGISTRY)
     id: str | None = None  # unique name in the pipeline; defaults to `stage`
-    model: str | None = None  # input model: a path, `default`, or `@ID` of an earlier stage
+    model: str | None = None  # input model: a path, `default`, `@base` (the pipeline's), `@ID` of a stage
     config: dict[str, Any] = field(default_factory=dict)
     eval: bool = True  # evaluate the stage's model with the pipeline's eval suites
     enabled: bool = True
@@ -42,6 +43,7 @@ class PipelineConfig:
     seed: int = 0
     backend: Literal["transformers", "vllm"] = "transformers"  # rollouts and eval generation
     eval: dict[str, Any] | None = None  # posttrain.evaluate.EvalConfig
+    compare: list[str] | None = None  # stage ids to set side by side in the report (accuracy vs compute)
 
 
 @dataclass
@@ -66,9 +68,10 @@ def load(path: str | Path, output_dir: str | None = None) -> tuple[PipelineConfi
 
 def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list[PlannedStage]:
     run_dir = Path(output_dir or cfg.output_dir or Path("runs") / cfg.name)
+    suites = {}
     if cfg.eval is not None:
         from posttrain.evaluate import EvalConfig
-        from_dict(EvalConfig, cfg.eval, f"{where}: eval")
+        suites = from_dict(EvalConfig, cfg.eval, f"{where}: eval").suites
     _check_model(cfg.model, f"{where}: model")
     planned: list[PlannedStage] = []
     previous = cfg.model
@@ -84,7 +87,9 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
         stage_cfg = from_dict(module.Config, spec.config, f"{at}.config")
         model = previous
         if spec.model:
-            if spec.model.startswith("@"):
+            if spec.model == "@base":
+                model = cfg.model
+            elif spec.model.startswith("@"):
                 if spec.model[1:] not in outputs:
                     raise ConfigError(f"{at}.model: {spec.model!r} names no earlier stage")
                 model = outputs[spec.model[1:]]
@@ -93,11 +98,14 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
                 model = spec.model
         stage_dir = run_dir / f"{i + 1:02d}_{sid}"
         ctx = StageContext(stage_id=sid, dir=stage_dir, input_model=model, seed=cfg.seed,
-                           backend=cfg.backend, run_dir=run_dir)
+                           backend=cfg.backend, run_dir=run_dir, extra={"eval_suites": suites})
         planned.append(PlannedStage(i, spec, stage_cfg, ctx))
         previous = outputs[sid] = str(ctx.model_dir)
     if not planned:
         raise ConfigError(f"{where}: stages: the pipeline has no enabled stage")
+    for sid in cfg.compare or []:
+        if sid not in outputs:
+            raise ConfigError(f"{where}: compare: {sid!r} is not a stage id (stages: {', '.join(outputs)})")
     return planned
 
 
@@ -142,15 +150,22 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
         else:
             log.info("stage %s [%s]: %s", p.ctx.stage_id, p.spec.stage, p.ctx.dir)
             p.ctx.dir.mkdir(parents=True, exist_ok=True)
-            start, resumed = time.time(), p.ctx.last_checkpoint() is not None
+            start, cpu, resumed = time.time(), _cpu_seconds(), p.ctx.last_checkpoint() is not None
             metrics = stages.get(p.spec.stage).run(p.ctx, p.config) or {}
             p.ctx.mark_complete({"config_hash": p.config_hash, "wall_time_s": round(time.time() - start, 2),
-                                 "resumed": resumed, "metrics": metrics})
+                                 "cpu_time_s": round(_cpu_seconds() - cpu, 2), "resumed": resumed,
+                                 "metrics": metrics})
         if evaluator and p.spec.eval:
             evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json")
     from posttrain.report import write_report
     write_report(run_dir, cfg, planned)
     return run_dir
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system), all cores summed."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _evaluator(cfg: PipelineConfig):

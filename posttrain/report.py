@@ -21,6 +21,7 @@ def collect(run_dir: Path, planned) -> dict[str, Any]:
         report["stages"].append({
             "id": p.ctx.stage_id, "stage": p.spec.stage, "input_model": p.ctx.input_model,
             "model": str(p.ctx.model_dir), "wall_time_s": info.get("wall_time_s"),
+            "cpu_time_s": info.get("cpu_time_s"),
             "resumed": info.get("resumed"), "metrics": read_json(p.ctx.dir / "metrics.json", {}),
             "eval": read_json(p.ctx.dir / "eval.json")})
     return report
@@ -94,11 +95,13 @@ def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
 
 
 def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
-    lines = [f"# {title}", "", "## Stages", "", "| stage | kind | wall time (s) | steps | final loss |",
-             "|---|---|---:|---:|---:|"]
+    lines = [f"# {title}", "", "## Stages", "",
+             "| stage | kind | input | wall time (s) | CPU time (s) | steps | final loss |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for s in report["stages"]:
         train = (s["metrics"] or {}).get("train", {})
-        lines.append(f"| {s['id']} | {s['stage']} | {s['wall_time_s']} | {train.get('global_step', '')} "
+        lines.append(f"| {s['id']} | {s['stage']} | {Path(s['input_model']).parent.name or s['input_model']} "
+                     f"| {s['wall_time_s']} | {s.get('cpu_time_s')} | {train.get('global_step', '')} "
                      f"| {_fmt(train.get('final_loss'))} |")
     rows = _eval_rows(report)
     if rows:
@@ -115,6 +118,24 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(report: dict[str, Any], ids: list[str], mode: str = "think") -> str:
+    """Accuracy against compute for the named stages (the report's Table 21, in miniature)."""
+    stages = {s["id"]: s for s in report["stages"]}
+    suites = sorted({suite for i in ids for suite in ((stages[i]["eval"] or {}).get("suites") or {})})
+    head = "| stage | CPU time (s) | wall time (s) | " + " | ".join(
+        f"{suite} pass@1 | {suite} pass@k" for suite in suites) + " |"
+    lines = [f"## Comparison ({mode} mode)", "", head, "|---" * (3 + 2 * len(suites)) + "|"]
+    for i in ids:
+        s, cells = stages[i], []
+        for suite in suites:
+            r = (((s["eval"] or {}).get("suites") or {}).get(suite) or {}).get(mode) or {}
+            ks = r.get("pass_at_k") or {}
+            top = max(ks, key=int) if ks else None
+            cells += [_fmt(r.get("accuracy")), f"{_fmt(ks.get(top))} (k={top})" if top else ""]
+        lines.append(f"| {i} | {s.get('cpu_time_s')} | {s.get('wall_time_s')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
 
@@ -122,7 +143,9 @@ def _fmt(value: Any) -> str:
 def write_report(run_dir: Path, cfg, planned, sections: list[str] | None = None) -> Path:
     report = collect(run_dir, planned)
     report["pipeline"] = cfg.name
-    report["sections"] = sections or []
+    report["sections"] = list(sections or [])
+    if getattr(cfg, "compare", None):
+        report["sections"].append(comparison(report, cfg.compare))
     write_json(run_dir / "report.json", report)
     try:
         plots = _plots(run_dir, report, planned)

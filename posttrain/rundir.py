@@ -65,6 +65,20 @@ class StageContext:
     def tb_dir(self) -> Path:
         return self.dir / "tb"
 
+    def phase(self, name: str, input_model: str) -> "StageContext":
+        """A sub-context for one phase of a multi-phase stage (own checkpoints, data, model, marker)."""
+        return StageContext(stage_id=f"{self.stage_id}.{name}", dir=self.dir / name, input_model=input_model,
+                            seed=self.seed, backend=self.backend, run_dir=self.run_dir, extra=self.extra)
+
+    def resolve(self, ref: str) -> str:
+        """A model reference: `@ID` is an earlier stage's model in this run, anything else a path."""
+        if not ref.startswith("@"):
+            return ref
+        found = sorted((self.run_dir or self.dir.parent).glob(f"[0-9][0-9]_{ref[1:]}/model"))
+        if not found:
+            raise FileNotFoundError(f"{self.stage_id}: {ref} names no finished stage in {self.run_dir}")
+        return str(found[-1])
+
     def is_complete(self) -> bool:
         return (self.dir / MARKER).is_file()
 

@@ -8,6 +8,9 @@ from types import ModuleType
 # stage name -> module; a stage appears here once it exists.
 REGISTRY = {
     "sft": "stages.sft",
+    "cold_start": "stages.cold_start",
+    "reasoning_rl": "stages.reasoning_rl",
+    "distill": "stages.distill",
 }
 
 

@@ -1,0 +1,108 @@
+"""Stage-2 query selection (report §4.2): unused in stage 1, learnable for the stage-1 model.
+
+Each candidate is answered k times by the input model; its pass rate decides: always right (nothing
+to learn) and always wrong (no signal for GRPO) are dropped, what lies strictly inside the band is
+kept, hardest first. The pass-rate distribution is written to `selection.json` next to the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from posttrain.rundir import StageContext, write_json
+
+log = logging.getLogger("posttrain.rl_queries")
+
+
+@dataclass
+class QuerySelection:
+    families: dict[str, int] = field(default_factory=dict)  # synthetic family -> candidate count
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> difficulty knobs
+    data: str | None = None  # or a dataset file in the column contract
+    seed: int = 2  # a pool disjoint from stage 1's (which uses its own seed) and from eval's
+    k: int = 8  # samples per query to estimate the pass rate
+    band: list[float] = field(default_factory=lambda: [0.0, 1.0])  # keep low < pass rate < high
+    max_queries: int | None = None
+    exclude_stages: list[str] = field(default_factory=lambda: ["cold_start"])  # their train prompts
+    max_new_tokens: int = 256
+    batch_size: int = 32
+
+
+def candidates(cfg: QuerySelection):
+    from datasets import concatenate_datasets
+
+    from data_builders import sources, synthetic
+    parts = [synthetic.generate(f, n, seed=cfg.seed, **cfg.knobs.get(f, {})) for f, n in cfg.families.items()]
+    if cfg.data:
+        parts.append(sources.load(cfg.data))
+    if not parts:
+        raise ValueError("queries: give `families` or `data`")
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def used_prompts(ctx: StageContext, stage_ids: list[str]) -> set[str]:
+    """User texts of earlier stages' training data in this run (exact match after whitespace folding)."""
+    from datasets import load_from_disk
+    seen: set[str] = set()
+    for sid in stage_ids:
+        for stage_dir in (ctx.run_dir or ctx.dir.parent).glob(f"[0-9][0-9]_{sid}"):
+            for data in [p for p in stage_dir.rglob("data/train") if (p / "dataset_info.json").is_file()]:
+                ds = load_from_disk(str(data))
+                column = "messages" if "messages" in ds.column_names else "prompt"
+                for conv in ds[column]:
+                    seen.update(_norm(m["content"]) for m in conv if m["role"] == "user")
+    return seen
+
+
+def _norm(text: str) -> str:
+    """Whitespace-folded text without a trailing mode flag (distillation prompts carry one)."""
+    text = " ".join(text.split())
+    for flag in (" /no_think", " /think"):
+        text = text.removesuffix(flag)
+    return text
+
+
+def select_queries(ctx: StageContext, cfg: QuerySelection):
+    from data_builders.filters import learnable, pass_rate_histogram
+    from posttrain.evaluate import grade
+    from posttrain.generation import load_engine
+    pool = candidates(cfg)
+    used = used_prompts(ctx, cfg.exclude_stages)
+    fresh = [i for i, p in enumerate(pool["prompt"]) if _norm(p[-1]["content"]) not in used]
+    excluded = len(pool) - len(fresh)
+    pool = pool.select(fresh)
+    engine = load_engine(ctx.input_model, backend=ctx.backend, batch_size=cfg.batch_size)
+    outs = engine.generate(pool["prompt"], n=cfg.k, mode="think", max_new_tokens=cfg.max_new_tokens,
+                           seed=ctx.seed, progress=True)
+    rows = list(pool)
+    scores = grade([r for r in rows for _ in range(cfg.k)], [c.text for o in outs for c in o])
+    rates = [sum(scores[i * cfg.k:(i + 1) * cfg.k]) / cfg.k for i in range(len(rows))]
+    low, high = cfg.band
+    keep = learnable(rates, low=low, high=high)
+    keep = sorted(keep, key=lambda i: rates[i])[:cfg.max_queries]  # hardest learnable first
+    selected = pool.select(sorted(keep)).add_column("pass_rate", [rates[i] for i in sorted(keep)])
+    stats = {"candidates": len(rows), "excluded_as_used": excluded,
+             "k": cfg.k, "band": cfg.band, "kept": len(selected),
+             "always_right": sum(r == 1.0 for r in rates), "always_wrong": sum(r == 0.0 for r in rates),
+             "histogram": pass_rate_histogram(rates, bins=cfg.k + 1),
+             "by_domain": _by_domain(rows, rates, keep)}
+    write_json(ctx.dir / "selection.json", stats)
+    log.info("%s: kept %d/%d learnable queries (always right %d, always wrong %d)", ctx.stage_id,
+             stats["kept"], len(rows), stats["always_right"], stats["always_wrong"])
+    del engine
+    return selected
+
+
+def _by_domain(rows: list[dict], rates: list[float], keep: list[int]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    kept = set(keep)
+    for i, row in enumerate(rows):
+        d = out.setdefault(row.get("domain") or row.get("task") or "?", {"n": 0, "kept": 0, "mean_pass": 0.0})
+        d["n"] += 1
+        d["kept"] += i in kept
+        d["mean_pass"] += rates[i]
+    for d in out.values():
+        d["mean_pass"] = round(d["mean_pass"] / d["n"], 3)
+    return out

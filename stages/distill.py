@@ -1,0 +1,146 @@
+"""Strong-to-weak distillation (Qwen3 report §4.5).
+
+Off-policy: the teacher answers the prompts in both `/think` and `/no_think` modes; answers that
+can be checked are kept only when correct; the student is fine-tuned on them (stage-3 style SFT).
+On-policy: the student samples (a random mode per prompt) and its logits are pulled towards the
+teacher's on those samples — TRL's DistillationTrainer, reverse KL by default.
+
+The stage's input model is the teacher unless `teacher` names another; `student` is a model dir,
+`@STAGE_ID`, or a spec to build one (`layers=N`, `scratch:layers=N,hidden=H`).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data_builders.rl_queries import QuerySelection, candidates
+from posttrain.chat import MODES, split_think, with_flag
+from posttrain.rundir import StageContext
+from posttrain.training import TrainOptions, finish, sft, train
+
+DIVERGENCE_BETA = {"forward_kl": 0.0, "jsd": 0.5, "reverse_kl": 1.0}  # TRL's generalised-JSD beta
+
+
+@dataclass
+class Prompts:
+    families: dict[str, int] = field(default_factory=lambda: {"arithmetic": 64, "linear": 64})
+    knobs: dict[str, dict] = field(default_factory=dict)
+    data: str | None = None
+    seed: int = 5
+
+
+@dataclass
+class OffPolicy:
+    enabled: bool = True
+    modes: list[Literal["think", "no_think"]] = field(default_factory=lambda: list(MODES))
+    max_new_tokens: int = 256
+    filter_by_reward: bool = True  # drop teacher answers that a rule reward grades wrong
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=40, learning_rate=1e-4))
+
+
+@dataclass
+class OnPolicy:
+    enabled: bool = True
+    divergence: Literal["reverse_kl", "forward_kl", "jsd"] = "reverse_kl"
+    think_fraction: float = 0.5  # share of prompts the student answers in think mode
+    max_completion_length: int = 128
+    temperature: float = 1.0
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=30, learning_rate=5e-5))
+
+
+@dataclass
+class Config:
+    student: str = "layers=6"
+    teacher: str | None = None  # default: the stage's input model
+    prompts: Prompts = field(default_factory=Prompts)
+    off_policy: OffPolicy = field(default_factory=OffPolicy)
+    on_policy: OnPolicy = field(default_factory=OnPolicy)
+
+
+def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
+    """The teacher's answers in each mode, as SFT conversations carrying the mode flag."""
+    from datasets import Dataset
+
+    from posttrain.evaluate import grade
+    from posttrain.generation import load_engine
+    rows = list(prompt_set(cfg))
+    engine = load_engine(teacher, backend=ctx.backend)
+    out = []
+    for mode in cfg.off_policy.modes:
+        prompts = [with_flag(r["prompt"], mode) for r in rows]
+        texts = [o[0].text for o in engine.generate(prompts, mode=mode, seed=ctx.seed, progress=True,
+                                                    max_new_tokens=cfg.off_policy.max_new_tokens)]
+        checkable = [bool(r.get("answer") or r.get("tests")) for r in rows]
+        scores = grade(rows, texts) if cfg.off_policy.filter_by_reward else [1.0] * len(rows)
+        for prompt, text, ok, check in zip(prompts, texts, scores, checkable):
+            if ok or not check:
+                reasoning, answer = split_think(text)
+                out.append({"messages": prompt + [{"role": "assistant", "content": answer,
+                                                   "reasoning_content": reasoning or ""}], "mode": mode})
+    if not out:
+        raise RuntimeError(f"{ctx.stage_id}: the teacher got every checkable prompt wrong; nothing to distil")
+    ctx.write_metrics({"off_policy_examples": len(out), "off_policy_prompts": len(rows) * len(cfg.off_policy.modes)})
+    return Dataset.from_list(out)
+
+
+def prompt_set(cfg: Config):
+    return candidates(QuerySelection(families=cfg.prompts.families, knobs=cfg.prompts.knobs,
+                                     data=cfg.prompts.data, seed=cfg.prompts.seed))
+
+
+def on_policy_prompts(cfg: Config, seed: int):
+    """Prompts with a mode flag drawn per prompt, so the student samples in both modes."""
+    from datasets import Dataset
+    rng = random.Random(seed)
+    rows = []
+    for r in prompt_set(cfg):
+        mode = "think" if rng.random() < cfg.on_policy.think_fraction else "no_think"
+        rows.append({"prompt": with_flag(r["prompt"], mode), "mode": mode})
+    return Dataset.from_list(rows)
+
+
+def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
+    from trl import DistillationConfig, DistillationTrainer
+
+    from posttrain.models import load_model
+    student, tokenizer = load_model(ctx.input_model, train=True)
+    teacher_model, _ = load_model(teacher)
+    args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train",
+                          beta=DIVERGENCE_BETA[cfg.divergence], max_completion_length=cfg.max_completion_length,
+                          temperature=cfg.temperature, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=prompts,
+                                  processing_class=tokenizer,
+                                  peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None)
+    train(ctx, trainer)
+    return finish(ctx, trainer, tokenizer)
+
+
+def run(ctx: StageContext, cfg: Config) -> dict:
+    from posttrain.models import build_student
+    teacher = ctx.resolve(cfg.teacher) if cfg.teacher else ctx.input_model
+    spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
+    init = ctx.dir / "student_init"  # a built student is cached here; an existing one is used in place
+    student = str(init) if (init / "config.json").is_file() else str(build_student(teacher, spec, init))
+    metrics = {}
+    for name, phase in (("off_policy", cfg.off_policy), ("on_policy", cfg.on_policy)):
+        if not phase.enabled:
+            continue
+        pctx = ctx.phase(name, student)
+        if not pctx.is_complete():
+            if name == "off_policy":
+                data = pctx.dataset("train", lambda: teacher_outputs(pctx, teacher, cfg))
+                metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
+                                    where=f"stages.{ctx.stage_id}.config.off_policy.train")
+            else:
+                metrics[name] = on_policy(pctx, teacher, phase, pctx.dataset("prompts", lambda: on_policy_prompts(
+                    cfg, ctx.seed)))
+            pctx.mark_complete({})
+        student = str(pctx.model_dir)
+    shutil.copytree(student, ctx.model_dir, dirs_exist_ok=True)
+    ctx.write_metrics({"phases": metrics})
+    return metrics

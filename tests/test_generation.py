@@ -1,0 +1,106 @@
+"""The generation engine: modes, n samples, logprobs, and the thinking budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.chat import BUDGET_STOP_TEXT, EMPTY_THINK, THINK_CLOSE
+from posttrain.generation import GenerationEngine, TransformersEngine, load_engine
+
+PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Say hi. /no_think"}]]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return load_engine(tiny_model)
+
+
+def test_shapes_modes_and_logprobs(engine):
+    outs = engine.generate(PROMPTS, n=3, mode="no_think", max_new_tokens=12, seed=0, logprobs=True)
+    assert [len(o) for o in outs] == [3, 3]
+    for c in (c for o in outs for c in o):
+        assert c.text.startswith(EMPTY_THINK) and c.reasoning == ""
+        assert 0 < len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
+        assert all(lp <= 0 for lp in c.logprobs)
+        assert engine.tokenizer.eos_token_id not in c.token_ids
+    # the three samples of one prompt differ (sampling), and a seed reproduces them
+    texts = [c.text for c in outs[0]]
+    assert len(set(texts)) > 1
+    again = engine.generate(PROMPTS, n=3, mode="no_think", max_new_tokens=12, seed=0)
+    assert [c.text for c in again[0]] == texts
+
+
+def test_logprobs_match_a_forward_pass(engine):
+    [[c]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=6, temperature=0, logprobs=True)
+    prefix = engine.render(PROMPTS[0], "think")
+    ids = torch.tensor([prefix + c.token_ids])
+    with torch.no_grad():
+        logits = engine.model(ids).logits[0, len(prefix) - 1:-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+    assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
+
+
+class ScriptedEngine(GenerationEngine):
+    """Emits a fixed token stream per prefix: thinks forever unless told the budget text was appended."""
+
+    def __init__(self, tokenizer, think_ids, answer_ids):
+        super().__init__(tokenizer)
+        self.think_ids, self.answer_ids, self.calls = think_ids, answer_ids, []
+
+    def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
+        self.calls.append(max_new_tokens)
+        out = []
+        for p in prefixes:
+            if self.tokenizer.convert_tokens_to_ids(THINK_CLOSE) in p:  # phase two: after the budget text
+                out.append((self.answer_ids[:max_new_tokens], None, "stop"))
+            else:
+                out.append((self.think_ids[:max_new_tokens], None, "length"))
+        return out
+
+
+@pytest.mark.parametrize("budget", [1, 5, 17])
+def test_thinking_budget_stops_thinking_then_answers(engine, budget):
+    tok = engine.tokenizer
+    think = tok.encode("<think>\n" + "step " * 200, add_special_tokens=False)
+    answer = tok.encode("The answer is 7.", add_special_tokens=False)
+    scripted = ScriptedEngine(tok, think, answer)
+    [[c]] = scripted.generate(PROMPTS[:1], mode="think", max_new_tokens=64, thinking_budget=budget)
+    assert c.budget_hit and scripted.calls == [budget, 64 - budget]
+    thinking, _, rest = c.text.partition(BUDGET_STOP_TEXT)
+    assert len(tok.encode(thinking, add_special_tokens=False)) <= budget
+    assert rest == "The answer is 7." and c.answer == "The answer is 7."
+    assert c.token_ids == think[:budget] + answer  # generated tokens only; the budget text is ours
+
+
+def test_thinking_budget_on_a_real_model(engine):
+    budget = 4
+    outs = engine.generate(PROMPTS[:1], n=4, mode="think", max_new_tokens=24, thinking_budget=budget, seed=1)
+    assert any(c.budget_hit for c in outs[0])  # a random model does not close its think block in 4 tokens
+    for c in outs[0]:
+        if c.budget_hit:
+            decode = lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+            # exactly `budget` generated thinking tokens, the early-stop text, then the answer tokens
+            assert c.text == decode(c.token_ids[:budget]) + BUDGET_STOP_TEXT + decode(c.token_ids[budget:])
+            assert THINK_CLOSE not in decode(c.token_ids[:budget])
+        else:  # it stopped by itself within the budget
+            assert len(c.token_ids) <= budget or THINK_CLOSE in c.text
+
+
+def test_no_budget_in_no_think_mode(engine):
+    [[c]] = engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=8, thinking_budget=2, seed=0)
+    assert not c.budget_hit and BUDGET_STOP_TEXT not in c.text
+
+
+def test_vllm_backend_fails_clearly_without_vllm(tiny_model):
+    pytest.importorskip("transformers")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="needs vLLM"):
+        load_engine(tiny_model, backend="vllm")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_engine(tiny_model, backend="tgi")
+    assert TransformersEngine.backend == "transformers"
