@@ -52,7 +52,8 @@ class ScriptedEngine(GenerationEngine):
         self.calls.append(max_new_tokens)
         out = []
         for p in prefixes:
-            if self.tokenizer.convert_tokens_to_ids(THINK_CLOSE) in p:  # phase two: after the budget text
+            stop = self.tokenizer.encode(BUDGET_STOP_TEXT, add_special_tokens=False)
+            if p[-len(stop):] == stop:  # phase two: after the budget text
                 out.append((self.answer_ids[:max_new_tokens], None, "stop"))
             else:
                 out.append((self.think_ids[:max_new_tokens], None, "length"))

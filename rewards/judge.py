@@ -1,0 +1,144 @@
+"""`judge`: an LLM scores the response against the sample's `reference` answer (0-10 -> [0, 1]).
+
+The judge is a generation engine (`engine=`, anything with posttrain.generation's `generate`) or a
+model directory (`model=`, loaded lazily with `posttrain.generation.load_engine`). It sees the
+fixed rubric `RUBRIC` filled with the question (last user message), the reference and the
+response (its answer part: the text after `</think>`). Scores are parsed from `Score: 7`, `7/10`,
+`**8**`, `[[6]]` or `{"score": 7}`; an unparsable verdict is None (logged). Verdicts are cached
+by sha256 of the judge prompt (which holds the response), in memory and optionally in a JSONL file
+(`cache_path`), so repeated samples cost nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from typing import Any
+
+from posttrain.chat import split_think
+from rewards.base import Reward, Row, log, prompt_of
+
+RUBRIC = """You are a strict grader. Compare the RESPONSE to the REFERENCE answer for the QUESTION.
+Judge correctness and completeness against the reference first, then clarity. Ignore style
+differences that do not change the meaning. A response that contradicts the reference, or
+answers a different question, scores low even if it is well written.
+
+QUESTION:
+{question}
+
+REFERENCE:
+{reference}
+
+RESPONSE:
+{response}
+
+Give a score from 0 (wrong or irrelevant) to 10 (fully correct and complete, as good as the
+reference). Reply with one short sentence of justification, then a last line exactly like:
+Score: <integer 0-10>"""
+
+_PATTERNS = [
+    re.compile(r'"score"\s*:\s*"?(\d+(?:\.\d+)?)'),
+    re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+    re.compile(r"score\s*(?:is|=|:)?\s*\**\s*(\d+(?:\.\d+)?)", re.I),
+    re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b"),
+    re.compile(r"\*\*\s*(\d+(?:\.\d+)?)\s*\*\*"),
+    re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$", re.M),
+]
+
+
+def parse_score(verdict: str, scale: float = 10.0) -> float | None:
+    """The judge's score in [0, scale] from its verdict text, or None. The last match of the first
+    pattern that matches wins (judges tend to restate the score at the end)."""
+    for pattern in _PATTERNS:
+        found = [float(m) for m in pattern.findall(verdict)]
+        found = [v for v in found if 0 <= v <= scale]
+        if found:
+            return found[-1]
+    return None
+
+
+class JudgeReward(Reward):
+    """Params: `engine` or `model` (+ `backend`), `cache_path`, `max_new_tokens` (256),
+    `temperature` (0: greedy), `mode` ('no_think'), `rubric` (default RUBRIC), `scale` (10)."""
+
+    name = "judge"
+    on_error = None
+
+    def __init__(self, engine: Any = None, model: str | None = None, backend: str = "transformers",
+                 cache_path: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
+                 mode: str = "no_think", rubric: str = RUBRIC, scale: float = 10.0, seed: int | None = 0) -> None:
+        super().__init__()
+        if (engine is None) == (model is None):
+            raise ValueError("judge: pass exactly one of `engine` or `model`")
+        self.engine, self.model, self.backend = engine, model, backend
+        self.gen_kwargs = dict(n=1, mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        self.rubric, self.scale, self.cache_path = rubric, float(scale), cache_path
+        self.cache: dict[str, str] = {}
+        self._lock = threading.Lock()
+        if cache_path and os.path.exists(cache_path):
+            with open(cache_path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        self.cache[entry["key"]] = entry["verdict"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+
+    def _engine(self):
+        if self.engine is None:
+            from posttrain.generation import load_engine
+            self.engine = load_engine(self.model, backend=self.backend)
+        return self.engine
+
+    def judge_prompt(self, text: str, row: Row) -> str | None:
+        reference = row.get("reference")
+        if reference is None or not str(reference).strip():
+            return None
+        users = [m.get("content") for m in prompt_of(row) if m.get("role") == "user"]
+        question = users[-1] if users and isinstance(users[-1], str) else "(not given)"
+        answer = split_think(text)[1].strip() or "(empty response)"
+        return self.rubric.format(question=question, reference=str(reference), response=answer)
+
+    def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
+        prompts = [self.judge_prompt(t, r) for t, r in zip(texts, rows)]
+        keys = [hashlib.sha256(p.encode()).hexdigest() if p else None for p in prompts]
+        todo = {k: p for k, p in zip(keys, prompts) if k and k not in self.cache}
+        if todo:
+            outs = self._engine().generate([[{"role": "user", "content": p}] for p in todo.values()],
+                                           **self.gen_kwargs)
+            verdicts = {k: (getattr(o[0], "answer", None) or getattr(o[0], "text", "") if o else "")
+                        for k, o in zip(todo, outs)}
+            self._remember(verdicts)
+        scores = []
+        for key in keys:
+            if key is None:
+                scores.append(None)
+                continue
+            score = parse_score(self.cache[key], self.scale)
+            if score is None:
+                log.warning("judge: unparsable verdict %.120r; sample scored None", self.cache[key])
+            scores.append(None if score is None else score / self.scale)
+        return scores
+
+    def _remember(self, verdicts: dict[str, str]) -> None:
+        with self._lock:
+            self.cache.update(verdicts)
+            if self.cache_path:
+                os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
+                with open(self.cache_path, "a", encoding="utf-8") as f:
+                    for key, verdict in verdicts.items():
+                        f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        if self.model is not None:
+            state["engine"] = None  # rebuilt lazily from the model path
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
