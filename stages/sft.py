@@ -21,7 +21,8 @@ class Config:
     train: TrainOptions = field(default_factory=TrainOptions)
 
 
-def load_messages(path: str):
+def load_table(path: str):
+    """A dataset from a JSONL/JSON/parquet file or a `save_to_disk` directory."""
     from pathlib import Path
 
     from datasets import load_dataset, load_from_disk
@@ -29,14 +30,17 @@ def load_messages(path: str):
     if not p.exists():
         raise FileNotFoundError(f"data: file not found: {p}")
     if p.is_dir():
-        ds = load_from_disk(str(p))
-    else:
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(p.suffix)
-        if kind is None:
-            raise ValueError(f"data: {p}: unsupported file type {p.suffix!r} (use .jsonl, .json or .parquet)")
-        ds = load_dataset(kind, data_files=str(p), split="train")
+        return load_from_disk(str(p))
+    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(p.suffix)
+    if kind is None:
+        raise ValueError(f"data: {p}: unsupported file type {p.suffix!r} (use .jsonl, .json or .parquet)")
+    return load_dataset(kind, data_files=str(p), split="train")
+
+
+def load_messages(path: str):
+    ds = load_table(path)
     if "messages" not in ds.column_names:
-        raise ValueError(f"data: {p}: no 'messages' column (has: {', '.join(ds.column_names)})")
+        raise ValueError(f"data: {path}: no 'messages' column (has: {', '.join(ds.column_names)})")
     return ds.select_columns(["messages"])
 
 

@@ -104,3 +104,25 @@ def test_bad_student_specs(tmp_path, tiny_model, spec, error):
     from posttrain.models import build_student
     with pytest.raises(ValueError, match=error):
         build_student(tiny_model, spec, tmp_path / "s")
+
+
+def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model):
+    rows = []
+    for i in range(40):
+        rows.append({"prompt": [{"role": "user", "content": f"Question {i}?"}],
+                     "chosen": [{"role": "assistant", "content": f"A clear, correct answer number {i}."}],
+                     "rejected": [{"role": "assistant", "content": "zzz qqq xxx zzz qqq xxx"}]})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    run_dir, planned = run_pipeline(tmp_path, f"""
+        name: rm
+        model: {tiny_model}
+        output_dir: {tmp_path / 'run'}
+        stages:
+          - stage: reward_model
+            eval: false
+            config: {{data: {data}, heldout_fraction: 0.25, train: {{max_steps: 15, batch_size: 8, learning_rate: 1.0e-3}}}}
+        """)
+    metrics = json.loads((planned[0].ctx.dir / "reward_model.json").read_text())
+    print("held-out ranking accuracy", metrics["heldout_accuracy"])
+    assert metrics["pairs"] == 30 and metrics["heldout_accuracy"] > 0.6

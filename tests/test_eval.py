@@ -1,0 +1,94 @@
+"""Evaluation and query selection: pass@k, grading, learnability on a scripted model."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+
+import pytest
+
+from posttrain.evaluate import EvalConfig, SuiteConfig, evaluate, grade, pass_at_k
+from posttrain.generation import Completion
+
+
+@pytest.mark.parametrize("n,c,k", [(10, 3, 1), (10, 3, 2), (10, 3, 5), (8, 0, 4), (8, 8, 1), (5, 2, 4), (20, 7, 10)])
+def test_pass_at_k_matches_closed_form(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+
+
+def test_pass_at_k_fixed_example():
+    assert pass_at_k(10, 3, 2) == pytest.approx(1 - 21 / 45)  # 1 - C(7,2)/C(10,2)
+
+
+class OracleEngine:
+    """Answers item i correctly in the first `right[i]` of its samples, wrongly after."""
+
+    def __init__(self, right):
+        self.right = right
+
+    def generate(self, prompts, *, n=1, mode="think", **kw):
+        out = []
+        for prompt in prompts:
+            answer = self.right[prompt[-1]["content"]]
+            out.append([Completion(text=("<think>\nok\n</think>\n\n" if mode == "think" else "") +
+                                   (f"\\boxed{{{answer[0]}}}" if j < answer[1] else "\\boxed{-12345}"),
+                                   token_ids=[1] * (5 + j)) for j in range(n)])
+        return out
+
+
+def test_evaluate_reports_accuracy_pass_at_k_and_length():
+    from data_builders.synthetic import generate
+    rows = list(generate("linear", 3, seed=7))
+    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, [0, 2, 4])}
+    cfg = EvalConfig(suites={"lin": SuiteConfig(family="linear", n=3, seed=7)}, modes=["think"], samples=4,
+                     pass_k=[1, 2, 4])
+    res = evaluate("unused", cfg, engine=OracleEngine(right))["suites"]["lin"]["think"]
+    assert res["accuracy"] == pytest.approx(6 / 12)
+    assert res["pass_at_k"]["1"] == pytest.approx(6 / 12)
+    assert res["pass_at_k"]["2"] == pytest.approx((0 + pass_at_k(4, 2, 2) + 1) / 3)
+    assert res["pass_at_k"]["4"] == pytest.approx(2 / 3)
+    assert res["mean_length"] == pytest.approx(6.5)
+
+
+def test_grade_routes_by_task():
+    rows = [{"task": "math", "answer": "4"}, {"task": "countdown", "answer": json.dumps({"target": 6, "numbers": [2, 3]})}]
+    assert grade(rows, ["\\boxed{4}", "\\boxed{2*3}"]) == [1.0, 1.0]
+    assert grade(rows, ["\\boxed{5}", "\\boxed{2+3}"]) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="no grader for task 'poetry'"):
+        grade([{"task": "poetry"}], ["x"])
+
+
+def test_query_selection_keeps_only_learnable(tmp_path, monkeypatch):
+    """Always-right and always-wrong queries are dropped; the distribution is written out."""
+    from data_builders import rl_queries
+    from data_builders.synthetic import generate
+    from posttrain.rundir import StageContext
+    rows = list(generate("arithmetic", 6, seed=2))
+    counts = [0, 4, 1, 3, 2, 4]  # correct samples of 4
+    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, counts)}
+    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path)
+    cfg = rl_queries.QuerySelection(families={"arithmetic": 6}, seed=2, k=4, exclude_stages=[])
+    selected = rl_queries.select_queries(ctx, cfg)
+    assert sorted(selected["pass_rate"]) == [0.25, 0.5, 0.75]
+    stats = json.loads((ctx.dir / "selection.json").read_text())
+    assert stats["always_right"] == 2 and stats["always_wrong"] == 1 and stats["kept"] == 3
+    cfg.max_queries = 2  # hardest first
+    assert sorted(rl_queries.select_queries(ctx, cfg)["pass_rate"]) == [0.25, 0.5]
+
+
+def test_query_selection_excludes_prompts_used_in_stage_one(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from data_builders import rl_queries
+    from data_builders.synthetic import generate
+    from posttrain.rundir import StageContext
+    rows = list(generate("arithmetic", 4, seed=2))
+    used = Dataset.from_list([{"messages": rows[0]["prompt"] + [{"role": "assistant", "content": "x"}]}])
+    used.save_to_disk(str(tmp_path / "01_cold_start" / "data" / "train"))
+    right = {r["prompt"][-1]["content"]: (r["answer"], 1) for r in rows}
+    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path)
+    selected = rl_queries.select_queries(ctx, rl_queries.QuerySelection(families={"arithmetic": 4}, seed=2, k=2))
+    assert len(selected) == 3 and rows[0]["prompt"] not in selected["prompt"]
+    assert json.loads((ctx.dir / "selection.json").read_text())["excluded_as_used"] == 1
