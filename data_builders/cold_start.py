@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_builders.rl_queries import DataSource
 from posttrain.chat import split_think
 from posttrain.rundir import StageContext, write_json
 
@@ -24,7 +25,7 @@ log = logging.getLogger("posttrain.cold_start")
 class ColdStartData:
     families: dict[str, int] = field(default_factory=dict)  # synthetic family -> query count
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    data: str | None = None  # or a dataset file in the column contract
+    data: DataSource | None = None  # and/or a dataset on disk (path, columns, task, domain)
     seed: int = 1
     validation_fraction: float = 0.1
     no_cot_k: int = 4  # base-model no-think samples per query; 0 turns the filter off

@@ -17,10 +17,20 @@ log = logging.getLogger("posttrain.rl_queries")
 
 
 @dataclass
+class DataSource:
+    """A dataset on disk mapped to the column contract (see data_builders/sources.py)."""
+
+    path: str
+    columns: dict[str, str] = field(default_factory=dict)  # source column -> contract column
+    task: str | None = None  # e.g. math, code (when the file has no `task` column)
+    domain: str | None = None
+
+
+@dataclass
 class QuerySelection:
     families: dict[str, int] = field(default_factory=dict)  # synthetic family -> candidate count
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> difficulty knobs
-    data: str | None = None  # or a dataset file in the column contract
+    data: DataSource | None = None  # and/or a dataset on disk
     seed: int = 2  # a pool disjoint from stage 1's (which uses its own seed) and from eval's
     k: int = 8  # samples per query to estimate the pass rate
     band: list[float] = field(default_factory=lambda: [0.0, 1.0])  # keep low < pass rate < high
@@ -35,8 +45,11 @@ def candidates(cfg: QuerySelection):
 
     from data_builders import sources, synthetic
     parts = [synthetic.generate(f, n, seed=cfg.seed, **cfg.knobs.get(f, {})) for f, n in cfg.families.items()]
+    if cfg.data and parts:  # a common schema to concatenate with a dataset on disk
+        parts = [p.select_columns(["prompt", "answer", "tests", "task", "domain"]) for p in parts]
     if cfg.data:
-        parts.append(sources.load(cfg.data))
+        parts.append(sources.load(cfg.data.path, cfg.data.columns, cfg.data.task, cfg.data.domain)
+                      .select_columns(["prompt", "answer", "tests", "task", "domain"]))
     if not parts:
         raise ValueError("queries: give `families` or `data`")
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]

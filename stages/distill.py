@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_builders.rl_queries import QuerySelection, candidates
+from data_builders.rl_queries import DataSource, QuerySelection, candidates
 from posttrain.chat import MODES, split_think, with_flag
 from posttrain.rundir import StageContext
 from posttrain.training import TrainOptions, finish, sft, train
@@ -28,7 +28,7 @@ DIVERGENCE_BETA = {"forward_kl": 0.0, "jsd": 0.5, "reverse_kl": 1.0}  # TRL's ge
 class Prompts:
     families: dict[str, int] = field(default_factory=lambda: {"arithmetic": 64, "linear": 64})
     knobs: dict[str, dict] = field(default_factory=dict)
-    data: str | None = None
+    data: DataSource | None = None
     seed: int = 5
 
 
