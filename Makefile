@@ -24,7 +24,7 @@ install: .venv/.installed
 	touch $@
 
 test: install
-	$(PY) -m pytest -q -x --timeout 900
+	$(PY) -m pytest -x --timeout 900
 
 demo: install
 	$(CLI) run pipelines/demo.yaml
