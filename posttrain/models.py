@@ -88,7 +88,7 @@ def default_model_dir() -> Path:
         model.load_state_dict(loaded.state_dict())
         tok = AutoTokenizer.from_pretrained(default_tokenizer_dir())
         save(model, tok, tmp)
-    return _atomic_dir(cache_dir() / "smollm2-135m-instruct", write)
+    return _atomic_dir(cache_dir() / "smollm2-135m-instruct-v2", write)
 
 
 def resolve_model(path: str | os.PathLike) -> Path:
