@@ -85,12 +85,26 @@ def guesswork(response: str, row: dict[str, Any], ctx: dict[str, Any], min_words
     return len(reasoning.split()) < min_words or bool(_GUESS.search(reasoning))
 
 
-def _conclusion(text: str) -> str | None:
+_CONCLUDES = re.compile(r"\b(?:answer is|answer:|therefore|thus|so)\b([^\n.]*)", re.I)
+_ASSIGNS = re.compile(r"\b[a-zA-Z]\s*=\s*(-?\d+(?:\.\d+)?)")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _conclusion(text: str, final: bool = False) -> str | None:
+    """What a text concludes: its last \\boxed{}, else the number of its last 'so / therefore /
+    answer is' sentence, else its last `x = N`; the final summary may also just end on a number."""
     from rewards.rules import last_boxed
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
-    numbers = re.findall(r"-?\d+(?:\.\d+)?", text)
+    for sentence in reversed(_CONCLUDES.findall(text)):
+        numbers = _NUMBER.findall(sentence)
+        if numbers:
+            return numbers[-1]
+    assigned = _ASSIGNS.findall(text)
+    if assigned:
+        return assigned[-1]
+    numbers = _NUMBER.findall(text) if final else []
     return numbers[-1] if numbers else None
 
 
@@ -99,7 +113,7 @@ def inconsistent_summary(response: str, row: dict[str, Any], ctx: dict[str, Any]
     reasoning, answer = split_think(response)
     if not reasoning or row.get("task") == "code":
         return False
-    thought, said = _conclusion(reasoning), _conclusion(answer)
+    thought, said = _conclusion(reasoning), _conclusion(answer, final=True)
     return thought is not None and said is not None and thought != said and thought not in said
 
 
