@@ -9,6 +9,7 @@ kills and replaces the whole process when a sample still overruns its hard limit
 
 import json
 import logging
+import os
 import resource
 import sys
 
@@ -19,7 +20,13 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
     sys.setrecursionlimit(10_000)
     logging.disable(logging.WARNING)  # math-verify logs whole (possibly huge) inputs on timeouts
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    # `-I` keeps the working directory off sys.path; the parent's import path comes in explicitly.
+    sys.path[:0] = [p for p in os.environ.get("POSTTRAIN_SYS_PATH", "").split(os.pathsep) if p]
+    try:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    except ImportError as err:
+        print(json.dumps({"ready": False, "error": f"cannot import math_verify: {err}"}), flush=True)
+        return
 
     loose = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
     anchored = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),

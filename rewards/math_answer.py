@@ -75,9 +75,10 @@ class _Worker:
         self.buf = b""
 
     def _spawn(self, memory_mb: int) -> None:
+        env = {**os.environ, "POSTTRAIN_SYS_PATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), str(memory_mb)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.ready, self.buf = False, b""
 
     def _kill(self) -> None:
@@ -111,8 +112,11 @@ class _Worker:
                 self._spawn(memory_mb)
             try:
                 if not self.ready:
-                    if self._readline(time.monotonic() + 120) is None:
+                    hello = self._readline(time.monotonic() + 120)
+                    if hello is None:
                         raise RuntimeError("math worker did not start within 120 s")
+                    if not hello.get("ready"):
+                        raise RuntimeError(f"math worker: {hello.get('error')}")
                     self.ready = True
                 self.proc.stdin.write((json.dumps(request) + "\n").encode())
                 self.proc.stdin.flush()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data_builders.rl_queries import QuerySelection, select_queries
+from posttrain.chat import SAMPLING
 from posttrain.rundir import StageContext
 from posttrain.training import TrainOptions, finish, train
 
@@ -35,7 +36,11 @@ class Config:
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
     beta: float = 0.0  # KL to the reference model; 0 = none (no reference model kept)
     epsilon_high: float | None = 0.28  # DAPO clip-higher
-    temperature: float = 1.0
+    # rollouts sample as query selection and eval do (the report's thinking-mode settings), so the
+    # pass rates that made a query "learnable" are the ones GRPO sees
+    temperature: float = SAMPLING["think"]["temperature"]
+    top_p: float = SAMPLING["think"]["top_p"]
+    top_k: int = SAMPLING["think"]["top_k"]
     entropy_coef: float = 0.0
     use_adaptive_entropy: bool = False
     entropy_target: float = 0.2
@@ -65,7 +70,7 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         ctx, GRPOConfig, f"stages.{ctx.stage_id}.config.train",
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
         num_iterations=cfg.num_iterations, loss_type=cfg.loss_type, beta=cfg.beta,
-        epsilon_high=cfg.epsilon_high, temperature=cfg.temperature, top_p=1.0, top_k=0,
+        epsilon_high=cfg.epsilon_high, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
         entropy_coef=cfg.entropy_coef, use_adaptive_entropy=cfg.use_adaptive_entropy,
         entropy_target=cfg.entropy_target, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode,
         mask_truncated_completions=False, log_completions=False)

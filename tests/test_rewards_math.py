@@ -115,3 +115,19 @@ def test_countdown(text, expected):
     reward = rewards.get("countdown")
     assert reward([text], answer=[COUNTDOWN]) == [expected]
     assert reward([text], answer=[None]) == [None]
+
+
+def test_worker_imports_from_the_parents_path_and_says_why_it_cannot(tmp_path, monkeypatch):
+    """The worker runs isolated (`-I`) yet sees the parent's sys.path: a `math_verify` found only
+    there is the one it imports; one that fails to import is named in a clear error."""
+    from rewards.math_answer import _Worker
+    broken = tmp_path / "math_verify"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('planted by the test')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    worker = _Worker()
+    try:
+        with pytest.raises(RuntimeError, match="cannot import math_verify: planted by the test"):
+            worker.grade({"gold": "1", "pred": "1", "anchored": False, "limit": 2}, 10, 0)
+    finally:
+        worker._kill()
