@@ -2,7 +2,9 @@
 
 A suite is a synthetic family (generated with an eval seed that no training data uses) or a dataset
 file in the column contract. Each item is sampled `samples` times per mode; accuracy is the mean
-fraction correct (= pass@1), pass@k uses the unbiased estimator, length is in generated tokens.
+fraction correct (= pass@1) with its standard error over items (the noise to read gains against),
+pass@k uses the unbiased estimator, length is in generated tokens. Per-item correct counts are kept so
+two models evaluated on the same suite and seed can be compared item by item.
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_fail
 
 
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean of `values` (sample standard deviation / sqrt(n)); 0 for n < 2."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+
+
 def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0,
              engine=None) -> dict[str, Any]:
     """Evaluate `model` on every suite and mode; returns the JSON the pipeline report reads."""
@@ -103,10 +114,12 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             correct = [sum(scores[i * cfg.samples:(i + 1) * cfg.samples]) for i in range(len(rows))]
             r = {"n_items": len(rows), "samples": cfg.samples,
                  "accuracy": sum(correct) / (len(rows) * cfg.samples),
+                 "accuracy_se": standard_error([c / cfg.samples for c in correct]),
                  "pass_at_k": {str(k): sum(pass_at_k(cfg.samples, int(c), k) for c in correct) / len(rows)
                                for k in cfg.pass_k},
                  "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
-                 "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat)}
+                 "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
+                 "correct_per_item": [int(c) for c in correct]}
             results["suites"][name][mode] = r
             log.info("eval %s %s: accuracy %.3f pass@k %s", name, mode, r["accuracy"], r["pass_at_k"])
     results["wall_time_s"] = round(time.time() - start, 2)

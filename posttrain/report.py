@@ -105,11 +105,12 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
                      f"| {_fmt(train.get('final_loss'))} |")
     rows = _eval_rows(report)
     if rows:
-        lines += ["", "## Evaluation", "", "| model | suite | mode | accuracy | pass@k | mean length |",
+        lines += ["", "## Evaluation", "", "| model | suite | mode | accuracy ± s.e. | pass@k | mean length |",
                   "|---|---|---|---:|---:|---:|"]
         for label, suite, mode, r in rows:
             passk = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.get("pass_at_k") or {}).items())
-            lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))} | {passk} "
+            se = f" ± {r['accuracy_se']:.3f}" if r.get("accuracy_se") is not None else ""
+            lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))}{se} | {passk} "
                          f"| {_fmt(r.get('mean_length'))} |")
     for extra in report.get("sections", []):
         lines += ["", extra]

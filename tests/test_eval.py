@@ -48,6 +48,8 @@ def test_evaluate_reports_accuracy_pass_at_k_and_length():
     assert res["pass_at_k"]["2"] == pytest.approx((0 + pass_at_k(4, 2, 2) + 1) / 3)
     assert res["pass_at_k"]["4"] == pytest.approx(2 / 3)
     assert res["mean_length"] == pytest.approx(6.5)
+    assert res["correct_per_item"] == [0, 2, 4]
+    assert res["accuracy_se"] == pytest.approx(0.5 / 3 ** 0.5)  # per-item rates 0, .5, 1: sd 0.5
 
 
 def test_grade_routes_by_task():
@@ -92,3 +94,13 @@ def test_query_selection_excludes_prompts_used_in_stage_one(tmp_path, monkeypatc
     selected = rl_queries.select_queries(ctx, rl_queries.QuerySelection(families={"arithmetic": 4}, seed=2, k=2))
     assert len(selected) == 3 and rows[0]["prompt"] not in selected["prompt"]
     assert json.loads((ctx.dir / "selection.json").read_text())["excluded_as_used"] == 1
+
+
+def test_report_shows_accuracy_with_its_standard_error():
+    from posttrain.report import markdown
+    result = {"suites": {"lin": {"think": {"accuracy": 0.5, "accuracy_se": 0.125, "pass_at_k": {"1": 0.5},
+                                           "mean_length": 6.5}}}}
+    stage = {"id": "rl", "stage": "reasoning_rl", "input_model": "runs/x/01_sft/model", "wall_time_s": 1.0,
+             "metrics": {}, "eval": result}
+    text = markdown({"base": {"eval": None}, "stages": [stage]}, [], "t")
+    assert "| rl | lin | think | 0.500 ± 0.125 | 1: 0.500 | 6.500 |" in text
