@@ -87,11 +87,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def standard_error(values: list[float]) -> float:
     """Standard error of the mean of `values` (sample standard deviation / sqrt(n)); 0 for n < 2."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+    from statistics import stdev
+    return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
 
 
 def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0,
