@@ -64,15 +64,33 @@ def _eval(args) -> None:
     import json
 
     from posttrain.config import from_dict, load_yaml
-    from posttrain.evaluate import EvalConfig, evaluate
+    from posttrain.evaluate import EvalConfig, compare, evaluate
     where = args.config or "pipelines/eval.yaml"
     data = load_yaml(where)
     cfg = from_dict(EvalConfig, data.get("eval", data), where)
+    baseline = None
+    if args.baseline:  # read before the (long) eval, so a bad path fails at once
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--baseline {args.baseline}: {err}") from None
     results = evaluate(args.model, cfg, backend=args.backend, seed=args.seed)
+    problem = None
+    if baseline is not None:
+        try:
+            results["vs_baseline"] = {"baseline": args.baseline, "suites": compare(baseline, results)}
+        except ValueError as err:  # still write the results: they took minutes to make
+            problem = f"--baseline {args.baseline}: {err}"
     text = json.dumps(results, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)
+    if problem:
+        raise ValueError(problem)
+    for suite, modes in results.get("vs_baseline", {}).get("suites", {}).items():
+        for mode, g in modes.items():
+            print(f"{suite} {mode}: {100 * g['diff']:+.1f} \u00b1 {100 * g['se']:.1f} points vs {args.baseline} "
+                  f"(paired over {g['n_items']} items)", file=sys.stderr)
 
 
 def _prepare(args) -> None:
@@ -114,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="also write the JSON here")
+    p.add_argument("--baseline", help="an earlier eval JSON on the same suites: print the paired accuracy gain")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("prepare-model", help="write the default model (or --model) as an HF dir in the chat format")

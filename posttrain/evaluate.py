@@ -4,11 +4,13 @@ A suite is a synthetic family (generated with an eval seed that no training data
 file in the column contract. Each item is sampled `samples` times per mode; accuracy is the mean
 fraction correct (= pass@1) with its standard error over items (the noise to read gains against),
 pass@k uses the unbiased estimator, length is in generated tokens. Per-item correct counts are kept so
-two models evaluated on the same suite and seed can be compared item by item.
+two models evaluated on the same items can be compared item by item (`paired_difference`): the paired
+standard error is much smaller than either accuracy's, since item difficulty cancels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -91,6 +93,34 @@ def standard_error(values: list[float]) -> float:
     return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
 
 
+def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Accuracy gain of `after` over `before` on the same items (two results of one suite and mode):
+    mean per-item difference and its standard error. Raises ValueError if the items differ."""
+    a, b = before.get("correct_per_item"), after.get("correct_per_item")
+    if a is None or b is None:
+        raise ValueError("both results need correct_per_item (rerun posttrain eval)")
+    shas = {before.get("items_sha"), after.get("items_sha")} - {None}  # older results have none
+    if not a or len(a) != len(b) or before.get("samples") != after.get("samples") or len(shas) > 1:
+        raise ValueError(f"not the same items: {len(a)} x {before.get('samples')} samples vs "
+                         f"{len(b)} x {after.get('samples')} samples (or a different items_sha)")
+    diffs = [(y - x) / after["samples"] for x, y in zip(a, b)]
+    return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}
+
+
+def compare(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """`paired_difference` for every suite and mode that both eval JSONs have."""
+    out: dict[str, Any] = {}
+    for suite, modes in results["suites"].items():
+        for mode, r in modes.items():
+            base = ((baseline.get("suites") or {}).get(suite) or {}).get(mode)
+            if base is not None:
+                try:
+                    out.setdefault(suite, {})[mode] = paired_difference(base, r)
+                except ValueError as err:
+                    raise ValueError(f"suite {suite!r} mode {mode!r}: {err}") from None
+    return out
+
+
 def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0,
              engine=None) -> dict[str, Any]:
     """Evaluate `model` on every suite and mode; returns the JSON the pipeline report reads."""
@@ -110,6 +140,7 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             scores = grade(flat_rows, [c.text for c in flat])
             correct = [sum(scores[i * cfg.samples:(i + 1) * cfg.samples]) for i in range(len(rows))]
             r = {"n_items": len(rows), "samples": cfg.samples,
+                 "items_sha": hashlib.sha256("\0".join(map(str, prompts)).encode()).hexdigest()[:16],
                  "accuracy": sum(correct) / (len(rows) * cfg.samples),
                  "accuracy_se": standard_error([c / cfg.samples for c in correct]),
                  "pass_at_k": {str(k): sum(pass_at_k(cfg.samples, int(c), k) for c in correct) / len(rows)

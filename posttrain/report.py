@@ -49,6 +49,28 @@ def _eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
     return rows
 
 
+def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
+    """Each stage's paired accuracy gain over the model it started from (when that was evaluated too)."""
+    from posttrain.evaluate import paired_difference
+    evals = {"base": report["base"]["eval"]} | {s["id"]: s["eval"] for s in report["stages"]}
+    owner = {str(m): "base" for m in [(report["base"]["eval"] or {}).get("model")] if m} | {
+        str(s["model"]): s["id"] for s in report["stages"] if s.get("model")}
+    out = {}
+    for s in report["stages"]:
+        before = evals.get(owner.get(str(s["input_model"]), ""))
+        for suite, modes in ((s["eval"] or {}).get("suites") or {}).items():
+            for mode, r in modes.items():
+                ref = (((before or {}).get("suites") or {}).get(suite) or {}).get(mode)
+                try:
+                    g = paired_difference(ref, r) if ref else None
+                except ValueError:  # evaluated on other items: no paired gain to show
+                    g = None
+                if g:
+                    out[(s["id"], suite, mode)] = (f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} "
+                                                   f"vs {owner[str(s['input_model'])]}")
+    return out
+
+
 def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -105,12 +127,15 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
                      f"| {_fmt(train.get('final_loss'))} |")
     rows = _eval_rows(report)
     if rows:
-        lines += ["", "## Evaluation", "", "| model | suite | mode | accuracy ± s.e. | pass@k | mean length |",
-                  "|---|---|---|---:|---:|---:|"]
+        gains = _gains(report)
+        lines += ["", "## Evaluation", "",
+                  "| model | suite | mode | accuracy ± s.e. | gain, points (paired ± s.e.) | pass@k | mean length |",
+                  "|---|---|---|---:|---:|---:|---:|"]
         for label, suite, mode, r in rows:
             passk = ", ".join(f"{k}: {_fmt(v)}" for k, v in (r.get("pass_at_k") or {}).items())
             se = f" ± {r['accuracy_se']:.3f}" if r.get("accuracy_se") is not None else ""
-            lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))}{se} | {passk} "
+            lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))}{se} "
+                         f"| {gains.get((label, suite, mode), '')} | {passk} "
                          f"| {_fmt(r.get('mean_length'))} |")
     for extra in report.get("sections", []):
         lines += ["", extra]

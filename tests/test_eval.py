@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from math import comb
 
 import pytest
@@ -103,4 +104,54 @@ def test_report_shows_accuracy_with_its_standard_error():
     stage = {"id": "rl", "stage": "reasoning_rl", "input_model": "runs/x/01_sft/model", "wall_time_s": 1.0,
              "metrics": {}, "eval": result}
     text = markdown({"base": {"eval": None}, "stages": [stage]}, [], "t")
-    assert "| rl | lin | think | 0.500 ± 0.125 | 1: 0.500 | 6.500 |" in text
+    assert "| rl | lin | think | 0.500 ± 0.125 |  | 1: 0.500 | 6.500 |" in text
+
+
+def test_paired_difference_on_fixed_items():
+    from posttrain.evaluate import paired_difference
+    before = {"samples": 4, "correct_per_item": [0, 4, 2], "items_sha": "abc"}
+    after = {"samples": 4, "correct_per_item": [2, 4, 4], "items_sha": "abc"}
+    g = paired_difference(before, after)  # per-item gains .5, 0, .5
+    assert g["diff"] == pytest.approx(1 / 3) and g["n_items"] == 3
+    assert g["se"] == pytest.approx(statistics.stdev([0.5, 0, 0.5]) / 3 ** 0.5)
+    with pytest.raises(ValueError, match="not the same items"):
+        paired_difference(before, after | {"items_sha": "xyz"})
+    with pytest.raises(ValueError, match="not the same items"):
+        paired_difference(before, after | {"correct_per_item": [2, 4]})
+
+
+def test_report_shows_each_stage_gain_over_its_input_model():
+    from posttrain.report import markdown
+
+    def result(correct, sha="s"):
+        return {"model": "m", "suites": {"lin": {"think": {"accuracy": sum(correct) / 8, "samples": 2,
+                                                             "correct_per_item": correct, "items_sha": sha}}}}
+    stages = [{"id": "sft", "stage": "cold_start", "input_model": "m", "model": "r/sft/model",
+               "wall_time_s": 1.0, "metrics": {}, "eval": result([0, 0, 1, 1])},
+              {"id": "rl", "stage": "reasoning_rl", "input_model": "r/sft/model", "model": "r/rl/model",
+               "wall_time_s": 1.0, "metrics": {}, "eval": result([2, 0, 1, 1], sha="other")}]
+    text = markdown({"base": {"eval": result([0, 0, 0, 0])}, "stages": stages}, [], "t")
+    assert "| sft | lin | think | 0.250 | +25.0 ± 14.4 vs base |" in text
+    assert "| rl | lin | think | 0.500 |  |" in text  # other items: no paired gain
+
+
+def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monkeypatch, capsys):
+    import posttrain.evaluate
+    from posttrain.cli import main
+    (tmp_path / "eval.yaml").write_text("eval: {suites: {lin: {family: linear, n: 2}}, modes: [think]}\n")
+    args = ["eval", "--model", "unused", "--config", str(tmp_path / "eval.yaml")]
+    assert main(args + ["--baseline", str(tmp_path / "missing.json")]) == 2
+    assert "--baseline" in capsys.readouterr().err
+    new = {"model": "unused", "suites": {"lin": {"think": {"samples": 4, "correct_per_item": [1, 3]}}}}
+    monkeypatch.setattr(posttrain.evaluate, "evaluate", lambda *a, **k: json.loads(json.dumps(new)))
+    (tmp_path / "old.json").write_text(json.dumps(
+        {"suites": {"lin": {"think": {"samples": 4, "correct_per_item": [1, 1, 1]}}}}))
+    out = tmp_path / "new.json"
+    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 2
+    assert "old.json: suite 'lin' mode 'think': not the same items" in capsys.readouterr().err
+    assert json.loads(out.read_text())["suites"] == new["suites"]  # written before the error
+    (tmp_path / "old.json").write_text(json.dumps({"suites": {"lin": {"think": {"samples": 4,
+                                                                                  "correct_per_item": [1, 1]}}}}))
+    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 0
+    assert "lin think: +25.0 ± 25.0 points" in capsys.readouterr().err
+    assert json.loads(out.read_text())["vs_baseline"]["suites"]["lin"]["think"]["diff"] == pytest.approx(0.25)
