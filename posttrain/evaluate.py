@@ -100,7 +100,8 @@ def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str
     if a is None or b is None:
         raise ValueError("both results need correct_per_item (rerun posttrain eval)")
     shas = {before.get("items_sha"), after.get("items_sha")} - {None}  # older results have none
-    if not a or len(a) != len(b) or before.get("samples") != after.get("samples") or len(shas) > 1:
+    if not a or len(a) != len(b) or not after.get("samples") or before.get("samples") != after.get("samples") \
+            or len(shas) > 1:
         raise ValueError(f"not the same items: {len(a)} x {before.get('samples')} samples vs "
                          f"{len(b)} x {after.get('samples')} samples (or a different items_sha)")
     diffs = [(y - x) / after["samples"] for x, y in zip(a, b)]
