@@ -51,23 +51,22 @@ def _eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
 
 def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
     """Each stage's paired accuracy gain over the model it started from (when that was evaluated too)."""
-    from posttrain.evaluate import paired_difference
+    from posttrain.evaluate import compare
     evals = {"base": report["base"]["eval"]} | {s["id"]: s["eval"] for s in report["stages"]}
     owner = {str(m): "base" for m in [(report["base"]["eval"] or {}).get("model")] if m} | {
         str(s["model"]): s["id"] for s in report["stages"] if s.get("model")}
     out = {}
     for s in report["stages"]:
-        before = evals.get(owner.get(str(s["input_model"]), ""))
-        for suite, modes in ((s["eval"] or {}).get("suites") or {}).items():
-            for mode, r in modes.items():
-                ref = (((before or {}).get("suites") or {}).get(suite) or {}).get(mode)
-                try:
-                    g = paired_difference(ref, r) if ref else None
-                except ValueError:  # evaluated on other items: no paired gain to show
-                    g = None
-                if g:
-                    out[(s["id"], suite, mode)] = (f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} "
-                                                   f"vs {owner[str(s['input_model'])]}")
+        ref = owner.get(str(s["input_model"]))
+        if not (ref and evals[ref] and s["eval"]):
+            continue
+        try:
+            gains = compare(evals[ref], s["eval"])
+        except ValueError:  # evaluated on other items (or before per-item counts): no paired gain
+            continue
+        for suite, modes in gains.items():
+            for mode, g in modes.items():
+                out[(s["id"], suite, mode)] = f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} vs {ref}"
     return out
 
 

@@ -141,7 +141,7 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
     (tmp_path / "eval.yaml").write_text("eval: {suites: {lin: {family: linear, n: 2}}, modes: [think]}\n")
     args = ["eval", "--model", "unused", "--config", str(tmp_path / "eval.yaml")]
     assert main(args + ["--baseline", str(tmp_path / "missing.json")]) == 2
-    assert "--baseline" in capsys.readouterr().err
+    assert "--baseline " + str(tmp_path / "missing.json") in capsys.readouterr().err
     new = {"model": "unused", "suites": {"lin": {"think": {"samples": 4, "correct_per_item": [1, 3]}}}}
     monkeypatch.setattr(posttrain.evaluate, "evaluate", lambda *a, **k: json.loads(json.dumps(new)))
     (tmp_path / "old.json").write_text(json.dumps(
