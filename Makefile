@@ -4,14 +4,15 @@ CLI     := .venv/bin/posttrain
 PIPELINE ?= pipelines/demo.yaml
 CONFIG  ?=
 
-.PHONY: install test demo pipeline cold-start reasoning-rl distill help
+.PHONY: install test lint demo pipeline cold-start reasoning-rl fusion distill help
 
 help:
 	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
 	@echo "make demo      run pipelines/demo.yaml on the embedded default model"
 	@echo "make test      run the test suite (CPU, a few minutes)"
+	@echo "make lint      ruff (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml"
-	@echo "make cold-start | reasoning-rl | distill   one stage (CONFIG=file.yaml to override)"
+	@echo "make cold-start | reasoning-rl | fusion | distill   one stage (CONFIG=file.yaml to override)"
 	@echo "make distill TEACHER=dir STUDENT=layers=6"
 
 # torch goes in first, pinned, so nothing below pulls a CUDA build.
@@ -26,6 +27,9 @@ install: .venv/.installed
 test: install
 	$(PY) -m pytest -x --timeout 900
 
+lint: install
+	$(PY) -m ruff check .
+
 demo: install
 	$(CLI) run pipelines/demo.yaml
 
@@ -37,6 +41,9 @@ cold-start: install
 
 reasoning-rl: install
 	$(CLI) stage reasoning_rl --config $(or $(CONFIG),pipelines/stages/reasoning_rl.yaml)
+
+fusion: install
+	$(CLI) stage fusion --config $(or $(CONFIG),pipelines/stages/fusion.yaml)
 
 distill: install
 	$(CLI) distill --config $(or $(CONFIG),pipelines/stages/distill.yaml) \

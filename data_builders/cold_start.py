@@ -85,7 +85,7 @@ def build(ctx: StageContext, cfg: ColdStartData):
     def drop(name: str, flags: list[bool]) -> None:
         nonlocal rows
         report["query_filters"][name] = sum(flags)
-        rows = [r for r, f in zip(rows, flags) if not f]
+        rows = [r for r, f in zip(rows, flags, strict=True) if not f]
 
     drop("unverifiable", [filters.unverifiable(r) for r in rows])
     index = filters.NearDuplicateIndex(eval_texts(ctx) + [r["prompt"][-1]["content"] for r in split["test"]],
@@ -96,7 +96,7 @@ def build(ctx: StageContext, cfg: ColdStartData):
         drop("solved_without_cot", [rate >= cfg.no_cot_max_pass for rate in rates])
 
     kept_rows, set_aside, rejections = [], [], {}
-    for row, responses in zip(rows, _responses(ctx, cfg, rows)):
+    for row, responses in zip(rows, _responses(ctx, cfg, rows), strict=True):
         kept, counts = filters.apply_response_filters(responses, row, {"eval_index": index, "rules": cfg.rules})
         for rule, c in counts.items():
             rejections[rule] = rejections.get(rule, 0) + c
@@ -106,7 +106,8 @@ def build(ctx: StageContext, cfg: ColdStartData):
             reasoning, answer = split_think(text)
             kept_rows.append({"messages": row["prompt"] + [
                 {"role": "assistant", "content": answer, "reasoning_content": reasoning or ""}],
-                "domain": row.get("domain"), "task": row.get("task")})
+                "domain": row.get("domain"), "task": row.get("task"),
+                "answer": row.get("answer") or "", "tests": row.get("tests") or ""})
     report.update(queries_after_filters=len(rows), response_rejections=rejections,
                   set_aside_pass_at_n_zero=len(set_aside), examples=len(kept_rows))
     write_json(ctx.dir / "cold_start_data.json", report)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from posttrain.chat import split_think
 
@@ -76,7 +77,8 @@ def repetition(response: str, row: dict[str, Any], ctx: dict[str, Any], n: int =
     return any(c >= 3 for c in Counter(lines).values())
 
 
-_GUESS = re.compile(r"\b(i guess|just guess|probably|maybe it'?s|let'?s just say|i'?m not sure|random(ly)? pick)\b", re.I)
+_GUESS = re.compile(r"\b(i guess|just guess|probably|maybe it'?s|let'?s just say|i'?m not sure"
+                    r"|random(ly)? pick)\b", re.I)
 
 
 def guesswork(response: str, row: dict[str, Any], ctx: dict[str, Any], min_words: int = 8) -> bool:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BOX = "Put the final answer in \\boxed{}."
 NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Mo", "Nia"]
@@ -50,7 +51,8 @@ def arithmetic(rng: random.Random, steps: int = 2, max_value: int = 20) -> dict[
         else:
             k, n = rng.randint(2, 4), rng.randint(1, 5)
             story.append(f"Then {k} friends each give {name} {n} {item}.")
-            trace.append(f"{k} friends give {n} each, which is {k} * {n} = {k * n}; {value} + {k * n} = {value + k * n}.")
+            trace.append(f"{k} friends give {n} each, which is {k} * {n} = {k * n}; "
+                         f"{value} + {k * n} = {value + k * n}.")
             value += k * n
     story.append(f"How many {item} does {name} have now? {BOX}")
     trace.append(f"So {name} has {value} {item}.")

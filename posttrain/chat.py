@@ -7,7 +7,8 @@ module only names them and adds the small text helpers every stage needs.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from trl.chat_template_utils import qwen3_chat_template, qwen3_training_chat_template
 

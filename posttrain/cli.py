@@ -64,10 +64,15 @@ def _eval(args) -> None:
     import json
 
     from posttrain.config import from_dict, load_yaml
-    from posttrain.evaluate import EvalConfig, compare, evaluate
+    from posttrain.evaluate import EvalConfig, compare, compare_think_follow, evaluate
     where = args.config or "pipelines/eval.yaml"
     data = load_yaml(where)
     cfg = from_dict(EvalConfig, data.get("eval", data), where)
+    if args.thinking_budget is not None:
+        cfg = from_dict(EvalConfig, {**data.get("eval", data), "thinking_budget": args.thinking_budget},
+                        f"{where} (--thinking-budget)")
+    if args.budgets:
+        return _budget_curve(args, cfg, where)
     baseline = None
     if args.baseline:  # read before the (long) eval, so a bad path fails at once
         try:
@@ -78,7 +83,8 @@ def _eval(args) -> None:
     problem = None
     if baseline is not None:
         try:
-            results["vs_baseline"] = {"baseline": args.baseline, "suites": compare(baseline, results)}
+            results["vs_baseline"] = {"baseline": args.baseline, "suites": compare(baseline, results),
+                                      "think_follow": compare_think_follow(baseline, results)}
         except ValueError as err:  # still write the results: they took minutes to make
             problem = f"--baseline {args.baseline}: {err}"
     text = json.dumps(results, indent=2)
@@ -91,6 +97,29 @@ def _eval(args) -> None:
         for mode, g in modes.items():
             print(f"{suite} {mode}: {100 * g['diff']:+.1f} \u00b1 {100 * g['se']:.1f} points vs {args.baseline} "
                   f"(paired over {g['n_items']} items)", file=sys.stderr)
+    tf = results.get("vs_baseline", {}).get("think_follow")
+    if tf:
+        print(f"ThinkFollow: {100 * tf['diff']:+.1f} \u00b1 {100 * tf['se']:.1f} points vs {args.baseline} "
+              f"(paired over {tf['n_items']} turns)", file=sys.stderr)
+
+
+def _budget_curve(args, cfg, where: str) -> None:
+    """`posttrain eval --budgets 16 32 64`: the accuracy-vs-budget curve as JSON (and a PNG beside it)."""
+    import json
+
+    from posttrain.config import from_dict
+    from posttrain.evaluate import BudgetCurveConfig, budget_curve
+    from posttrain.report import plot_budget_curve
+    curve = from_dict(BudgetCurveConfig, {"budgets": args.budgets}, f"{where} (--budgets)")
+    result = budget_curve(args.model, cfg, curve, backend=args.backend, seed=args.seed)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        plot_budget_curve(result, Path(args.output).with_suffix(".png"))
+    print(text)
+    for p in result["points"]:
+        cells = ", ".join(f"{s} {r['accuracy']:.3f}" for s, r in p["suites"].items())
+        print(f"budget {p['budget'] or 'none'}: {cells}", file=sys.stderr)
 
 
 def _prepare(args) -> None:
@@ -133,12 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="also write the JSON here")
     p.add_argument("--baseline", help="an earlier eval JSON on the same suites: print the paired accuracy gain")
+    p.add_argument("--thinking-budget", type=int, help="stop thinking after N tokens, then answer (think mode)")
+    p.add_argument("--budgets", type=int, nargs="+", metavar="N",
+                   help="instead: think-mode accuracy at each budget and with none (JSON; --output also gets a PNG)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("prepare-model", help="write the default model (or --model) as an HF dir in the chat format")
     p.add_argument("--output", required=True)
     p.add_argument("--model", default="default")
     p.set_defaults(func=_prepare)
+
+    from posttrain.interactive import add_parsers
+    add_parsers(sub)
 
     from posttrain.bench import add_parser
     add_parser(sub)

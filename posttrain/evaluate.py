@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from posttrain.config import ExistingPath
+from posttrain.thinkfollow import ThinkFollowConfig
 
 log = logging.getLogger("posttrain.evaluate")
 
 # The reward that grades each task kind (rewards.get names or dotted paths).
-GRADERS = {"math": "math", "code": "code", "countdown": "countdown"}
+GRADERS = {"math": "math", "code": "code", "countdown": "countdown", "instruction": "instruction"}
 
 
 @dataclass
@@ -44,12 +45,29 @@ class EvalConfig:
     samples: int = 4  # samples per item and mode (pass@k needs k <= samples)
     pass_k: list[int] = field(default_factory=lambda: [1, 4])
     max_new_tokens: int = 256
-    thinking_budget: int | None = None
+    thinking_budget: int | None = None  # stop thinking after this many tokens (think mode)
     batch_size: int = 32
+    think_follow: ThinkFollowConfig | None = None  # the ThinkFollow suite (posttrain/thinkfollow.py)
 
     def __post_init__(self):
         if any(k > self.samples for k in self.pass_k):
             raise ValueError(f"pass_k {self.pass_k} needs samples >= {max(self.pass_k)}")
+        if self.thinking_budget is not None and self.thinking_budget < 1:
+            raise ValueError(f"thinking_budget must be at least 1, got {self.thinking_budget}")
+
+
+@dataclass
+class BudgetCurveConfig:
+    """Accuracy against the thinking budget (think mode, the eval suites), for one model."""
+
+    budgets: list[int] = field(default_factory=lambda: [16, 32, 64])  # plus no budget
+    stage: str | None = None  # in a pipeline: the stage whose model is measured (default: the last)
+    samples: int | None = None  # default: the eval's
+    max_new_tokens: int | None = None  # default: the eval's
+
+    def __post_init__(self):
+        if not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"budgets must be positive token counts, got {self.budgets}")
 
 
 def load_suite(name: str, suite: SuiteConfig):
@@ -72,7 +90,7 @@ def grade(rows: list[dict[str, Any]], texts: list[str]) -> list[float]:
             raise ValueError(f"eval: no grader for task {task!r} (graders: {', '.join(GRADERS)})")
         reward = rewards.get(GRADERS[task])
         columns = {k: [rows[i].get(k) for i in idx] for k in rows[idx[0]]}
-        for i, s in zip(idx, reward([texts[i] for i in idx], **columns)):
+        for i, s in zip(idx, reward([texts[i] for i in idx], **columns), strict=True):
             scores[i] = float(s or 0.0)
     return scores
 
@@ -104,7 +122,7 @@ def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str
             or len(shas) > 1:
         raise ValueError(f"not the same items: {len(a)} x {before.get('samples')} samples vs "
                          f"{len(b)} x {after.get('samples')} samples (or a different items_sha)")
-    diffs = [(y - x) / after["samples"] for x, y in zip(a, b)]
+    diffs = [(y - x) / after["samples"] for x, y in zip(a, b, strict=True)]
     return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}
 
 
@@ -122,34 +140,102 @@ def compare(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0,
-             engine=None) -> dict[str, Any]:
-    """Evaluate `model` on every suite and mode; returns the JSON the pipeline report reads."""
+def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, float] | None:
+    """The paired ThinkFollow gain turn by turn (same conversations and flags), or None when either
+    result has no ThinkFollow or they were made on other conversations."""
+    a, b = baseline.get("think_follow"), results.get("think_follow")
+    if not (a and b) or a.get("items_sha") != b.get("items_sha"):
+        return None
+    as_items = [{"correct_per_item": r["per_turn"], "samples": 1, "items_sha": r["items_sha"]} for r in (a, b)]
+    return paired_difference(*as_items)
+
+
+def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0, engine=None,
+             previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate `model` on every suite and mode (and ThinkFollow); returns the JSON the report reads.
+
+    Entries of `previous` (an earlier result of this model) made on the same items with the same
+    settings are reused, so adding a suite or ThinkFollow to a finished run costs only what is new."""
     from posttrain.generation import load_engine
+    from posttrain.thinkfollow import plans_sha, think_follow
     start = time.time()
-    engine = engine or load_engine(model, backend=backend, batch_size=cfg.batch_size)
+    loaded = [engine]
+
+    def get_engine():
+        if loaded[0] is None:
+            loaded[0] = load_engine(model, backend=backend, batch_size=cfg.batch_size)
+        return loaded[0]
+    previous = previous or {}
     results: dict[str, Any] = {"model": str(model), "suites": {}}
+    settings = {"samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens, "thinking_budget": cfg.thinking_budget,
+                "seed": seed}
     for name, suite in cfg.suites.items():
         rows = list(load_suite(name, suite))
         prompts = [row["prompt"] for row in rows]
+        sha = hashlib.sha256("\0".join(map(str, prompts)).encode()).hexdigest()[:16]
         results["suites"][name] = {}
         for mode in cfg.modes:
-            outs = engine.generate(prompts, n=cfg.samples, mode=mode, max_new_tokens=cfg.max_new_tokens,
-                                   thinking_budget=cfg.thinking_budget, seed=seed, progress=True)
+            old = ((previous.get("suites") or {}).get(name) or {}).get(mode)
+            if _reusable(old, sha, settings):
+                results["suites"][name][mode] = old
+                continue
+            outs = get_engine().generate(prompts, n=cfg.samples, mode=mode, max_new_tokens=cfg.max_new_tokens,
+                                         thinking_budget=cfg.thinking_budget, seed=seed, progress=True)
             flat_rows = [row for row in rows for _ in range(cfg.samples)]
             flat = [c for o in outs for c in o]
             scores = grade(flat_rows, [c.text for c in flat])
             correct = [sum(scores[i * cfg.samples:(i + 1) * cfg.samples]) for i in range(len(rows))]
-            r = {"n_items": len(rows), "samples": cfg.samples,
-                 "items_sha": hashlib.sha256("\0".join(map(str, prompts)).encode()).hexdigest()[:16],
+            r = {"n_items": len(rows), "samples": cfg.samples, "items_sha": sha, "settings": settings,
                  "accuracy": sum(correct) / (len(rows) * cfg.samples),
                  "accuracy_se": standard_error([c / cfg.samples for c in correct]),
                  "pass_at_k": {str(k): sum(pass_at_k(cfg.samples, int(c), k) for c in correct) / len(rows)
                                for k in cfg.pass_k},
                  "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
                  "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
+                 "budget_hit": sum(c.budget_hit for c in flat) / len(flat),
                  "correct_per_item": [int(c) for c in correct]}
             results["suites"][name][mode] = r
             log.info("eval %s %s: accuracy %.3f pass@k %s", name, mode, r["accuracy"], r["pass_at_k"])
+    if cfg.think_follow is not None:
+        from dataclasses import asdict
+
+        from data_builders.fusion import suite as tf_suite
+        tf, old = cfg.think_follow, previous.get("think_follow")
+        sha = plans_sha(tf_suite(tf.kinds, tf.n, tf.seed, tf.max_turns))
+        if _reusable(old, sha, {**asdict(tf), "eval_seed": seed}):
+            results["think_follow"] = old
+        else:
+            results["think_follow"] = think_follow(get_engine(), tf, seed=seed)
+            log.info("eval ThinkFollow: %.3f over %d turns", results["think_follow"]["score"],
+                     results["think_follow"]["turns"])
     results["wall_time_s"] = round(time.time() - start, 2)
     return results
+
+
+def _reusable(old: dict[str, Any] | None, sha: str, settings: dict[str, Any]) -> bool:
+    """An earlier result made on the same items with the same settings (results written before
+    settings were recorded are matched on items and sample count)."""
+    if not old or old.get("items_sha") != sha:
+        return False
+    if "settings" in old:
+        return old["settings"] == settings
+    return "samples" in settings and old.get("samples") == settings["samples"]
+
+
+def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, backend: str = "transformers",
+                 seed: int = 0, engine=None) -> dict[str, Any]:
+    """Think-mode accuracy, length and budget hits at each budget and with none (the last point)."""
+    from dataclasses import replace
+
+    from posttrain.generation import load_engine
+    base = replace(cfg, modes=["think"], think_follow=None, samples=curve.samples or cfg.samples,
+                   pass_k=[1], max_new_tokens=curve.max_new_tokens or cfg.max_new_tokens)
+    engine = engine or load_engine(model, backend=backend, batch_size=cfg.batch_size)
+    points = []
+    for budget in [*sorted(set(curve.budgets)), None]:
+        r = evaluate(model, replace(base, thinking_budget=budget), seed=seed, engine=engine)
+        points.append({"budget": budget, "suites": {
+            name: {k: modes["think"][k] for k in ("accuracy", "accuracy_se", "mean_length", "budget_hit", "truncated")}
+            for name, modes in r["suites"].items()}})
+    return {"model": str(model), "samples": base.samples, "max_new_tokens": base.max_new_tokens,
+            "budgets": sorted(set(curve.budgets)), "points": points}

@@ -9,13 +9,14 @@ without `</think>` is stopped, Qwen's early-stop text is appended, and the answe
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from posttrain.chat import BUDGET_STOP_TEXT, EMPTY_THINK, SAMPLING, THINK_CLOSE, split_think
+from posttrain.chat import BUDGET_STOP_TEXT, EMPTY_THINK, SAMPLING, THINK_CLOSE, THINK_OPEN, resolve_mode, split_think
 
 Messages = list[dict[str, Any]]
 BACKENDS = ("transformers", "vllm")
@@ -66,10 +67,7 @@ class GenerationEngine:
                  logprobs: bool = False, progress: bool = False) -> list[list[Completion]]:
         """Sample `n` completions per chat prompt. Unset sampling knobs take the report's settings for
         the mode; temperature 0 is greedy. `mode=None` leaves the mode to the flags in the prompt."""
-        defaults = SAMPLING["no_think" if mode == "no_think" else "think"]
-        sampling = dict(temperature=defaults["temperature"] if temperature is None else temperature,
-                        top_p=defaults["top_p"] if top_p is None else top_p,
-                        top_k=defaults["top_k"] if top_k is None else top_k)
+        sampling = _sampling(mode, temperature, top_p, top_k)
         prefix = [self.render(m, mode) for m in prompts for _ in range(n)]
         prefill = EMPTY_THINK if mode == "no_think" else ""  # the template's no-think prefill
         budget = thinking_budget if thinking_budget and mode != "no_think" else None
@@ -88,7 +86,7 @@ class GenerationEngine:
         for i, c in enumerate(results):
             if c.finish_reason != "length" or remaining <= 0:
                 continue
-            if THINK_CLOSE in c.text:  # thought within budget; the answer was cut by phase one
+            if not self._still_thinking(prefix[i], c.text):  # the answer was cut by phase one
                 cont.append(prefix[i] + c.token_ids)
             else:
                 c.budget_hit, c.text = True, c.text + BUDGET_STOP_TEXT
@@ -96,16 +94,60 @@ class GenerationEngine:
             todo.append(i)
         if not todo:
             return
-        for i, (ids, lps, fin) in zip(todo, self._sample(cont, remaining, sampling, seed, logprobs, False)):
+        answers = self._sample(cont, remaining, sampling, seed, logprobs, False)
+        for i, (ids, lps, fin) in zip(todo, answers, strict=True):
             c = results[i]
             c.text += self.tokenizer.decode(ids, skip_special_tokens=True)
             c.token_ids = c.token_ids + ids
             c.logprobs = None if c.logprobs is None else c.logprobs + (lps or [])
             c.finish_reason = fin
 
+    def _still_thinking(self, prefix: list[int], text: str) -> bool:
+        """Inside an open think block: opened by the model (or pre-filled by the template) and not
+        closed. An answer given without a think block is never cut by the budget."""
+        head = text.lstrip()
+        opened = (head.startswith(THINK_OPEN) or bool(head) and THINK_OPEN.startswith(head)  # (a tag cut short)
+                  or self.tokenizer.decode(prefix[-8:]).rstrip().endswith(THINK_OPEN))
+        return opened and THINK_CLOSE not in text
+
+    def stream(self, messages: Messages, *, mode: str | None = None, max_new_tokens: int = 1024,
+               thinking_budget: int | None = None, seed: int | None = None, temperature: float | None = None,
+               top_p: float | None = None, top_k: int | None = None) -> Iterator[str]:
+        """The reply to one conversation as text pieces, while it is generated. `mode=None` leaves
+        the mode to the flags in the conversation (the report's sampling follows the last flag).
+        The thinking budget works as in `generate`: the early-stop text is streamed, then the answer."""
+        sampling = _sampling(mode or resolve_mode(messages), temperature, top_p, top_k)
+        prefix = self.render(messages, mode)
+        if mode == "no_think":
+            yield EMPTY_THINK
+        budget = thinking_budget if thinking_budget and mode != "no_think" else None
+        first = min(budget, max_new_tokens) if budget else max_new_tokens
+        ids, finish = yield from self._stream(prefix, first, sampling, seed)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if budget and finish == "length" and max_new_tokens > first:
+            extra = []
+            if self._still_thinking(prefix, text):
+                yield BUDGET_STOP_TEXT
+                extra = self.tokenizer.encode(BUDGET_STOP_TEXT, add_special_tokens=False)
+            yield from self._stream(prefix + ids + extra, max_new_tokens - first, sampling, seed)
+
+    def _stream(self, prefix, max_new_tokens, sampling, seed):
+        """Yields text pieces, returns (generated_ids, finish_reason). Default: all at once."""
+        [(ids, _, finish)] = self._sample([prefix], max_new_tokens, sampling, seed, False, False)
+        yield self.tokenizer.decode(ids, skip_special_tokens=True)
+        return ids, finish
+
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         """[(generated_ids, logprobs|None, finish_reason)] for each token-id prefix."""
         raise NotImplementedError
+
+
+def _sampling(mode: str | None, temperature: float | None, top_p: float | None, top_k: int | None) -> dict:
+    """Sampling knobs: what the caller set, else the report's settings for the mode."""
+    defaults = SAMPLING["no_think" if mode == "no_think" else "think"]
+    return dict(temperature=defaults["temperature"] if temperature is None else temperature,
+                top_p=defaults["top_p"] if top_p is None else top_p,
+                top_k=defaults["top_k"] if top_k is None else top_k)
 
 
 class TransformersEngine(GenerationEngine):
@@ -115,13 +157,45 @@ class TransformersEngine(GenerationEngine):
         super().__init__(tokenizer)
         self.model, self.batch_size = model, batch_size
 
-    @torch.inference_mode()
-    def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
+    def _knobs(self, sampling, seed) -> dict[str, Any]:
         if seed is not None:
             torch.manual_seed(seed)
         greedy = sampling["temperature"] == 0
         knobs = {} if greedy else dict(temperature=sampling["temperature"], top_p=sampling["top_p"],
                                        top_k=sampling["top_k"] or None)
+        return dict(do_sample=not greedy, eos_token_id=list(self.end_ids), pad_token_id=self.tokenizer.pad_token_id,
+                    **knobs)
+
+    def _stream(self, prefix, max_new_tokens, sampling, seed):
+        """Token by token through transformers' TextIteratorStreamer (generation runs in a thread)."""
+        from threading import Thread
+
+        from transformers import TextIteratorStreamer
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out: dict[str, Any] = {}
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    out["ids"] = self.model.generate(input_ids=torch.tensor([prefix], device=self.model.device),
+                                                     max_new_tokens=max_new_tokens, streamer=streamer,
+                                                     **self._knobs(sampling, seed))
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the stream is closed
+                out["error"] = err
+                streamer.end()
+        thread = Thread(target=work, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if "error" in out:
+            raise out["error"]
+        toks = out["ids"][0, len(prefix):].tolist()
+        end = next((j for j, t in enumerate(toks) if t in self.end_ids), None)
+        return (toks[:end], "stop") if end is not None else (toks, "length")
+
+    @torch.inference_mode()
+    def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
+        knobs = self._knobs(sampling, seed)
         pad, dev = self.tokenizer.pad_token_id, self.model.device
         out = []
         starts = range(0, len(prefixes), self.batch_size)
@@ -131,7 +205,6 @@ class TransformersEngine(GenerationEngine):
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=dev)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=dev)
             gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=not greedy, eos_token_id=list(self.end_ids), pad_token_id=pad,
                                       output_logits=logprobs, return_dict_in_generate=True, **knobs)
             new = gen.sequences[:, width:]
             lp = None
@@ -172,7 +245,7 @@ class VLLMEngine(GenerationEngine):
         for o in outs:
             c = o.outputs[0]
             ids = [t for t in c.token_ids if t not in self.end_ids]
-            lps = [d[t].logprob for t, d in zip(ids, c.logprobs)] if logprobs else None
+            lps = [d[t].logprob for t, d in zip(ids, c.logprobs, strict=False)] if logprobs else None
             results.append((ids, lps, "length" if c.finish_reason == "length" else "stop"))
         return results
 

@@ -44,6 +44,7 @@ class PipelineConfig:
     backend: Literal["transformers", "vllm"] = "transformers"  # rollouts and eval generation
     eval: dict[str, Any] | None = None  # posttrain.evaluate.EvalConfig
     compare: list[str] | None = None  # stage ids to set side by side in the report (accuracy vs compute)
+    budget_curve: dict[str, Any] | None = None  # posttrain.evaluate.BudgetCurveConfig, drawn after the stages
 
 
 @dataclass
@@ -106,6 +107,14 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
     for sid in cfg.compare or []:
         if sid not in outputs:
             raise ConfigError(f"{where}: compare: {sid!r} is not a stage id (stages: {', '.join(outputs)})")
+    if cfg.budget_curve is not None:
+        from posttrain.evaluate import BudgetCurveConfig
+        if cfg.eval is None:
+            raise ConfigError(f"{where}: budget_curve: needs the pipeline's `eval` suites")
+        curve = from_dict(BudgetCurveConfig, cfg.budget_curve, f"{where}: budget_curve")
+        if curve.stage is not None and curve.stage not in outputs:
+            raise ConfigError(f"{where}: budget_curve.stage: {curve.stage!r} is not a stage id "
+                              f"(stages: {', '.join(outputs)})")
     return planned
 
 
@@ -157,6 +166,8 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
                                  "metrics": metrics})
         if evaluator and p.spec.eval:
             evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json")
+    if cfg.budget_curve is not None:
+        _budget_curve(cfg, planned, run_dir)
     from posttrain.report import write_report
     write_report(run_dir, cfg, planned)
     return run_dir
@@ -176,10 +187,28 @@ def _evaluator(cfg: PipelineConfig):
     eval_cfg = from_dict(EvalConfig, cfg.eval, "eval")
 
     def run_eval(model: str, path: Path) -> dict:
+        """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest."""
         cached = read_json(path)
-        if cached is not None:
-            return cached
-        results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed)
-        write_json(path, results)
+        results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed, previous=cached)
+        if cached is None or results["suites"] != cached.get("suites") or \
+                results.get("think_follow") != cached.get("think_follow"):
+            write_json(path, results)
         return results
     return run_eval
+
+
+def _budget_curve(cfg: PipelineConfig, planned: list[PlannedStage], run_dir: Path) -> dict:
+    """budget_curve.json for the chosen stage's model (kept while model and settings are unchanged)."""
+    from posttrain.evaluate import BudgetCurveConfig, EvalConfig, budget_curve
+    curve = from_dict(BudgetCurveConfig, cfg.budget_curve, "budget_curve")
+    chosen = next(p for p in planned if p.ctx.stage_id == (curve.stage or planned[-1].ctx.stage_id))
+    path, model = run_dir / "budget_curve.json", str(chosen.ctx.model_dir)
+    cached, made = read_json(path), chosen.ctx.completion_info().get("finished_at")
+    if cached and cached.get("model") == model and cached.get("config") == to_dict(curve) \
+            and cached.get("model_finished_at") == made:
+        return cached
+    log.info("budget curve of %s: budgets %s", chosen.ctx.stage_id, curve.budgets)
+    result = budget_curve(model, from_dict(EvalConfig, cfg.eval, "eval"), curve, backend=cfg.backend, seed=cfg.seed)
+    result.update(stage=chosen.ctx.stage_id, config=to_dict(curve), model_finished_at=made)
+    write_json(path, result)
+    return result

@@ -24,6 +24,7 @@ def collect(run_dir: Path, planned) -> dict[str, Any]:
             "cpu_time_s": info.get("cpu_time_s"),
             "resumed": info.get("resumed"), "metrics": read_json(p.ctx.dir / "metrics.json", {}),
             "eval": read_json(p.ctx.dir / "eval.json")})
+    report["budget_curve"] = read_json(run_dir / "budget_curve.json")
     return report
 
 
@@ -50,8 +51,9 @@ def _eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
 
 
 def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
-    """Each stage's paired accuracy gain over the model it started from (when that was evaluated too)."""
-    from posttrain.evaluate import compare
+    """Each stage's paired gain over the model it started from (when that was evaluated too): per
+    (stage, suite, mode) in accuracy, and per (stage, "think_follow", "") in ThinkFollow."""
+    from posttrain.evaluate import compare, compare_think_follow
     evals = {"base": report["base"]["eval"]} | {s["id"]: s["eval"] for s in report["stages"]}
     owner = {str(m): "base" for m in [(report["base"]["eval"] or {}).get("model")] if m} | {
         str(s["model"]): s["id"] for s in report["stages"] if s.get("model")}
@@ -60,6 +62,9 @@ def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
         ref = owner.get(str(s["input_model"]))
         if not (ref and evals[ref] and s["eval"]):
             continue
+        tf = compare_think_follow(evals[ref], s["eval"])
+        if tf:
+            out[(s["id"], "think_follow", "")] = f"{100 * tf['diff']:+.1f} ± {100 * tf['se']:.1f} vs {ref}"
         try:
             gains = compare(evals[ref], s["eval"])
         except ValueError:  # evaluated on other items (or before per-item counts): no paired gain
@@ -68,6 +73,30 @@ def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
             for mode, g in modes.items():
                 out[(s["id"], suite, mode)] = f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} vs {ref}"
     return out
+
+
+def plot_budget_curve(curve: dict[str, Any], path: Path) -> None:
+    """Think-mode accuracy (± s.e.) per suite against the thinking budget; 'none' is no budget."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    points = curve["points"]
+    xs = list(range(len(points)))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for suite in points[0]["suites"]:
+        ys = [p["suites"][suite]["accuracy"] for p in points]
+        ax.errorbar(xs, ys, yerr=[p["suites"][suite].get("accuracy_se") or 0 for p in points], marker="o",
+                    capsize=3, label=suite)
+    ax.set_xticks(xs, [str(p["budget"]) if p["budget"] else "none" for p in points])
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("accuracy (think mode)")
+    ax.set_title(f"Accuracy vs thinking budget: {Path(curve['model']).parent.name or curve['model']}", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
@@ -83,8 +112,8 @@ def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
         if not tags:
             continue
         fig, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3), squeeze=False)
-        for ax, tag in zip(axes[0], tags):
-            steps, values = zip(*sorted(scalars[tag]))
+        for ax, tag in zip(axes[0], tags, strict=True):
+            steps, values = zip(*sorted(scalars[tag]), strict=True)
             ax.plot(steps, values, marker=".")
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("step")
@@ -112,6 +141,9 @@ def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
         fig.savefig(run_dir / "plots/eval_accuracy.png", dpi=90)
         plt.close(fig)
         made.insert(0, "plots/eval_accuracy.png")
+    if report.get("budget_curve"):
+        plot_budget_curve(report["budget_curve"], run_dir / "plots/budget_curve.png")
+        made.append("plots/budget_curve.png")
     return made
 
 
@@ -136,11 +168,48 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
             lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))}{se} "
                          f"| {gains.get((label, suite, mode), '')} | {passk} "
                          f"| {_fmt(r.get('mean_length'))} |")
+    lines += _think_follow(report, _gains(report)) + _budget_table(report.get("budget_curve"))
     for extra in report.get("sections", []):
         lines += ["", extra]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _think_follow(report: dict[str, Any], gains: dict) -> list[str]:
+    """ThinkFollow per evaluated model: overall, by the mode asked for, by where the flag sits."""
+    models = [("base", report["base"]["eval"])] + [(s["id"], s["eval"]) for s in report["stages"]]
+    rows = [(label, r["think_follow"]) for label, r in models if r and r.get("think_follow")]
+    if not rows:
+        return []
+    lines = ["", "## ThinkFollow", "",
+             "Share of assistant turns whose think block is empty exactly when the last flag is `/no_think`"
+             " (held-out multi-turn suite, flags in user and system messages).", "",
+             "| model | ThinkFollow | gain, points (paired ± s.e.) | turns | asked to think | asked not to "
+             "| multi-turn | flag in system | no flag |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, tf in rows:
+        lines.append(f"| {label} | {_fmt(tf['score'])} | {gains.get((label, 'think_follow', ''), '')} | {tf['turns']} "
+                     f"| {_fmt(tf['by_mode'].get('think'))} "
+                     f"| {_fmt(tf['by_mode'].get('no_think'))} | {_fmt(tf.get('multi_turn'))} "
+                     f"| {_fmt(tf['by_flag'].get('system'))} | {_fmt(tf['by_flag'].get('none'))} |")
+    return lines
+
+
+def _budget_table(curve: dict[str, Any] | None) -> list[str]:
+    if not curve:
+        return []
+    suites = list(curve["points"][0]["suites"])
+    lines = ["", f"## Thinking budget ({curve.get('stage') or curve['model']})", "",
+             f"Think-mode accuracy when thinking is stopped after N tokens and the answer is generated at once "
+             f"({curve['samples']} samples per item, at most {curve['max_new_tokens']} new tokens).", "",
+             "| budget | " + " | ".join(f"{s} accuracy ± s.e. | {s} length | {s} budget hit" for s in suites) + " |",
+             "|---:" + "|---:|---:|---:" * len(suites) + "|"]
+    for p in curve["points"]:
+        cells = [f"{_fmt(p['suites'][s]['accuracy'])} ± {_fmt(p['suites'][s].get('accuracy_se'))} "
+                 f"| {_fmt(p['suites'][s]['mean_length'])} | {_fmt(p['suites'][s]['budget_hit'])}" for s in suites]
+        lines.append(f"| {p['budget'] or 'none'} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def comparison(report: dict[str, Any], ids: list[str], mode: str = "think") -> str:

@@ -18,9 +18,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MARKER = "COMPLETE"
 
@@ -65,7 +66,7 @@ class StageContext:
     def tb_dir(self) -> Path:
         return self.dir / "tb"
 
-    def phase(self, name: str, input_model: str) -> "StageContext":
+    def phase(self, name: str, input_model: str) -> StageContext:
         """A sub-context for one phase of a multi-phase stage (own checkpoints, data, model, marker)."""
         return StageContext(stage_id=f"{self.stage_id}.{name}", dir=self.dir / name, input_model=input_model,
                             seed=self.seed, backend=self.backend, run_dir=self.run_dir, extra=self.extra)

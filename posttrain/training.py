@@ -74,10 +74,13 @@ def train(ctx: StageContext, trainer) -> None:
 
 def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,
         packing: bool = False) -> dict[str, Any]:
-    """Supervised fine-tuning on `messages` conversations with assistant-only loss (TRL SFTTrainer).
+    """Supervised fine-tuning with TRL's SFTTrainer, loss on what the assistant says.
 
-    The Qwen3 template is swapped by TRL for its generation-tagged training variant, which renders
-    every assistant turn with its think block: `<think>\\n\\n</think>\\n\\n` for non-thinking answers.
+    `messages` conversations: assistant-only loss; TRL swaps the Qwen3 template for its
+    generation-tagged training variant, which renders every assistant turn with its think block
+    (`<think>\\n\\n</think>\\n\\n` for non-thinking answers) inside the loss mask.
+    `prompt`/`completion` conversations: completion-only loss, rendered by the model's own Qwen3
+    template, so earlier turns look as they do at inference (their reasoning dropped).
     Packing is off by default: it is only correct with an attention kernel that respects the packed
     boundaries (e.g. flash attention); turn it on for GPU recipes.
     """
@@ -85,7 +88,9 @@ def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_lengt
 
     from posttrain.models import load_model
     model, tokenizer = load_model(ctx.input_model, train=True)
-    args = options.args(ctx, SFTConfig, where, assistant_only_loss=True, max_length=max_length,
+    conversations = "messages" in dataset.column_names
+    args = options.args(ctx, SFTConfig, where, assistant_only_loss=conversations,
+                        completion_only_loss=None if conversations else True, max_length=max_length,
                         packing=packing, padding_free=packing, dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=options.lora.peft_config() if options.lora else None)

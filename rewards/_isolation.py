@@ -37,7 +37,7 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def namespace_prefix() -> tuple[str, ...]:
     """The `unshare` command line that works here, or () when none does."""
     unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
@@ -54,7 +54,7 @@ def namespace_prefix() -> tuple[str, ...]:
     return ()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sandbox_python(drop: bool) -> str:
     """An interpreter the sandbox user can run with its stdlib readable (ours may live under /root)."""
     candidates = [sys.executable, getattr(sys, "_base_executable", sys.executable),

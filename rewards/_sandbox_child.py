@@ -92,7 +92,7 @@ def main() -> int:
     whole = not any(checks)  # no top-level assert: the whole file is one check
     passed = unit = 0
     all_ok = True
-    for node, is_check in zip(body, checks):
+    for node, is_check in zip(body, checks, strict=True):
         err = _run(compile(ast.Module(body=[node], type_ignores=[]), "tests.py", "exec"), scope)
         memory |= isinstance(err, MemoryError)
         all_ok &= err is None

@@ -71,7 +71,7 @@ class Reward:
             return [self.on_error] * n
 
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
-        return [self.safe_score(text, row) for text, row in zip(texts, rows)]
+        return [self.safe_score(text, row) for text, row in zip(texts, rows, strict=True)]
 
     def safe_score(self, text: str, row: Row) -> float | None:
         try:

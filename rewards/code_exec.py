@@ -44,7 +44,7 @@ class CodeReward(Reward):
 
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
         if len(texts) <= 1 or self.workers == 1:
-            return [self.safe_score(t, r) for t, r in zip(texts, rows)]
+            return [self.safe_score(t, r) for t, r in zip(texts, rows, strict=True)]
         with ThreadPoolExecutor(max_workers=min(self.workers, len(texts))) as pool:
             return list(pool.map(self.safe_score, texts, rows))
 

@@ -31,6 +31,17 @@ def well_formed(text: str) -> bool:
             and body.count(THINK_OPEN) == 1 and body.count(THINK_CLOSE) == 1)
 
 
+def follows_mode(text: str, mode: str) -> bool:
+    """Does an assistant turn obey its mode (ThinkFollow)? It must open with a think block; for
+    `no_think` the block is closed and empty, for `think` it has content (a thinking turn cut off by
+    the length limit still counts: it did think)."""
+    body = text.lstrip()
+    if not body.startswith(THINK_OPEN):
+        return False
+    reasoning = (split_think(body)[0] or "").strip()
+    return (THINK_CLOSE in body and not reasoning) if mode == "no_think" else bool(reasoning)
+
+
 class ThinkFormatReward(Reward):
     """1.0 for one well-formed think block at the start, else 0.0. Param: `prefill`."""
 

@@ -103,14 +103,14 @@ class JudgeReward(Reward):
         return self.rubric.format(question=question, reference=str(reference), response=answer)
 
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
-        prompts = [self.judge_prompt(t, r) for t, r in zip(texts, rows)]
+        prompts = [self.judge_prompt(t, r) for t, r in zip(texts, rows, strict=True)]
         keys = [hashlib.sha256(p.encode()).hexdigest() if p else None for p in prompts]
-        todo = {k: p for k, p in zip(keys, prompts) if k and k not in self.cache}
+        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k and k not in self.cache}
         if todo:
             outs = self._engine().generate([[{"role": "user", "content": p}] for p in todo.values()],
                                            **self.gen_kwargs)
             verdicts = {k: (getattr(o[0], "answer", None) or getattr(o[0], "text", "") if o else "")
-                        for k, o in zip(todo, outs)}
+                        for k, o in zip(todo, outs, strict=True)}
             self._remember(verdicts)
         scores = []
         for key in keys:

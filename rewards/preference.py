@@ -101,7 +101,7 @@ class PreferenceReward(Reward):
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
         import torch
         model, tok = self._load()
-        encoded = [self.encode(t, r) for t, r in zip(texts, rows)]
+        encoded = [self.encode(t, r) for t, r in zip(texts, rows, strict=True)]
         scores: list[float | None] = []
         for start in range(0, len(encoded), self.batch_size):
             batch = encoded[start:start + self.batch_size]

@@ -10,6 +10,7 @@ REGISTRY = {
     "sft": "stages.sft",
     "cold_start": "stages.cold_start",
     "reasoning_rl": "stages.reasoning_rl",
+    "fusion": "stages.fusion",
     "distill": "stages.distill",
     "reward_model": "stages.reward_model",
 }

@@ -77,7 +77,7 @@ def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
                                                     max_new_tokens=cfg.off_policy.max_new_tokens)]
         checkable = [bool(r.get("answer") or r.get("tests")) for r in rows]
         scores = grade(rows, texts) if cfg.off_policy.filter_by_reward else [1.0] * len(rows)
-        for prompt, text, ok, check in zip(prompts, texts, scores, checkable):
+        for prompt, text, ok, check in zip(prompts, texts, scores, checkable, strict=True):
             if ok or not check:
                 reasoning, answer = split_think(text)
                 out.append({"messages": prompt + [{"role": "assistant", "content": answer,
@@ -133,7 +133,7 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         pctx = ctx.phase(name, student)
         if not pctx.is_complete():
             if name == "off_policy":
-                data = pctx.dataset("train", lambda: teacher_outputs(pctx, teacher, cfg))
+                data = pctx.dataset("train", lambda pctx=pctx: teacher_outputs(pctx, teacher, cfg))
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:

@@ -48,7 +48,7 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         score = get("preference", model=str(ctx.model_dir))
         cols = {"prompt": held["prompt"]} if "prompt" in held.column_names else {}
         chosen, rejected = score(held["chosen"], **cols), score(held["rejected"], **cols)
-        metrics["heldout_accuracy"] = sum(c > r for c, r in zip(chosen, rejected)) / len(held)
+        metrics["heldout_accuracy"] = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(held)
     write_json(ctx.dir / "reward_model.json", metrics)
     ctx.write_metrics(metrics)
     return metrics

@@ -7,8 +7,15 @@ import pytest
 from transformers import AutoTokenizer
 from trl.chat_template_utils import qwen3_chat_template
 
-from posttrain.chat import (BUDGET_STOP_TEXT, EMPTY_THINK, completion_text, last_flag, resolve_mode,
-                            split_think, with_flag)
+from posttrain.chat import (
+    BUDGET_STOP_TEXT,
+    EMPTY_THINK,
+    completion_text,
+    last_flag,
+    resolve_mode,
+    split_think,
+    with_flag,
+)
 from posttrain.models import prepare_model
 
 
@@ -72,7 +79,8 @@ def test_think_tags_are_plain_text(prepared):
 
 
 def test_flags_last_one_wins():
-    assert last_flag([{"role": "user", "content": "a /think"}, {"role": "user", "content": "b /no_think"}]) == "no_think"
+    two_users = [{"role": "user", "content": "a /think"}, {"role": "user", "content": "b /no_think"}]
+    assert last_flag(two_users) == "no_think"
     assert last_flag([{"role": "system", "content": "/no_think"}, {"role": "user", "content": "b /think"}]) == "think"
     assert last_flag([{"role": "user", "content": "a/no_think path /think/x"}]) is None
     assert last_flag([{"role": "assistant", "content": "/no_think"}]) is None
@@ -80,7 +88,8 @@ def test_flags_last_one_wins():
     assert resolve_mode([{"role": "user", "content": "x /think"}], enable_thinking=False) == "no_think"
     flagged = with_flag([{"role": "user", "content": "x"}], "no_think")
     assert flagged[-1]["content"] == "x /no_think"
-    assert with_flag([{"role": "user", "content": "x"}], "think", where="system")[0] == {"role": "system", "content": "/think"}
+    in_system = with_flag([{"role": "user", "content": "x"}], "think", where="system")
+    assert in_system[0] == {"role": "system", "content": "/think"}
 
 
 def test_split_think_and_completion_forms():
@@ -88,5 +97,6 @@ def test_split_think_and_completion_forms():
     assert split_think(EMPTY_THINK + "a") == ("", "a")
     assert split_think("<think>\nunfinished") == ("unfinished", "")
     assert split_think("plain") == (None, "plain")
-    assert completion_text([{"role": "assistant", "content": "a", "reasoning_content": "r"}]) == "<think>\nr\n</think>\n\na"
+    conversational = [{"role": "assistant", "content": "a", "reasoning_content": "r"}]
+    assert completion_text(conversational) == "<think>\nr\n</think>\n\na"
     assert "\n</think>\n\n" in BUDGET_STOP_TEXT and not BUDGET_STOP_TEXT.endswith(".")

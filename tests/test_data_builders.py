@@ -73,7 +73,8 @@ def test_query_filters():
 REJECT = {
     "wrong_answer": GOOD.replace("\\boxed{2}", "\\boxed{3}").replace("x = 2.", "x = 3."),
     "repetition": "<think>\n" + "Divide both sides by 2 to get x.\n" * 6 + "</think>\n\nThe answer is \\boxed{2}.",
-    "guesswork": "<think>\nI guess it is probably two, hard to say really without trying.\n</think>\n\nThe answer is \\boxed{2}.",
+    "guesswork": ("<think>\nI guess it is probably two, hard to say really without trying.\n</think>\n\n"
+                  "The answer is \\boxed{2}."),
     "inconsistent_summary": GOOD.replace("Check: 2*2 + 1 = 5.", "So x = 7, done.").replace("x = 2.", "x = 2 maybe."),
     "language_mixing": GOOD.replace("Divide both sides", "两边同时除以二 然后得到答案 Divide both sides"),
     "eval_overlap": "<think>\nThe eval item says: Solve for x: 2x + 1 = 5. Put the final answer in boxed.\n"

@@ -40,7 +40,7 @@ class OracleEngine:
 def test_evaluate_reports_accuracy_pass_at_k_and_length():
     from data_builders.synthetic import generate
     rows = list(generate("linear", 3, seed=7))
-    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, [0, 2, 4])}
+    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, [0, 2, 4], strict=True)}
     cfg = EvalConfig(suites={"lin": SuiteConfig(family="linear", n=3, seed=7)}, modes=["think"], samples=4,
                      pass_k=[1, 2, 4])
     res = evaluate("unused", cfg, engine=OracleEngine(right))["suites"]["lin"]["think"]
@@ -54,7 +54,8 @@ def test_evaluate_reports_accuracy_pass_at_k_and_length():
 
 
 def test_grade_routes_by_task():
-    rows = [{"task": "math", "answer": "4"}, {"task": "countdown", "answer": json.dumps({"target": 6, "numbers": [2, 3]})}]
+    rows = [{"task": "math", "answer": "4"},
+            {"task": "countdown", "answer": json.dumps({"target": 6, "numbers": [2, 3]})}]
     assert grade(rows, ["\\boxed{4}", "\\boxed{2*3}"]) == [1.0, 1.0]
     assert grade(rows, ["\\boxed{5}", "\\boxed{2+3}"]) == [0.0, 0.0]
     with pytest.raises(ValueError, match="no grader for task 'poetry'"):
@@ -68,7 +69,7 @@ def test_query_selection_keeps_only_learnable(tmp_path, monkeypatch):
     from posttrain.rundir import StageContext
     rows = list(generate("arithmetic", 6, seed=2))
     counts = [0, 4, 1, 3, 2, 4]  # correct samples of 4
-    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, counts)}
+    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, counts, strict=True)}
     monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
     ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path)
     cfg = rl_queries.QuerySelection(families={"arithmetic": 6}, seed=2, k=4, exclude_stages=[])
@@ -155,3 +156,34 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
     assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 0
     assert "lin think: +25.0 ± 25.0 points" in capsys.readouterr().err
     assert json.loads(out.read_text())["vs_baseline"]["suites"]["lin"]["think"]["diff"] == pytest.approx(0.25)
+
+
+def test_evaluate_reuses_what_an_earlier_result_holds():
+    from data_builders.synthetic import generate
+    rows = list(generate("linear", 3, seed=7))
+    calls = []
+
+    class Counting(OracleEngine):
+        def generate(self, prompts, *, n=1, mode="think", **kw):
+            calls.append(mode)
+            return super().generate(prompts, n=n, mode=mode, **kw)
+    engine = Counting({r["prompt"][-1]["content"]: (r["answer"], 1) for r in rows})
+    cfg = EvalConfig(suites={"lin": SuiteConfig(family="linear", n=3, seed=7)}, modes=["think"], samples=2, pass_k=[1])
+    first = evaluate("m", cfg, engine=engine)
+    assert calls == ["think"]
+    again = evaluate("m", cfg, engine=engine, previous=first)
+    assert calls == ["think"] and again["suites"] == first["suites"]  # nothing new to generate
+    both = evaluate("m", EvalConfig(**{**cfg.__dict__, "modes": ["think", "no_think"]}), engine=engine, previous=first)
+    assert calls == ["think", "no_think"] and both["suites"]["lin"]["think"] == first["suites"]["lin"]["think"]
+    evaluate("m", EvalConfig(**{**cfg.__dict__, "max_new_tokens": 9}), engine=engine, previous=first)
+    assert calls == ["think", "no_think", "think"]  # other settings: evaluated again
+
+
+def test_think_follow_paired_gain():
+    from posttrain.evaluate import compare_think_follow
+    before = {"think_follow": {"per_turn": [1, 0, 0, 1], "items_sha": "s"}}
+    after = {"think_follow": {"per_turn": [1, 1, 1, 1], "items_sha": "s"}}
+    g = compare_think_follow(before, after)
+    assert g["diff"] == pytest.approx(0.5) and g["se"] == pytest.approx(statistics.stdev([0, 1, 1, 0]) / 2)
+    assert compare_think_follow(before, {"think_follow": {**after["think_follow"], "items_sha": "t"}}) is None
+    assert compare_think_follow(before, {}) is None

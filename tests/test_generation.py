@@ -75,9 +75,20 @@ def test_thinking_budget_stops_thinking_then_answers(engine, budget):
     assert c.token_ids == think[:budget] + answer  # generated tokens only; the budget text is ours
 
 
+class PrefilledEngine(TransformersEngine):
+    """A template that opens the think block itself (as thinking-only templates do)."""
+
+    def render(self, messages, mode):
+        return super().render(messages, mode) + self.tokenizer.encode("<think>\n", add_special_tokens=False)
+
+
 def test_thinking_budget_on_a_real_model(engine):
     budget = 4
-    outs = engine.generate(PROMPTS[:1], n=4, mode="think", max_new_tokens=24, thinking_budget=budget, seed=1)
+    # a random model never opens a think block: its answer is not cut by the budget
+    [plain] = engine.generate(PROMPTS[:1], n=4, mode="think", max_new_tokens=24, thinking_budget=budget, seed=1)
+    assert not any(c.budget_hit or BUDGET_STOP_TEXT in c.text for c in plain)
+    prefilled = PrefilledEngine(engine.model, engine.tokenizer)
+    outs = prefilled.generate(PROMPTS[:1], n=4, mode="think", max_new_tokens=24, thinking_budget=budget, seed=1)
     assert any(c.budget_hit for c in outs[0])  # a random model does not close its think block in 4 tokens
     for c in outs[0]:
         if c.budget_hit:
@@ -106,3 +117,21 @@ def test_vllm_backend_fails_clearly_without_vllm(tiny_model):
     with pytest.raises(ValueError, match="backend must be one of"):
         load_engine(tiny_model, backend="tgi")
     assert TransformersEngine.backend == "transformers"
+
+
+def test_stream_is_generate_token_by_token(engine):
+    for mode in ("think", "no_think"):
+        pieces = list(engine.stream(PROMPTS[0], mode=mode, max_new_tokens=12, temperature=0))
+        [[c]] = engine.generate(PROMPTS[:1], mode=mode, max_new_tokens=12, temperature=0)
+        assert len(pieces) > 2 and "".join(pieces) == c.text
+
+
+@pytest.mark.parametrize("thinks", [True, False])
+def test_stream_applies_the_budget_only_to_thinking(engine, thinks):
+    tok = engine.tokenizer
+    start = "<think>\n" if thinks else "Plainly, "
+    scripted = ScriptedEngine(tok, tok.encode(start + "step " * 50, add_special_tokens=False),
+                              tok.encode("The answer is 7.", add_special_tokens=False))
+    streamed = "".join(scripted.stream(PROMPTS[0], mode="think", max_new_tokens=40, thinking_budget=6))
+    [[c]] = scripted.generate(PROMPTS[:1], mode="think", max_new_tokens=40, thinking_budget=6)
+    assert streamed == c.text and c.budget_hit is thinks and (BUDGET_STOP_TEXT in streamed) is thinks

@@ -50,7 +50,8 @@ def toy(tmp_path, tiny_model, chat_jsonl):
         stages:
           - stage: sft
             id: first
-            config: {{data: {chat_jsonl}, max_length: 64, train: {{max_steps: 6, save_steps: 2, batch_size: 2, learning_rate: 1.0e-3}}}}
+            config: {{data: {chat_jsonl}, max_length: 64,
+                      train: {{max_steps: 6, save_steps: 2, batch_size: 2, learning_rate: 1.0e-3}}}}
           - stage: sft
             id: second
             config: {{data: {chat_jsonl}, max_length: 64, train: {{max_steps: 2, batch_size: 2}}}}

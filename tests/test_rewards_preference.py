@@ -46,7 +46,7 @@ def held_out_accuracy(model_dir) -> float:
     prompts = [p["prompt"] for p in held_out]
     chosen = reward([p["chosen"] for p in held_out], prompt=prompts)
     rejected = reward([p["rejected"] for p in held_out], prompt=prompts)
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(held_out)
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(held_out)
 
 
 def test_trained_reward_model_ranks_held_out_chosen_above_rejected(reward_model):

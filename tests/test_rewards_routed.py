@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 import yaml
+from trl.trainer.utils import get_callable_name
 
 import rewards
-from trl.trainer.utils import get_callable_name
 
 EMPTY = "<think>\n\n</think>\n\n"
 CALLS: list[dict] = []

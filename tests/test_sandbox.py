@@ -283,7 +283,8 @@ def test_detached_grandchild_does_not_outlive_the_run(shared_dir, namespaces):
 
     def code(delay: float, linger: float) -> str:
         return (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                f"        time.sleep({delay})\n        open({str(drop / 'marker')!r} + str({delay}), 'w').write('alive')\n"
+                f"        time.sleep({delay})\n"
+                f"        open({str(drop / 'marker')!r} + str({delay}), 'w').write('alive')\n"
                 f"        os._exit(0)\n    os._exit(0)\ntime.sleep({linger})\nprint('PARENT DONE')\n")
 
     control = run_python(code(0.0, 1.0), namespaces=namespaces, audit=False)  # writes while the run lives

@@ -91,7 +91,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     off = load_from_disk(str(stage.dir / "off_policy" / "data" / "train"))
     assert sorted(set(off["mode"])) == ["no_think", "think"]
     assert all(m[0]["content"].endswith("/no_think" if mode == "no_think" else "/think")
-               for m, mode in zip(off["messages"], off["mode"]))
+               for m, mode in zip(off["messages"], off["mode"], strict=True))
     on = load_from_disk(str(stage.dir / "on_policy" / "data" / "prompts"))
     assert sorted(set(on["mode"])) == ["no_think", "think"]
     for phase in ("off_policy", "on_policy"):
@@ -121,7 +121,8 @@ def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model):
         stages:
           - stage: reward_model
             eval: false
-            config: {{data: {data}, heldout_fraction: 0.25, train: {{max_steps: 15, batch_size: 8, learning_rate: 1.0e-3}}}}
+            config: {{data: {data}, heldout_fraction: 0.25,
+                      train: {{max_steps: 15, batch_size: 8, learning_rate: 1.0e-3}}}}
         """)
     metrics = json.loads((planned[0].ctx.dir / "reward_model.json").read_text())
     print("held-out ranking accuracy", metrics["heldout_accuracy"])

@@ -1,0 +1,76 @@
+"""ThinkFollow (report Table 22): does the model think, or not, when the conversation says so?
+
+A held-out suite of one- to three-turn conversations with random `/think` and `/no_think` flags in
+user and system messages (data_builders/fusion.py `suite`). The model answers turn by turn with
+its own earlier replies in the history (reasoning dropped, as the Qwen3 template keeps history),
+and no mode is forced: the flags are plain text, as in `posttrain chat`. A turn follows when its
+think block is empty exactly when the last flag so far is `/no_think`, and has content when it is
+`/think` or there is none. The score is the share of assistant turns that follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from posttrain.chat import MODES, SAMPLING, split_think
+
+
+@dataclass
+class ThinkFollowConfig:
+    n: int = 32  # conversations
+    seed: int = 10_002  # an eval-only seed: no training data uses it
+    max_turns: int = 3
+    # task kinds of the turns, by weight (see data_builders/fusion.py)
+    kinds: dict[str, float] = field(default_factory=lambda: {"reasoning": 0.5, "instruction": 0.2, "qa": 0.15,
+                                                              "rewrite": 0.15})
+    max_new_tokens: int = 96  # enough to see the block; a thinking turn may be cut off
+
+    def __post_init__(self):
+        from data_builders.fusion import FusionData
+        FusionData(kinds=self.kinds)  # the same checks as the builder's
+
+
+def plans_sha(plans: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(plans, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def think_follow(engine, cfg: ThinkFollowConfig, seed: int = 0, plans: list[dict] | None = None) -> dict[str, Any]:
+    """Generate every turn of the suite (or of `plans`, in its format) and score it; per-turn
+    results are kept for paired comparisons."""
+    from data_builders.fusion import suite, user_text
+    from rewards.formats import follows_mode
+    plans = plans if plans is not None else suite(cfg.kinds, cfg.n, cfg.seed, cfg.max_turns)
+    convs = [[{"role": "system", "content": p["system"]}] if p["system"] else [] for p in plans]
+    ok: list[list[bool]] = [[] for _ in plans]
+    for t in range(max(len(p["turns"]) for p in plans)):
+        active = [i for i, p in enumerate(plans) if len(p["turns"]) > t]
+        for i in active:
+            turn = plans[i]["turns"][t]
+            convs[i].append({"role": "user", "content": user_text(turn["prompt"], turn)})
+        for mode in MODES:  # the report's sampling for the mode the flags ask for
+            group = [i for i in active if plans[i]["turns"][t]["mode"] == mode]
+            if not group:
+                continue
+            outs = engine.generate([convs[i] for i in group], mode=None, max_new_tokens=cfg.max_new_tokens,
+                                   seed=seed + t, progress=False, **SAMPLING[mode])
+            for i, [c] in zip(group, outs, strict=True):
+                ok[i].append(follows_mode(c.text, mode))
+                reasoning, answer = split_think(c.text)
+                convs[i].append({"role": "assistant", "content": answer if reasoning is not None else c.text,
+                                 "reasoning_content": reasoning})
+    turns = [(t, o) for p, oks in zip(plans, ok, strict=True) for t, o in zip(p["turns"], oks, strict=True)]
+
+    def share(keep) -> float | None:
+        picked = [o for t, o in turns if keep(t)]
+        return sum(picked) / len(picked) if picked else None
+    multi = {id(t) for p in plans if len(p["turns"]) > 1 for t in p["turns"]}
+    return {"score": share(lambda t: True), "turns": len(turns), "conversations": len(plans),
+            "by_mode": {m: share(lambda t, m=m: t["mode"] == m) for m in MODES},
+            "by_flag": {w or "none": share(lambda t, w=w: t["where"] == w) for w in ("user", "system", None)},
+            "multi_turn": share(lambda t: id(t) in multi),
+            "items_sha": plans_sha(plans), "settings": {**asdict(cfg), "eval_seed": seed},
+            "per_turn": [int(o) for _, o in turns],
+            "examples": [{"messages": c, "follows": o} for c, o in zip(convs[:3], ok[:3], strict=True)]}

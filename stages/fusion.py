@@ -1,0 +1,54 @@
+"""Stage 3 — thinking-mode fusion (Qwen3 report §4.3).
+
+Continual SFT of the stage-2 model on a mix of thinking and non-thinking data, so one model thinks
+or answers directly on request. Thinking data is rejection-sampled from the stage-2 model itself on
+the stage-1 queries; non-thinking data spans direct answers to the same families, instruction
+following, QA and rewriting (data_builders/fusion.py). `/think` and `/no_think` sit in the user or
+the system message, the last one wins over several turns, and a non-thinking answer keeps an empty
+think block, which is trained (it is inside the loss mask), so the model learns to emit it.
+
+The thinking budget needs no training: it emerges from fusion, and the generation engine applies it
+at inference (`posttrain generate --thinking-budget N`).
+
+`history` decides how earlier turns of a multi-turn sample look in training:
+- `inference` (default): one example per assistant turn, the conversation before it rendered by the
+  Qwen3 template exactly as at inference (earlier turns' reasoning dropped), loss on that turn;
+- `training_template`: whole conversations through TRL's Qwen3 training template, assistant-only
+  loss on every turn, earlier turns keeping their think blocks (which inference never shows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data_builders.fusion import FusionData, build
+from posttrain.rundir import StageContext
+from posttrain.training import TrainOptions, sft
+
+
+@dataclass
+class Config:
+    data: FusionData = field(default_factory=FusionData)
+    history: Literal["inference", "training_template"] = "inference"
+    max_length: int = 1024
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=60, learning_rate=2e-5))
+
+
+def per_turn(conversations):
+    """One prompt/completion example per assistant turn: the messages before it, and the turn."""
+    from datasets import Dataset
+    rows = []
+    for conv in conversations["messages"]:
+        for i, message in enumerate(conv):
+            if message["role"] == "assistant":
+                history = [{"role": m["role"], "content": m["content"]} for m in conv[:i]]
+                rows.append({"prompt": history, "completion": [message]})
+    return Dataset.from_list(rows)
+
+
+def run(ctx: StageContext, cfg: Config) -> dict:
+    conversations = ctx.dataset("train", lambda: build(ctx, cfg.data))
+    data = (conversations.select_columns(["messages"]) if cfg.history == "training_template"
+            else per_turn(conversations))
+    return sft(ctx, data, cfg.train, where=f"stages.{ctx.stage_id}.config.train", max_length=cfg.max_length)

@@ -1,0 +1,226 @@
+"""Stage 3: the fusion mix (flags, last flag wins, empty blocks, mix ratio), the loss mask, the stage."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from transformers import AutoTokenizer
+
+from data_builders import direct
+from data_builders.fusion import FusionData, build, reasoning_queries, script
+from posttrain.chat import EMPTY_THINK, resolve_mode
+from posttrain.rundir import StageContext
+from rewards.instruction import CHECKS, parse_constraints
+
+
+def flags_so_far(plan, upto):
+    """The flag messages a model has seen when it answers turn `upto` of a plan."""
+    seen = [{"role": "system", "content": plan["system"]}] if plan["system"] else []
+    for turn in plan["turns"][:upto + 1]:
+        if turn["where"] == "user":
+            seen.append({"role": "user", "content": f"q {turn['flag']}"})
+    return seen
+
+
+def test_script_last_flag_wins_and_shares():
+    cfg = FusionData(think_share=0.6, no_flag_share=0.3, system_flag_share=0.2, multi_turn_share=0.4)
+    plans = script(cfg, 2000, random.Random(0))
+    turns = [t for p in plans for t in p["turns"]]
+    for plan in plans:
+        for i, turn in enumerate(plan["turns"]):
+            assert turn["mode"] == resolve_mode(flags_so_far(plan, i))
+    assert abs(sum(t["mode"] == "think" for t in turns) / len(turns) - 0.6) < 0.03
+    assert abs(sum(p["system"] is not None for p in plans) / len(plans) - 0.2) < 0.03
+    assert abs(sum(len(p["turns"]) > 1 for p in plans) / len(plans) - 0.4) < 0.03
+    assert {len(p["turns"]) for p in plans} == {1, 2, 3}
+    # an opening turn without a system flag goes flag-less when it thinks, with probability no_flag_share
+    opening = [p["turns"][0] for p in plans if p["system"] is None]
+    assert abs(sum(t["where"] is None for t in opening) / len(opening) - 0.6 * 0.3) < 0.03
+    # thinking with no flag at all (the default), and a no-flag turn that inherits /no_think
+    assert any(t["default"] and t["mode"] == "think" for t in turns)
+    assert any(t["where"] is None and t["mode"] == "no_think" for t in turns)
+    # a later user flag overrides an earlier one (system or user)
+    assert any(p["system"] == "/no_think" and any(t["mode"] == "think" for t in p["turns"][1:]) for p in plans)
+    assert any(p["turns"][0]["mode"] != p["turns"][1]["mode"] for p in plans if len(p["turns"]) > 1)
+
+
+def test_direct_kinds_meet_their_own_constraints():
+    for kind in direct.KINDS:
+        for row in direct.generate(kind, 100, seed=4):
+            for c in parse_constraints(row["constraints"]):
+                assert CHECKS[c["type"]](row["response"], c), (row["prompt"], row["response"], c)
+    assert direct.generate("qa", 5, seed=1) == direct.generate("qa", 5, seed=1)
+    with pytest.raises(ValueError, match="unknown direct-answer kind"):
+        direct.generate("poetry", 1)
+
+
+def test_direct_answers_to_reasoning_items_are_short_and_right():
+    from data_builders import synthetic
+    from posttrain.evaluate import grade
+    rows = [*synthetic.generate("arithmetic", 20, seed=3, steps=2), *synthetic.generate("linear", 20, seed=3),
+            *synthetic.generate("countdown", 5, seed=3)]
+    texts = [direct.direct_answer(r) for r in rows]
+    assert grade(rows, texts) == [1.0] * len(rows)
+    assert all(len(t) < len(r["reasoning"]) / 2 for t, r in zip(texts[:40], rows, strict=False))
+    row = {"task": "math", "answer": "-8", "reasoning": "Subtract 12 from both sides: -6x = 60 - (12) = 48.\n"
+           "Divide both sides by -6: x = 48 / -6 = -8.\nCheck: substituting x = -8 makes both sides equal."}
+    assert direct.direct_answer(row) == "-6x = 48, x = -8. \\boxed{-8}"
+
+
+@pytest.mark.parametrize("bad,error", [({"think_share": 1.5}, "think_share"), ({"kinds": {"poetry": 1.0}}, "unknown"),
+                                       ({"max_turns": 0}, "max_turns")])
+def test_fusion_config_checks(bad, error):
+    with pytest.raises(ValueError, match=error):
+        FusionData(**bad)
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("fusion")
+    ctx = StageContext(stage_id="fusion", dir=tmp / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp / "run")
+    cfg = FusionData(examples=120, think_share=0.5, multi_turn_share=0.3, system_flag_share=0.25,
+                     responder="trace", families={"arithmetic": 30, "linear": 30})
+    return ctx, cfg, build(ctx, cfg)
+
+
+def test_mix_invariants(mix, tiny_model):
+    ctx, cfg, ds = mix
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    think_turns = 0
+    for row in ds:
+        messages, modes = row["messages"], row["modes"]
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        assert len(answers) == len(modes) == len(row["kinds"])
+        for i, mode in zip(answers, modes, strict=True):
+            assert resolve_mode(messages[:i]) == mode  # every turn follows the last flag so far
+            turn = messages[i]
+            rendered = tok.apply_chat_template(messages[:i + 1], tokenize=False)
+            tail = rendered[rendered.rindex("<|im_start|>assistant\n"):]
+            if mode == "no_think":
+                assert turn["reasoning_content"] == "" and tail.startswith("<|im_start|>assistant\n" + EMPTY_THINK)
+            else:
+                think_turns += 1
+                assert turn["reasoning_content"].strip() and f"<think>\n{turn['reasoning_content']}" in tail
+    stats = json.loads((ctx.dir / "fusion_data.json").read_text())
+    assert stats["turns"] == sum(len(m) for m in ds["modes"]) == sum(stats["per_kind_mode"].values())
+    assert stats["think_share"] == pytest.approx(think_turns / stats["turns"]) and 0.35 < stats["think_share"] < 0.65
+    assert {k.split("/")[0] for k in stats["per_kind_mode"]} == set(cfg.kinds)
+    assert {k.split("/")[1] for k in stats["per_kind_mode"]} == {"think", "no_think"}
+    assert stats["flags"]["system"] > 0 and stats["flags"]["none"] > 0 and stats["flags"]["user"] > 0
+    assert stats["thinking_by_default"] > 0 and stats["turns_histogram"]["1"] < stats["conversations"]
+    assert set(stats["thinking"]["rejections"]) == {"truncated", "wrong_answer", "repetition", "guesswork",
+                                                   "inconsistent_summary", "language_mixing", "eval_overlap"}
+    assert any(m[0]["role"] == "system" for m in ds["messages"])
+
+
+def test_thinking_queries_come_from_stage_1_data(tmp_path):
+    from datasets import Dataset
+    run = tmp_path / "run"
+    rows = [{"messages": [{"role": "user", "content": f"Solve for x: x + {i} = {i + 2}."},
+                          {"role": "assistant", "content": "\\boxed{2}", "reasoning_content": "x = 2"}],
+             "answer": "2", "tests": "", "task": "math", "domain": "linear"} for i in range(3)]
+    Dataset.from_list(rows).save_to_disk(str(run / "01_cold_start" / "data" / "train"))
+    ctx = StageContext(stage_id="fusion", dir=run / "03_fusion", input_model="unused", run_dir=run)
+    queries, source = reasoning_queries(ctx, FusionData())
+    assert source.endswith("01_cold_start/data/train") and len(queries) == 3
+    assert queries[1]["prompt"] == [rows[1]["messages"][0]] and queries[1]["answer"] == "2"
+    queries, source = reasoning_queries(ctx, FusionData(queries_from="nothing", families={"linear": 4}))
+    assert "synthetic" in source and len(queries) == 4
+
+
+def test_rejection_sampling_sets_aside_and_fails_clearly(tmp_path, tiny_model):
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp_path / "run")
+    cfg = FusionData(examples=10, families={"arithmetic": 4}, n_responses=2, max_new_tokens=6)
+    with pytest.raises(RuntimeError, match="no think response survived for kind 'reasoning'"):
+        build(ctx, cfg)  # a random model answers nothing right
+    stats = json.loads((ctx.dir / "fusion_data.json").read_text())
+    thinking = stats["thinking"]
+    assert thinking["kept"] == 0 and thinking["set_aside_pass_at_n_zero"] == 4
+    assert sum(thinking["rejections"].values()) == 8
+
+
+@pytest.mark.parametrize("history", ["inference", "training_template"])
+def test_loss_mask_covers_the_empty_block_and_the_thinking(mix, tiny_model, tmp_path, history):
+    """What TRL will train on: the labels of each assistant turn, empty think block included."""
+    from trl import SFTConfig, SFTTrainer
+
+    from posttrain.models import load_model
+    from stages.fusion import per_turn
+    _, _, ds = mix
+    idx = next(i for i, r in enumerate(ds) if len(r["modes"]) > 1 and set(r["modes"]) == {"think", "no_think"})
+    conv = ds[idx]
+    data = ds.select_columns(["messages"]) if history == "training_template" else per_turn(ds)
+    model, tok = load_model(tiny_model)
+    args = SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_length=2048,
+                     assistant_only_loss=history == "training_template")
+    trained = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok).train_dataset
+    if history == "training_template":  # one example per conversation
+        examples = [trained[idx]]
+    else:  # one example per assistant turn
+        first = sum(len(m) for m in ds["modes"][:idx])
+        examples = [trained[first + k] for k in range(len(conv["modes"]))]
+    labelled = "".join(tok.decode([i for i, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != -100])
+                       for e in examples)
+    for turn in (m for m in conv["messages"] if m["role"] == "assistant"):
+        block = EMPTY_THINK if not turn["reasoning_content"] else f"<think>\n{turn['reasoning_content']}\n</think>\n\n"
+        assert block + turn["content"] + "<|im_end|>" in labelled
+    users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
+    assert not any(u in labelled for u in users)  # prompts are never trained on
+    if history == "inference":  # the last turn's context shows earlier turns as inference does
+        context = tok.decode(examples[-1]["input_ids"])
+        for turn in [m for m in conv["messages"] if m["role"] == "assistant"][:-1]:
+            assert turn["content"] in context
+            assert not turn["reasoning_content"] or turn["reasoning_content"] not in context
+
+
+def test_fusion_stage_in_a_pipeline_with_think_follow_and_budget_curve(tmp_path, tiny_model):
+    from posttrain import pipeline
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(f"""
+name: hybrid
+model: {tiny_model}
+output_dir: {tmp_path / 'run'}
+eval:
+  suites: {{lin: {{family: linear, n: 2, seed: 10001}}}}
+  samples: 1
+  pass_k: [1]
+  max_new_tokens: 6
+  think_follow: {{n: 3, max_new_tokens: 6}}
+budget_curve: {{budgets: [2], samples: 1}}
+stages:
+  - stage: fusion
+    config:
+      data: {{examples: 24, responder: trace, families: {{arithmetic: 8, linear: 8}}}}
+      max_length: 512
+      train: {{max_steps: 2, batch_size: 4}}
+""")
+    cfg, planned = pipeline.load(path)
+    run_dir = pipeline.run(cfg, planned)
+    stage = planned[0].ctx
+    assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
+    assert (stage.model_dir / "config.json").is_file() and (stage.dir / "fusion_data.json").is_file()
+    evals = [json.loads(p.read_text()) for p in (run_dir / "base_eval.json", stage.dir / "eval.json")]
+    assert all(0.0 <= e["think_follow"]["score"] <= 1.0 and e["think_follow"]["turns"] >= 3 for e in evals)
+    curve = json.loads((run_dir / "budget_curve.json").read_text())
+    assert curve["stage"] == "fusion" and [p["budget"] for p in curve["points"]] == [2, None]
+    report = (run_dir / "report.md").read_text()
+    assert "## ThinkFollow" in report and "## Thinking budget (fusion)" in report
+    assert "plots/budget_curve.png" in report and (run_dir / "plots" / "budget_curve.png").is_file()
+    score = f"{evals[1]['think_follow']['score']:.3f}"
+    assert any(line.startswith(f"| fusion | {score} |") and "vs base" in line for line in report.splitlines())
+
+
+@pytest.mark.parametrize("bad,error", [("budget_curve: {budgets: [8], stage: nope}", "budget_curve.stage: 'nope'"),
+                                       ("budget_curve: {budgets: [0]}", "budgets must be positive")])
+def test_budget_curve_config_errors(tmp_path, tiny_model, bad, error):
+    from posttrain import pipeline
+    from posttrain.config import ConfigError
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: x\nmodel: {tiny_model}\neval: {{suites: {{a: {{family: linear, n: 2}}}}}}\n{bad}\n"
+                    "stages: [{stage: fusion}]\n")
+    with pytest.raises(ConfigError, match=error):
+        pipeline.load(path)
