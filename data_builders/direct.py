@@ -213,17 +213,16 @@ _EQUATION = re.compile(r"-?[\dx(][\dx() +\-*/]*( = -?[\dx(][\dx() +\-*/]*)+")
 
 
 def direct_answer(row: dict[str, Any]) -> str:
-    """The non-thinking answer to a synthetic reasoning item: one short equation per step of the
-    solver's trace (`16 + 20 = 36`, `-6x = 60 - (12) = 48` shortened to `-6x = 48`), then the boxed
-    result. About a third of the thinking answer's length. Other tasks (countdown, code) answer with
-    the solver's final response; rows without a trace, with the boxed answer alone."""
+    """The non-thinking answer to a synthetic reasoning item: the equation of each step of the
+    solver's trace without its words (`16 + 20 = 36, 36 - 21 = 15.`, `-6x = 60 - (12) = 48, x = 48 /
+    -6 = -8.`), then the boxed result. Other tasks (countdown, code) answer with the solver's final
+    response; rows without a trace, with the boxed answer alone."""
     if row.get("task") not in (None, "math") and row.get("response"):
         return row["response"]
     steps = []
     for line in (row.get("reasoning") or "").splitlines():
         tail = re.split(r"[:;]", line.rstrip("."))[-1].strip()
         if _EQUATION.fullmatch(tail):
-            parts = tail.split(" = ")
-            steps.append(f"{parts[0]} = {parts[-1]}" if len(parts) > 2 else tail)
+            steps.append(tail)
     work = ", ".join(steps) + ". " if steps else ""
     return f"{work}\\boxed{{{row.get('answer')}}}"

@@ -7,10 +7,10 @@
   checked by the rule rewards before it is kept.
 - Every kind is asked in both modes (a direct kind's thinking turn is its solver plan), so the flag,
   not the topic, decides the mode.
-- Flags sit in the user message or in the system message; some thinking turns carry none (thinking
-  is the default); multi-turn conversations draw a flag per turn and every assistant turn follows
-  the last flag seen so far. Non-thinking turns have `reasoning_content: ""`, which the template
-  renders as the empty block `<think>\\n\\n</think>\\n\\n`.
+- Flags (data_builders/flags.py) sit in the user message or in the system message; some thinking
+  turns carry none (thinking is the default); multi-turn conversations draw a flag per turn and
+  every assistant turn follows the last flag seen so far. Non-thinking turns have
+  `reasoning_content: ""`, which the template renders as the empty block `<think>\\n\\n</think>\\n\\n`.
 """
 
 from __future__ import annotations
@@ -18,107 +18,38 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from data_builders import direct
-from posttrain.chat import NO_THINK_FLAG, THINK_FLAG, resolve_mode
+from data_builders.flags import REASONING, FlagMix, script, user_text
 from posttrain.rundir import StageContext, write_json
 
 log = logging.getLogger("posttrain.fusion")
-REASONING = "reasoning"
 
 
 @dataclass
-class FusionData:
-    examples: int = 400  # conversations in the mix
-    think_share: float = 0.5  # share of assistant turns in thinking mode (the mix ratio)
-    # task kinds by weight, drawn independently of the mode: `reasoning` (the stage-1 queries) and
-    # the direct kinds (instruction, qa, rewrite)
-    kinds: dict[str, float] = field(default_factory=lambda: {REASONING: 0.5, "instruction": 0.2, "qa": 0.15,
-                                                              "rewrite": 0.15})
-    no_flag_share: float = 0.3  # turns whose mode is already implied that carry no flag
-    system_flag_share: float = 0.2  # conversations whose first flag sits in the system message
-    multi_turn_share: float = 0.25  # conversations of 2..max_turns turns
-    max_turns: int = 3
+class FusionData(FlagMix):
+    """The mix (FlagMix: mode share, kinds, flag positions, turns) and where its answers come from."""
+
+    examples: int = 800  # conversations in the mix
     # thinking responses: rejection sampling with the input model on the queries of this stage's
     # training data in the run (or of a saved dataset dir), or on `families` when there is none
     queries_from: str = "cold_start"
     families: dict[str, int] = field(default_factory=lambda: {"arithmetic": 120, "linear": 120})
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     queries_seed: int = 1
+    # more reasoning-family items answered directly (synthetic, drawn with `seed`), beyond the
+    # stage-1 queries: the non-thinking side needs no sampling, so it can be wider
+    direct_families: dict[str, int] = field(default_factory=dict)
     responder: str = "input"  # "input" (the stage's model), a model dir, or "trace" (solver traces)
     n_responses: int = 4  # samples per query
     max_new_tokens: int = 192
     rules: list[str] | None = None  # cold-start response rules to apply (default: all six)
+    # what follows the think block of a reasoning query's thinking answer: the sampled answer, or the
+    # solver's short solution (the non-thinking answer: a summary that restates each step), so that an
+    # answer forced early by the thinking budget still walks through the solution
+    think_answer: Literal["sampled", "solution"] = "solution"
     seed: int = 3  # draws of kinds, modes, flags and turns
-
-    def __post_init__(self):
-        for name in ("think_share", "no_flag_share", "system_flag_share", "multi_turn_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
-        unknown = set(self.kinds) - {REASONING, *direct.KINDS}
-        if unknown or not self.kinds or min(self.kinds.values()) < 0:
-            raise ValueError(f"kinds: unknown {sorted(unknown)} or empty/negative weights "
-                             f"(known: {REASONING}, {', '.join(direct.KINDS)})")
-        if self.max_turns < 1:
-            raise ValueError("max_turns must be at least 1")
-
-
-# ---------------------------------------------------------------------------------------------
-# conversation scripts: kinds, modes and flags per turn (shared with the ThinkFollow eval suite)
-
-def script(cfg: FusionData, n: int, rng: random.Random) -> list[dict[str, Any]]:
-    """`n` conversation plans: an optional system flag, then turns of {kind, flag, where, mode}.
-
-    A turn's mode is the last flag seen so far (`resolve_mode`, as the model must learn it): a later
-    flag overrides an earlier one, a turn without a flag keeps the mode in force, and with no flag
-    at all the mode is thinking (the default). `where` is "user", "system" or None (no flag)."""
-    kinds, weights = zip(*cfg.kinds.items(), strict=True)
-    plans = []
-    for _ in range(n):
-        multi = cfg.max_turns > 1 and rng.random() < cfg.multi_turn_share
-        seen: list[dict[str, str]] = []  # the flags so far, as messages, for resolve_mode
-        plan: dict[str, Any] = {"system": None, "turns": []}
-        for t in range(rng.randint(2, cfg.max_turns) if multi else 1):
-            want = "think" if rng.random() < cfg.think_share else "no_think"
-            flag = THINK_FLAG if want == "think" else NO_THINK_FLAG
-            if t == 0 and rng.random() < cfg.system_flag_share:
-                where, plan["system"] = "system", flag
-                seen.append({"role": "system", "content": flag})
-            elif want == resolve_mode(seen) and rng.random() < cfg.no_flag_share:
-                where, flag = None, None
-            else:
-                where = "user"
-                seen.append({"role": "user", "content": flag})
-            plan["turns"].append({"kind": rng.choices(kinds, weights)[0], "flag": flag, "where": where,
-                                  "mode": resolve_mode(seen), "default": not seen})
-        plans.append(plan)
-    return plans
-
-
-def user_text(prompt: str, turn: dict[str, Any]) -> str:
-    return f"{prompt} {turn['flag']}" if turn["where"] == "user" else prompt
-
-
-def suite(kinds: dict[str, float], n: int, seed: int, max_turns: int = 3) -> list[dict[str, Any]]:
-    """Held-out multi-turn conversations with random flags (the ThinkFollow suite): per plan, its
-    system flag and turns with their `prompt` and the `mode` a model must answer in."""
-    from data_builders import synthetic
-    cfg = FusionData(examples=n, kinds=kinds, max_turns=max_turns, multi_turn_share=0.6, system_flag_share=0.3,
-                     no_flag_share=0.4, seed=seed)
-    plans = script(cfg, n, random.Random(f"think_follow:{seed}"))
-    need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in kinds}
-    items = {k: direct.generate(k, need[k], seed=seed) for k in kinds if k != REASONING and need[k]}
-    if need.get(REASONING):
-        half = (need[REASONING] + 1) // 2
-        items[REASONING] = [*synthetic.generate("arithmetic", half, seed=seed, steps=2),
-                            *synthetic.generate("linear", half, seed=seed)][:need[REASONING]]
-    used = {k: 0 for k in items}
-    for plan in plans:
-        for turn in plan["turns"]:
-            turn["prompt"] = items[turn["kind"]][used[turn["kind"]]]["prompt"][-1]["content"]
-            used[turn["kind"]] += 1
-    return plans
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,28 +80,39 @@ def reasoning_queries(ctx: StageContext, cfg: FusionData) -> tuple[list[dict[str
 
 
 def thinking_responses(ctx: StageContext, cfg: FusionData, rows: list[dict], stats: dict) -> list[str | None]:
-    """Per query, the first sampled response that passes every response rule (None if none does)."""
+    """Per query, the first sampled response that passes every response rule (None if none does).
+    The samples are kept in data/thinking_samples, so a resumed stage does not sample again."""
+    from datasets import Dataset
+
     from data_builders import filters
     from data_builders.cold_start import eval_texts
-    from posttrain.generation import Completion, load_engine
-    if cfg.responder == "trace":
-        outs = [[Completion(f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}")] for r in rows]
-    else:
+    from posttrain.generation import load_engine
+
+    def sample() -> Dataset:
+        if cfg.responder == "trace":
+            return Dataset.from_list([{"texts": [f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}"],
+                                       "stopped": [True]} for r in rows])
         engine = load_engine(ctx.input_model if cfg.responder == "input" else cfg.responder, backend=ctx.backend)
         outs = engine.generate([r["prompt"] for r in rows], n=cfg.n_responses, mode="think",
                                max_new_tokens=cfg.max_new_tokens, seed=ctx.seed, progress=True)
-        del engine
+        return Dataset.from_list([{"texts": [c.text for c in o], "stopped": [c.finish_reason == "stop" for c in o]}
+                                  for o in outs])
+    samples = ctx.dataset("thinking_samples", sample)
+    if len(samples) != len(rows):
+        raise RuntimeError(f"{ctx.data_dir / 'thinking_samples'} holds {len(samples)} queries' samples, not "
+                           f"{len(rows)}: it was made for other queries; remove it to sample again")
     index = filters.NearDuplicateIndex(eval_texts(ctx))
     rejections: dict[str, int] = {}
     kept: list[str | None] = []
-    for row, out in zip(rows, outs, strict=True):
-        texts = [c.text for c in out if c.finish_reason == "stop"]  # a cut-off answer is no answer
-        rejections["truncated"] = rejections.get("truncated", 0) + len(out) - len(texts)
+    for row, out in zip(rows, samples, strict=True):
+        # a response cut off by the length limit has no answer: rejected as "truncated"
+        texts = [t for t, done in zip(out["texts"], out["stopped"], strict=True) if done]
+        rejections["truncated"] = rejections.get("truncated", 0) + len(out["texts"]) - len(texts)
         good, counts = filters.apply_response_filters(texts, row, {"eval_index": index, "rules": cfg.rules})
         for rule, c in counts.items():
             rejections[rule] = rejections.get(rule, 0) + c
         kept.append(good[0] if good else None)
-    stats["thinking"] = {"queries": len(rows), "samples_per_query": cfg.n_responses,
+    stats["thinking"] = {"queries": len(rows), "samples_per_query": len(samples[0]["texts"]) if rows else 0,
                          "rejections": rejections, "kept": sum(k is not None for k in kept),
                          "set_aside_pass_at_n_zero": sum(k is None for k in kept)}
     return kept
@@ -195,14 +137,30 @@ def build(ctx: StageContext, cfg: FusionData):
     stats: dict[str, Any] = {"conversations": len(plans)}
     pools: dict[tuple[str, str], list[tuple[dict, str | None, str]]] = {}
     if need.get(REASONING):
+        from data_builders.synthetic import generate_mix
         rows, source = reasoning_queries(ctx, cfg)
         stats["reasoning_queries_from"] = source
         thinking = thinking_responses(ctx, cfg, rows, stats)
+        extra = list(generate_mix(cfg.direct_families, seed=cfg.seed, knobs=cfg.knobs)) if cfg.direct_families else []
+        if extra:  # as in stage 1: nothing near an eval item
+            from data_builders.cold_start import eval_texts
+            from data_builders.filters import NearDuplicateIndex
+            index = NearDuplicateIndex(eval_texts(ctx))
+            fresh = [r for r in extra if not index.is_near_duplicate(r["prompt"][-1]["content"])]
+            stats["direct_families"] = {"items": len(extra), "near_duplicate_of_eval": len(extra) - len(fresh)}
+            extra = fresh
+        rows, thinking = rows + extra, thinking + [None] * len(extra)
         direct_texts = [direct.direct_answer(r) for r in rows]
         ok = _checked(rows, direct_texts)
         stats["no_think_solver_rejected"] = {REASONING: ok.count(False)}
-        pools[(REASONING, "think")] = [(r, *split_think(t)) for r, t in zip(rows, thinking, strict=True) if t]
-        pools[(REASONING, "no_think")] = [(r, "", t) for r, t, g in zip(rows, direct_texts, ok, strict=True) if g]
+        pools[(REASONING, "think")], pools[(REASONING, "no_think")] = [], []
+        for row, sampled, solution, good in zip(rows, thinking, direct_texts, ok, strict=True):
+            if good:
+                pools[(REASONING, "no_think")].append((row, "", solution))
+            if sampled and (good or cfg.think_answer == "sampled"):
+                reasoning, answer = split_think(sampled)
+                answer = answer if cfg.think_answer == "sampled" else solution
+                pools[(REASONING, "think")].append((row, reasoning, answer))
     for kind in (k for k in cfg.kinds if k != REASONING and need[k]):
         items = direct.generate(kind, max(need[kind], 1), seed=cfg.seed)
         ok = _checked(items, [i["response"] for i in items])

@@ -199,7 +199,7 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
     if cfg.think_follow is not None:
         from dataclasses import asdict
 
-        from data_builders.fusion import suite as tf_suite
+        from data_builders.flags import suite as tf_suite
         tf, old = cfg.think_follow, previous.get("think_follow")
         sha = plans_sha(tf_suite(tf.kinds, tf.n, tf.seed, tf.max_turns))
         if _reusable(old, sha, {**asdict(tf), "eval_seed": seed}):

@@ -131,6 +131,10 @@ def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
         lines.append(f"  {p.index + 1}. {p.ctx.stage_id:<16} [{p.spec.stage}] <- {p.ctx.input_model}  ({state})")
     if cfg.eval:
         lines.append(f"  eval after: base, {', '.join(p.ctx.stage_id for p in planned if p.spec.eval)}")
+    if cfg.budget_curve is not None:
+        curve = cfg.budget_curve
+        lines.append(f"  budget curve: {curve.get('stage') or planned[-1].ctx.stage_id} at budgets "
+                     f"{curve.get('budgets', 'default')} and none")
     return "\n".join(lines)
 
 

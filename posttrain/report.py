@@ -90,7 +90,7 @@ def plot_budget_curve(curve: dict[str, Any], path: Path) -> None:
     ax.set_xticks(xs, [str(p["budget"]) if p["budget"] else "none" for p in points])
     ax.set_xlabel("thinking budget (tokens)")
     ax.set_ylabel("accuracy (think mode)")
-    ax.set_title(f"Accuracy vs thinking budget: {Path(curve['model']).parent.name or curve['model']}", fontsize=9)
+    ax.set_title(f"Accuracy vs thinking budget: {curve.get('stage') or curve['model']}", fontsize=9)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()

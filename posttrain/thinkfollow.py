@@ -1,7 +1,7 @@
 """ThinkFollow (report Table 22): does the model think, or not, when the conversation says so?
 
 A held-out suite of one- to three-turn conversations with random `/think` and `/no_think` flags in
-user and system messages (data_builders/fusion.py `suite`). The model answers turn by turn with
+user and system messages (data_builders/flags.py `suite`). The model answers turn by turn with
 its own earlier replies in the history (reasoning dropped, as the Qwen3 template keeps history),
 and no mode is forced: the flags are plain text, as in `posttrain chat`. A turn follows when its
 think block is empty exactly when the last flag so far is `/no_think`, and has content when it is
@@ -23,14 +23,14 @@ class ThinkFollowConfig:
     n: int = 32  # conversations
     seed: int = 10_002  # an eval-only seed: no training data uses it
     max_turns: int = 3
-    # task kinds of the turns, by weight (see data_builders/fusion.py)
+    # task kinds of the turns, by weight (see data_builders/flags.py)
     kinds: dict[str, float] = field(default_factory=lambda: {"reasoning": 0.5, "instruction": 0.2, "qa": 0.15,
                                                               "rewrite": 0.15})
     max_new_tokens: int = 96  # enough to see the block; a thinking turn may be cut off
 
     def __post_init__(self):
-        from data_builders.fusion import FusionData
-        FusionData(kinds=self.kinds)  # the same checks as the builder's
+        from data_builders.flags import FlagMix
+        FlagMix(kinds=self.kinds)  # the same checks as the builder's
 
 
 def plans_sha(plans: list[dict[str, Any]]) -> str:
@@ -40,7 +40,7 @@ def plans_sha(plans: list[dict[str, Any]]) -> str:
 def think_follow(engine, cfg: ThinkFollowConfig, seed: int = 0, plans: list[dict] | None = None) -> dict[str, Any]:
     """Generate every turn of the suite (or of `plans`, in its format) and score it; per-turn
     results are kept for paired comparisons."""
-    from data_builders.fusion import suite, user_text
+    from data_builders.flags import suite, user_text
     from rewards.formats import follows_mode
     plans = plans if plans is not None else suite(cfg.kinds, cfg.n, cfg.seed, cfg.max_turns)
     convs = [[{"role": "system", "content": p["system"]}] if p["system"] else [] for p in plans]

@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from data_builders import direct
-from data_builders.fusion import FusionData, build, reasoning_queries, script
+from data_builders.flags import script
+from data_builders.fusion import FusionData, build, reasoning_queries
 from posttrain.chat import EMPTY_THINK, resolve_mode
 from posttrain.rundir import StageContext
 from rewards.instruction import CHECKS, parse_constraints
@@ -66,7 +67,7 @@ def test_direct_answers_to_reasoning_items_are_short_and_right():
     assert all(len(t) < len(r["reasoning"]) / 2 for t, r in zip(texts[:40], rows, strict=False))
     row = {"task": "math", "answer": "-8", "reasoning": "Subtract 12 from both sides: -6x = 60 - (12) = 48.\n"
            "Divide both sides by -6: x = 48 / -6 = -8.\nCheck: substituting x = -8 makes both sides equal."}
-    assert direct.direct_answer(row) == "-6x = 48, x = -8. \\boxed{-8}"
+    assert direct.direct_answer(row) == "-6x = 60 - (12) = 48, x = 48 / -6 = -8. \\boxed{-8}"
 
 
 @pytest.mark.parametrize("bad,error", [({"think_share": 1.5}, "think_share"), ({"kinds": {"poetry": 1.0}}, "unknown"),
@@ -114,6 +115,38 @@ def test_mix_invariants(mix, tiny_model):
     assert set(stats["thinking"]["rejections"]) == {"truncated", "wrong_answer", "repetition", "guesswork",
                                                    "inconsistent_summary", "language_mixing", "eval_overlap"}
     assert any(m[0]["role"] == "system" for m in ds["messages"])
+
+
+@pytest.mark.parametrize("think_answer", ["sampled", "solution"])
+def test_what_follows_the_think_block(tmp_path, tiny_model, think_answer):
+    from data_builders import synthetic
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp_path / "run")
+    cfg = FusionData(examples=30, kinds={"reasoning": 1.0}, think_share=1.0, responder="trace",
+                     families={"linear": 10}, think_answer=think_answer)
+    rows = {r["prompt"][-1]["content"]: r for r in synthetic.generate("linear", 10, seed=cfg.queries_seed)}
+    for conv in build(ctx, cfg)["messages"]:
+        user, turn = conv[-2], conv[-1]
+        row = rows[user["content"].removesuffix(" /think")]
+        assert turn["reasoning_content"] == row["reasoning"]
+        assert turn["content"] == (row["response"] if think_answer == "sampled" else direct.direct_answer(row))
+
+
+def test_direct_families_widen_the_non_thinking_side(tmp_path, tiny_model):
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp_path / "run")
+    from data_builders.synthetic import generate
+    from posttrain.evaluate import SuiteConfig
+    cfg = FusionData(examples=40, kinds={"reasoning": 1.0}, think_share=0.0, responder="trace",
+                     families={"linear": 3}, direct_families={"arithmetic": 30})
+    ctx.extra["eval_suites"] = {"a": SuiteConfig(family="arithmetic", n=5, seed=cfg.seed)}  # = 5 of the extras
+    prompts = {m["content"].removesuffix(" /no_think") for conv in build(ctx, cfg)["messages"] for m in conv
+               if m["role"] == "user"}
+    assert sum("Solve for x" in p for p in prompts) <= 3 and len(prompts) > 20  # mostly the extra items
+    held_out = {r["prompt"][-1]["content"] for r in generate("arithmetic", 5, seed=cfg.seed)}
+    assert not prompts & held_out  # eval items never reach the training mix
+    stats = json.loads((ctx.dir / "fusion_data.json").read_text())
+    assert stats["direct_families"]["near_duplicate_of_eval"] >= 5
 
 
 def test_thinking_queries_come_from_stage_1_data(tmp_path):

@@ -71,7 +71,7 @@ def test_think_follow_scores_hand_made_conversations(policy, score, by_flag_none
 
 
 def test_suite_is_held_out_multi_turn_and_deterministic():
-    from data_builders.fusion import suite
+    from data_builders.flags import suite
     cfg = ThinkFollowConfig(n=40)
     plans = suite(cfg.kinds, cfg.n, cfg.seed, cfg.max_turns)
     assert plans == suite(cfg.kinds, cfg.n, cfg.seed, cfg.max_turns)
