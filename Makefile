@@ -4,7 +4,7 @@ CLI     := .venv/bin/posttrain
 PIPELINE ?= pipelines/demo.yaml
 CONFIG  ?=
 
-.PHONY: install test lint demo pipeline cold-start reasoning-rl fusion distill help
+.PHONY: install test lint demo pipeline cold-start reasoning-rl fusion general-rl distill help
 
 help:
 	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
@@ -12,7 +12,7 @@ help:
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make lint      ruff (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml"
-	@echo "make cold-start | reasoning-rl | fusion | distill   one stage (CONFIG=file.yaml to override)"
+	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml to override)"
 	@echo "make distill TEACHER=dir STUDENT=layers=6"
 
 # torch goes in first, pinned, so nothing below pulls a CUDA build.
@@ -44,6 +44,9 @@ reasoning-rl: install
 
 fusion: install
 	$(CLI) stage fusion --config $(or $(CONFIG),pipelines/stages/fusion.yaml)
+
+general-rl: install
+	$(CLI) stage general_rl --config $(or $(CONFIG),pipelines/stages/general_rl.yaml)
 
 distill: install
 	$(CLI) distill --config $(or $(CONFIG),pipelines/stages/distill.yaml) \

@@ -93,6 +93,22 @@ def join_think(reasoning: str | None, answer: str) -> str:
     return f"{THINK_OPEN}\n{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n{answer.lstrip(chr(10))}"
 
 
+def tools_system_message(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The system message the Qwen3 template writes for `tools` (rendered by the template itself),
+    so that a prompt carries its own tool list through any trainer or engine."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+    text = render_jinja_template([[{"role": "user", "content": ""}]], tools=tools, chat_template=CHAT_TEMPLATE)[0][0]
+    return {"role": "system", "content": text.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]}
+
+
+def parse_assistant(text: str, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An assistant turn as a message (`content`, `reasoning_content`, `tool_calls`), parsed by
+    transformers' response parser with TRL's Qwen3 response template; ValueError if malformed."""
+    from transformers.utils.chat_parsing.response_parser import parse_response
+    from trl.chat_template_utils import qwen3_template
+    return parse_response(text, qwen3_template, prefix="<|im_start|>assistant\n", tools=tools)
+
+
 def completion_text(completion: Any) -> str:
     """A completion as plain text, whether TRL passes a string or the conversational form."""
     if isinstance(completion, str):

@@ -39,6 +39,15 @@ class SuiteConfig:
 
 
 @dataclass
+class TaskEvalConfig:
+    """Per-task-kind scores on held-out items (stage 4's kinds, `data_builders/tasks.py`)."""
+
+    spec: ExistingPath  # a tasks YAML (e.g. pipelines/tasks.yaml)
+    n: int = 16  # items per kind and mode (stage 4's `held_out` should be at least this)
+    max_new_tokens: int = 192
+
+
+@dataclass
 class EvalConfig:
     suites: dict[str, SuiteConfig]
     modes: list[Literal["think", "no_think"]] = field(default_factory=lambda: ["think", "no_think"])
@@ -48,6 +57,7 @@ class EvalConfig:
     thinking_budget: int | None = None  # stop thinking after this many tokens (think mode)
     batch_size: int = 32
     think_follow: ThinkFollowConfig | None = None  # the ThinkFollow suite (posttrain/thinkfollow.py)
+    tasks: TaskEvalConfig | None = None  # per-task-kind scores
 
     def __post_init__(self):
         if any(k > self.samples for k in self.pass_k):
@@ -208,8 +218,30 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             results["think_follow"] = think_follow(get_engine(), tf, seed=seed)
             log.info("eval ThinkFollow: %.3f over %d turns", results["think_follow"]["score"],
                      results["think_follow"]["turns"])
+    if cfg.tasks is not None:
+        results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine)
     results["wall_time_s"] = round(time.time() - start, 2)
     return results
+
+
+def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_engine) -> dict[str, Any]:
+    """Stage 4's per-kind scores, reused from `old` when the kinds and settings are unchanged."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from data_builders.tasks import evaluate_tasks, load_tasks
+    kinds = load_tasks(cfg.tasks.spec)
+    sha = hashlib.sha256(json.dumps({k: asdict(v) for k, v in kinds.items()}, sort_keys=True, default=str)
+                         .encode()).hexdigest()[:16]
+    settings = {**asdict(cfg.tasks), "spec": Path(cfg.tasks.spec).name, "modes": list(cfg.modes), "seed": seed}
+    if old and old.get("kinds_sha") == sha and old.get("settings") == settings:
+        return old
+    scores = evaluate_tasks(get_engine(), kinds, n=cfg.tasks.n, seed=seed, modes=tuple(cfg.modes),
+                            max_new_tokens=cfg.tasks.max_new_tokens)
+    log.info("eval tasks: %s", ", ".join(f"{k} {m} {v['score']:.2f}" for k, r in scores.items()
+                                          for m, v in r.items() if v["score"] is not None))
+    return {"kinds_sha": sha, "settings": settings, "scores": scores}
 
 
 def _reusable(old: dict[str, Any] | None, sha: str, settings: dict[str, Any]) -> bool:
@@ -223,8 +255,11 @@ def _reusable(old: dict[str, Any] | None, sha: str, settings: dict[str, Any]) ->
 
 
 def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, backend: str = "transformers",
-                 seed: int = 0, engine=None) -> dict[str, Any]:
-    """Think-mode accuracy, length and budget hits at each budget and with none (the last point)."""
+                 seed: int = 0, engine=None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Think-mode accuracy, length and budget hits at each budget and with none (the last point).
+
+    `previous` (the model's eval results) supplies any point made with the same settings, usually
+    the unlimited one."""
     from dataclasses import replace
 
     from posttrain.generation import load_engine
@@ -233,7 +268,7 @@ def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, backend:
     engine = engine or load_engine(model, backend=backend, batch_size=cfg.batch_size)
     points = []
     for budget in [*sorted(set(curve.budgets)), None]:
-        r = evaluate(model, replace(base, thinking_budget=budget), seed=seed, engine=engine)
+        r = evaluate(model, replace(base, thinking_budget=budget), seed=seed, engine=engine, previous=previous)
         points.append({"budget": budget, "suites": {
             name: {k: modes["think"][k] for k in ("accuracy", "accuracy_se", "mean_length", "budget_hit", "truncated")}
             for name, modes in r["suites"].items()}})

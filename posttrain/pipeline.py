@@ -194,8 +194,7 @@ def _evaluator(cfg: PipelineConfig):
         """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest."""
         cached = read_json(path)
         results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed, previous=cached)
-        if cached is None or results["suites"] != cached.get("suites") or \
-                results.get("think_follow") != cached.get("think_follow"):
+        if cached is None or any(results.get(k) != cached.get(k) for k in ("suites", "think_follow", "tasks")):
             write_json(path, results)
         return results
     return run_eval
@@ -212,7 +211,8 @@ def _budget_curve(cfg: PipelineConfig, planned: list[PlannedStage], run_dir: Pat
             and cached.get("model_finished_at") == made:
         return cached
     log.info("budget curve of %s: budgets %s", chosen.ctx.stage_id, curve.budgets)
-    result = budget_curve(model, from_dict(EvalConfig, cfg.eval, "eval"), curve, backend=cfg.backend, seed=cfg.seed)
+    result = budget_curve(model, from_dict(EvalConfig, cfg.eval, "eval"), curve, backend=cfg.backend, seed=cfg.seed,
+                          previous=read_json(chosen.ctx.dir / "eval.json"))
     result.update(stage=chosen.ctx.stage_id, config=to_dict(curve), model_finished_at=made)
     write_json(path, result)
     return result

@@ -168,7 +168,7 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
             lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))}{se} "
                          f"| {gains.get((label, suite, mode), '')} | {passk} "
                          f"| {_fmt(r.get('mean_length'))} |")
-    lines += _think_follow(report, _gains(report)) + _budget_table(report.get("budget_curve"))
+    lines += _think_follow(report, _gains(report)) + _task_table(report) + _budget_table(report.get("budget_curve"))
     for extra in report.get("sections", []):
         lines += ["", extra]
     if plots:
@@ -193,6 +193,27 @@ def _think_follow(report: dict[str, Any], gains: dict) -> list[str]:
                      f"| {_fmt(tf['by_mode'].get('think'))} "
                      f"| {_fmt(tf['by_mode'].get('no_think'))} | {_fmt(tf.get('multi_turn'))} "
                      f"| {_fmt(tf['by_flag'].get('system'))} | {_fmt(tf['by_flag'].get('none'))} |")
+    return lines
+
+
+def _task_table(report: dict[str, Any]) -> list[str]:
+    """Stage 4's per-task-kind scores (mean reward on held-out items ± s.e.), one column per model."""
+    models = [("base", report["base"]["eval"])] + [(s["id"], s["eval"]) for s in report["stages"]]
+    models = [(label, r["tasks"]["scores"]) for label, r in models if r and r.get("tasks")]
+    if not models:
+        return []
+    keys = sorted({(kind, mode, r[mode].get("area", "")) for _, scores in models for kind, r in scores.items()
+                   for mode in r}, key=lambda k: (k[2], k[0], k[1]))
+    lines = ["", "## Task kinds", "", "Mean reward of each task kind's own rewards on held-out items, asked by "
+             "flag in each mode (`flagged`: the items carry their own flags).", "",
+             "| kind | area | mode | " + " | ".join(label for label, _ in models) + " |",
+             "|---|---|---|" + "---:|" * len(models)]
+    for kind, mode, area in keys:
+        cells = []
+        for _, scores in models:
+            r = scores.get(kind, {}).get(mode)
+            cells.append(f"{_fmt(r['score'])} ± {r['score_se']:.2f}" if r and r["score"] is not None else "")
+        lines.append(f"| {kind} | {area} | {mode} | " + " | ".join(cells) + " |")
     return lines
 
 

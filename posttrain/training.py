@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from posttrain.chat import SAMPLING
 from posttrain.config import check_trainer_overrides
 from posttrain.rundir import StageContext
 
@@ -94,5 +95,46 @@ def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_lengt
                         packing=packing, padding_free=packing, dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=options.lora.peft_config() if options.lora else None)
+    train(ctx, trainer)
+    return finish(ctx, trainer, tokenizer)
+
+
+@dataclass
+class GRPOOptions:
+    """TRL GRPO knobs shared by the RL stages (reasoning RL, general RL)."""
+
+    num_generations: int = 8  # rollouts per query (GRPO group size)
+    max_completion_length: int = 256
+    num_iterations: int = 1  # optimisation passes per generated batch (off-policy reuse)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    beta: float = 0.0  # KL to the reference model; 0 = none (no reference model kept)
+    epsilon_high: float | None = 0.28  # DAPO clip-higher
+    # rollouts sample as query selection and eval do (the report's thinking-mode settings)
+    temperature: float = SAMPLING["think"]["temperature"]
+    top_p: float = SAMPLING["think"]["top_p"]
+    top_k: int = SAMPLING["think"]["top_k"]
+    entropy_coef: float = 0.0
+    use_adaptive_entropy: bool = False
+    entropy_target: float = 0.2
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-6, batch_size=8))
+
+
+def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str) -> dict[str, Any]:
+    """GRPO with TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.models import load_model
+    model, tokenizer = load_model(ctx.input_model, train=True)
+    o = options
+    args = o.train.args(
+        ctx, GRPOConfig, where, num_generations=o.num_generations, max_completion_length=o.max_completion_length,
+        num_iterations=o.num_iterations, loss_type=o.loss_type, beta=o.beta, epsilon_high=o.epsilon_high,
+        temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, entropy_coef=o.entropy_coef,
+        use_adaptive_entropy=o.use_adaptive_entropy, entropy_target=o.entropy_target, use_vllm=o.use_vllm,
+        vllm_mode=o.vllm_mode, mask_truncated_completions=False, log_completions=False)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=o.train.lora.peft_config() if o.train.lora else None)
     train(ctx, trainer)
     return finish(ctx, trainer, tokenizer)

@@ -39,6 +39,8 @@ REGISTRY: dict[str, str] = {
     "preference": "rewards.preference:PreferenceReward",
     "routed": "rewards.routed:RoutedReward",
     "countdown": "rewards.countdown:CountdownReward",
+    "rag": "rewards.rag:RagReward",
+    "tool_call": "rewards.tool_call:ToolCallReward",
 }
 
 

@@ -17,8 +17,9 @@ these as a JSON string. Each constraint is a dict with a `type`; counts take `mi
     {"type": "starts_with", "phrase": "Dear"}           case-insensitive, ignoring outer whitespace
     {"type": "ends_with", "phrase": "Any questions?"}
 
-Reward: the fraction of constraints met (`strict=True`: 1.0 only if all are). None, with the reason
-logged, when `constraints` is missing, malformed, or names an unknown type.
+Reward: the fraction of constraints met (`strict=True`: 1.0 only if all are); an empty answer
+scores 0.0 (it would meet "at most N words" and "exclude" for free). None, with the reason logged,
+when `constraints` is missing, malformed, or names an unknown type.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class InstructionReward(Reward):
         try:
             constraints = parse_constraints(spec)
             answer = split_think(text)[1]
-            met = [bool(CHECKS[c["type"]](answer, c)) for c in constraints]
+            met = [bool(CHECKS[c["type"]](answer, c)) and bool(answer.strip()) for c in constraints]
         except (ValueError, TypeError, KeyError) as err:
             log.warning("instruction: bad constraints (%s); sample skipped (None)", err)
             return None

@@ -11,6 +11,7 @@ REGISTRY = {
     "cold_start": "stages.cold_start",
     "reasoning_rl": "stages.reasoning_rl",
     "fusion": "stages.fusion",
+    "general_rl": "stages.general_rl",
     "distill": "stages.distill",
     "reward_model": "stages.reward_model",
 }

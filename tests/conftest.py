@@ -19,6 +19,18 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def run_one_stage():
+    """Runs a one-stage pipeline YAML; returns (run dir, the stage's context, its completion metrics)."""
+    def run(path: Path):
+        from posttrain import pipeline
+        cfg, planned = pipeline.load(path)
+        run_dir = pipeline.run(cfg, planned)
+        stage = planned[0].ctx
+        return run_dir, stage, json.loads((stage.dir / "COMPLETE").read_text())["metrics"]
+    return run
+
+
+@pytest.fixture
 def chat_jsonl(tmp_path) -> Path:
     """A small SFT file: thinking and non-thinking conversations."""
     rows = []

@@ -179,6 +179,29 @@ def test_evaluate_reuses_what_an_earlier_result_holds():
     assert calls == ["think", "no_think", "think"]  # other settings: evaluated again
 
 
+def test_budget_curve_reuses_the_unlimited_point_of_the_eval():
+    from data_builders.synthetic import generate
+    from posttrain.evaluate import BudgetCurveConfig, budget_curve
+    rows = list(generate("linear", 3, seed=7))
+    budgets = []
+
+    class Counting(OracleEngine):
+        def generate(self, prompts, *, n=1, mode="think", thinking_budget=None, **kw):
+            budgets.append(thinking_budget)
+            return super().generate(prompts, n=n, mode=mode, **kw)
+    engine = Counting({r["prompt"][-1]["content"]: (r["answer"], 1) for r in rows})
+    cfg = EvalConfig(suites={"lin": SuiteConfig(family="linear", n=3, seed=7)}, modes=["think", "no_think"],
+                     samples=2, pass_k=[1])
+    results = evaluate("m", cfg, engine=engine)
+    budgets.clear()
+    curve = budget_curve("m", cfg, BudgetCurveConfig(budgets=[8, 4]), engine=engine, previous=results)
+    assert budgets == [4, 8]  # the unlimited point is the eval's think entry
+    assert [p["budget"] for p in curve["points"]] == [4, 8, None]
+    assert curve["points"][-1]["suites"]["lin"]["accuracy"] == results["suites"]["lin"]["think"]["accuracy"]
+    budget_curve("m", cfg, BudgetCurveConfig(budgets=[4], samples=1), engine=engine, previous=results)
+    assert budgets == [4, 8, 4, None]  # other sample count: the unlimited point is generated again
+
+
 def test_think_follow_paired_gain():
     from posttrain.evaluate import compare_think_follow
     before = {"think_follow": {"per_turn": [1, 0, 0, 1], "items_sha": "s"}}

@@ -210,8 +210,7 @@ def test_loss_mask_covers_the_empty_block_and_the_thinking(mix, tiny_model, tmp_
             assert not turn["reasoning_content"] or turn["reasoning_content"] not in context
 
 
-def test_fusion_stage_in_a_pipeline_with_think_follow_and_budget_curve(tmp_path, tiny_model):
-    from posttrain import pipeline
+def test_fusion_stage_in_a_pipeline_with_think_follow_and_budget_curve(tmp_path, tiny_model, run_one_stage):
     path = tmp_path / "hybrid.yaml"
     path.write_text(f"""
 name: hybrid
@@ -231,10 +230,8 @@ stages:
       max_length: 512
       train: {{max_steps: 2, batch_size: 4}}
 """)
-    cfg, planned = pipeline.load(path)
-    run_dir = pipeline.run(cfg, planned)
-    stage = planned[0].ctx
-    assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
+    run_dir, stage, metrics = run_one_stage(path)
+    assert metrics["global_step"] == 2
     assert (stage.model_dir / "config.json").is_file() and (stage.dir / "fusion_data.json").is_file()
     evals = [json.loads(p.read_text()) for p in (run_dir / "base_eval.json", stage.dir / "eval.json")]
     assert all(0.0 <= e["think_follow"]["score"] <= 1.0 and e["think_follow"]["turns"] >= 3 for e in evals)

@@ -1,0 +1,181 @@
+"""Stage 4's task kinds (report §4.4): one definition per kind owns its prompts, its reward(s) and
+its evaluation; the same definitions build the training mix and the held-out items.
+
+    kinds = load_tasks("pipelines/tasks.yaml")           # {name: TaskKind}
+    mix = build_mix(kinds, n=400, seed=0)                 # rows: prompt, task, the kinds' columns
+    reward = rewards.get("routed", table=routing_table(kinds))
+    held = items("rag", kinds["rag"], n=16, seed=0, split="eval")
+
+A kind in YAML (under `tasks:`):
+
+    rag_faithfulness:
+      area: specialised                # instruction | format | preference | agent | specialised | reasoning
+      source: rag                      # a generator of data_builders/general.py, "module:function",
+                                       # or a dataset file/dir in the column contract (+ `columns:` map)
+      params: {facts: 3}               # the generator's keyword arguments
+      rewards: [{name: rag}]           # routed-reward entries: name, weight, params
+      share: 1.0                       # relative weight in the training mix
+      think_share: 0.5                 # prompts asked with /think, the rest with /no_think
+
+Generated items are split by seed namespace ("train" / "eval"); a dataset's rows by a hash of the
+prompt (one in ten held out). Training items whose prompt equals a held-out one are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_builders import general
+from posttrain.config import ConfigError, from_dict, load_yaml
+
+log = logging.getLogger("posttrain.tasks")
+
+AREAS = ("instruction", "format", "preference", "agent", "specialised", "reasoning")
+SPLITS = ("train", "eval")
+
+
+@dataclass
+class TaskKind:
+    area: str
+    source: str
+    rewards: list[Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)  # dataset sources: their column -> contract column
+    share: float = 1.0
+    think_share: float = 0.5
+
+    def __post_init__(self):
+        from rewards.routed import load_table
+        if self.area not in AREAS:
+            raise ValueError(f"area must be one of {', '.join(AREAS)}, got {self.area!r}")
+        if self.share < 0 or not 0.0 <= self.think_share <= 1.0:
+            raise ValueError(f"share must be >= 0 and think_share within [0, 1], got {self.share}, {self.think_share}")
+        self.rewards = load_table({"kind": self.rewards})["kind"]  # validated entries {name, weight, params}
+
+
+def load_tasks(spec: str | Path | dict[str, Any]) -> dict[str, TaskKind]:
+    """Task kinds from a YAML file (its `tasks:` mapping; `defaults:` inheritance works) or a mapping."""
+    where = str(spec) if isinstance(spec, (str, Path)) else "tasks"
+    data = load_yaml(spec) if isinstance(spec, (str, Path)) else spec
+    table = data.get("tasks") if isinstance(data, dict) and "tasks" in data else data
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{where}: `tasks` must be a non-empty mapping name -> task kind")
+    kinds = {}
+    for name, body in table.items():
+        try:
+            kinds[str(name)] = from_dict(TaskKind, body, f"tasks.{name}")
+        except ValueError as err:
+            raise ConfigError(f"{where}: tasks.{name}: {err}") from None
+    return kinds
+
+
+def _generator(source: str):
+    if source in general.GENERATORS:
+        return general.GENERATORS[source]
+    if ":" in source:
+        module, _, attr = source.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"source {source!r}: {err}") from None
+    return None
+
+
+def _prompt_key(row: dict[str, Any]) -> str:
+    return json.dumps([m.get("content") for m in row["prompt"]], ensure_ascii=False)
+
+
+def items(name: str, kind: TaskKind, n: int, seed: int = 0, split: str = "train",
+          mode: str | None = None) -> list[dict[str, Any]]:
+    """`n` rows of a kind (fewer if its dataset holds fewer), with `task` set and a mode flag
+    (`mode`, else drawn by `think_share`) appended unless the source set the flags (`mode` column)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"task:{name}:{split}:{seed}")
+    make = _generator(kind.source)
+    if make is not None:
+        try:
+            rows = [make(rng, **kind.params) for _ in range(n)]
+        except TypeError as err:
+            raise ConfigError(f"tasks.{name}.params: {err}") from None
+    else:
+        if not Path(kind.source).exists():
+            raise ConfigError(f"tasks.{name}.source: {kind.source!r} is neither a generator "
+                              f"({', '.join(general.GENERATORS)}, or module:function) nor an existing dataset")
+        from data_builders.sources import load
+        rows = [dict(r) for r in load(kind.source, columns=kind.columns or None)]
+        held = [int(hashlib.sha256(_prompt_key(r).encode()).hexdigest(), 16) % 10 == 0 for r in rows]
+        rows = [r for r, h in zip(rows, held, strict=True) if h == (split == "eval")][:n]
+    out = []
+    for row in rows:
+        if not row.get("mode"):
+            draw = "think" if rng.random() < kind.think_share else "no_think"
+            row = general.flagged(row, mode or draw)
+        out.append({**row, "task": name})
+    return out
+
+
+def build_mix(kinds: dict[str, TaskKind], n: int, seed: int = 0, held_out: list[dict] | None = None) -> list[dict]:
+    """`n` training rows split over the kinds by share (largest remainders), shuffled, every row
+    with the same columns (missing ones are empty strings), none equal to a `held_out` prompt."""
+    total = sum(k.share for k in kinds.values())
+    if total <= 0:
+        raise ConfigError("tasks: every share is 0")
+    exact = {name: n * k.share / total for name, k in kinds.items()}
+    counts = {name: int(v) for name, v in exact.items()}
+    for name in sorted(exact, key=lambda m: counts[m] - exact[m])[:n - sum(counts.values())]:
+        counts[name] += 1
+    seen = {_prompt_key(r) for r in held_out or []}
+    rows = [r for name, c in counts.items() if c for r in items(name, kinds[name], c, seed)
+            if _prompt_key(r) not in seen]
+    random.Random(f"mix:{seed}").shuffle(rows)
+    return uniform(rows)
+
+
+def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with one set of columns (Arrow needs it): absent ones become empty strings."""
+    keys = sorted({k for r in rows for k in r})
+    return [{k: r.get(k, "") for k in keys} for r in rows]
+
+
+def routing_table(kinds: dict[str, TaskKind]) -> dict[str, list[dict[str, Any]]]:
+    """The `routed` reward's table: each kind's task name -> its reward entries."""
+    return {name: kind.rewards for name, kind in kinds.items()}
+
+
+def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 0,
+                   modes: tuple[str, ...] = ("think", "no_think"), max_new_tokens: int = 256) -> dict[str, Any]:
+    """Each kind's mean reward on its held-out items, asked in every mode by flag (a kind whose
+    source sets its own flags is asked once, as `flagged`); one sample per item at the mode's
+    sampling settings, scored by the kind's own rewards."""
+    import rewards
+    from posttrain.chat import SAMPLING
+    from posttrain.evaluate import standard_error
+    reward = rewards.get("routed", table=routing_table(kinds))
+    out: dict[str, Any] = {}
+    for name, kind in kinds.items():
+        out[name] = {}
+        by_mode = {m: items(name, kind, n, seed, split="eval", mode=m) for m in ("think", "no_think")}
+        own_flags = [_prompt_key(r) for r in by_mode["think"]] == [_prompt_key(r) for r in by_mode["no_think"]]
+        for key, rows in ([("flagged", by_mode["think"])] if own_flags else [(m, by_mode[m]) for m in modes]):
+            if not rows:
+                log.warning("tasks: %s has no held-out items; not evaluated", name)
+                continue
+            sampling = SAMPLING["no_think" if key == "no_think" else "think"]
+            outs = engine.generate([r["prompt"] for r in rows], n=1, mode=None, max_new_tokens=max_new_tokens,
+                                   seed=seed, **sampling)
+            table = uniform(rows)
+            scores = reward([o[0].text for o in outs], **{k: [r[k] for r in table] for k in table[0]})
+            valid = [float(s) for s in scores if s is not None]
+            out[name][key] = {"score": sum(valid) / len(valid) if valid else None,
+                              "score_se": standard_error(valid), "n_items": len(rows), "scored": len(valid),
+                              "area": kind.area, "per_item": scores,
+                              "mean_length": sum(len(o[0].token_ids) for o in outs) / max(len(outs), 1)}
+    return out

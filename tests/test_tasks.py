@@ -1,0 +1,193 @@
+"""Stage 4's task registry: kinds from YAML, the training mix, routing, and the held-out evaluation."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import rewards
+from data_builders.tasks import build_mix, evaluate_tasks, items, load_tasks, routing_table
+from posttrain.chat import EMPTY_THINK, last_flag
+from posttrain.config import ConfigError
+from posttrain.generation import Completion
+
+TASKS = Path(__file__).resolve().parents[1] / "pipelines" / "tasks.yaml"
+
+
+def solver_text(row):
+    """The solver's response, in the mode the row asks for."""
+    think = "<think>\nLet me work it out.\n</think>\n\n" if row["mode"] == "think" else EMPTY_THINK
+    return think + row["response"]
+
+
+def score(kinds, rows, texts):
+    reward = rewards.get("routed", table=routing_table(kinds))
+    return reward(texts, **{k: [r[k] for r in rows] for k in rows[0]})
+
+
+def test_builtin_kinds_cover_the_areas_and_their_solvers_score_full_marks():
+    kinds = load_tasks(TASKS)
+    assert len(kinds) >= 12
+    assert {k.area for k in kinds.values()} >= {"instruction", "format", "specialised", "reasoning"}
+    rows = build_mix(kinds, 130, seed=1)
+    assert set(Counter(r["task"] for r in rows)) == set(kinds)
+    assert score(kinds, rows, [solver_text(r) for r in rows]) == [1.0] * len(rows)
+    # the router sends each row to its own kind's rewards: an empty answer fails every kind
+    empty = score(kinds, rows, [("<think>\nhm\n</think>\n\n" if r["mode"] == "think" else EMPTY_THINK) for r in rows])
+    assert all(s is None or s < 1.0 for s in empty)
+    assert {r["task"] for r, s in zip(rows, empty, strict=True) if s == 0.0} >= {"rag_faithfulness", "arithmetic"}
+
+
+def test_mix_follows_shares_flags_and_keeps_held_out_items_out():
+    kinds = load_tasks({"tasks": {
+        "a": {"area": "reasoning", "source": "reasoning", "rewards": ["math"], "share": 3, "think_share": 0.0},
+        "b": {"area": "specialised", "source": "tool_call", "rewards": ["tool_call"], "think_share": 1.0}}})
+    held = items("b", kinds["b"], 40, seed=0, split="eval")
+    rows = build_mix(kinds, 80, seed=0, held_out=held)
+    counts = Counter(r["task"] for r in rows)
+    assert counts["a"] == 60 and 0 < counts["b"] <= 20  # tool requests repeat: equal ones are dropped
+    assert {json.dumps(r["prompt"]) for r in rows}.isdisjoint({json.dumps(r["prompt"]) for r in held})
+    assert all(last_flag(r["prompt"]) == ("no_think" if r["task"] == "a" else "think") for r in rows)
+    assert all(r["prompt"][0]["role"] == "system" and "<tools>" in r["prompt"][0]["content"]
+               for r in rows if r["task"] == "b")
+    assert rows == build_mix(kinds, 80, seed=0, held_out=held)  # deterministic
+
+
+def test_flag_dialogue_turns_follow_the_last_flag():
+    kinds = load_tasks(TASKS)
+    rows = items("think_follow", kinds["think_follow"], 60, seed=3)
+    assert any(len([m for m in r["prompt"] if m["role"] == "user"]) > 1 for r in rows)
+    assert any(r["prompt"][0]["role"] == "system" for r in rows)
+    for r in rows:
+        assert r["mode"] == (last_flag(r["prompt"]) or "think")
+        assert r["prompt"][-1]["role"] == "user"
+    ok = score(kinds, rows, [solver_text(r) for r in rows])
+    flipped = score(kinds, rows, [solver_text({**r, "mode": "think" if r["mode"] == "no_think" else "no_think"})
+                                  for r in rows])
+    assert ok == [1.0] * len(rows) and all(s < 1.0 for s in flipped)
+
+
+def test_a_kind_added_by_yaml_with_a_dataset_file(tmp_path):
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Capital number {i}? Put the answer in \\boxed{{}}.",
+                                        "gold": str(i)}) + "\n" for i in range(200)))
+    spec = tmp_path / "tasks.yaml"
+    spec.write_text(f"defaults: {TASKS}\ntasks:\n  capitals:\n    area: specialised\n    source: {data}\n"
+                    "    columns: {question: prompt, gold: answer}\n    rewards: [math]\n")
+    kinds = load_tasks(spec)
+    assert "capitals" in kinds and "rag_faithfulness" in kinds  # inherits the built-in kinds
+    train, held = items("capitals", kinds["capitals"], 500, 0), items("capitals", kinds["capitals"], 500, 0, "eval")
+    assert len(train) + len(held) == 200 and 5 < len(held) < 40
+    assert {r["answer"] for r in train}.isdisjoint({r["answer"] for r in held})
+    assert score(kinds, train[:4], [f"\\boxed{{{r['answer']}}}" for r in train[:4]]) == [1.0] * 4
+
+
+@pytest.mark.parametrize("body,error", [
+    ({"area": "nope", "source": "rag", "rewards": ["rag"]}, "area must be one of"),
+    ({"area": "specialised", "source": "no/such/file.jsonl", "rewards": ["rag"]}, "tasks.x.source"),
+    ({"area": "specialised", "source": "rag", "params": {"fact": 3}, "rewards": ["rag"]}, "tasks.x.params"),
+    ({"area": "specialised", "source": "rag", "rewards": []}, "non-empty list of rewards"),
+    ({"area": "specialised", "source": "rag"}, "rewards"),
+])
+def test_bad_kinds_are_named(body, error):
+    with pytest.raises(ConfigError, match=error):
+        kinds = load_tasks({"tasks": {"x": body}})
+        items("x", kinds["x"], 2)
+
+
+def test_rag_reward_penalises_unsupported_answers():
+    rag = rewards.get("rag")
+    row = {"answer": "teal", "context_values": json.dumps(["teal", "42", "Oakridge"])}
+    texts = ["Ava's favourite colour is teal.", "It is teal or 42.", "That is not in the context.", "Red."]
+    assert rag(texts, **{k: [v] * 4 for k, v in row.items()}) == [1.0, 0.0, 0.0, 0.0]
+    row = {"answer": "not in the context", "context_values": json.dumps(["teal", "42"])}
+    texts = ["That is not in the context.", "It is not in the context, maybe 42.", "teal"]
+    assert rag(texts, **{k: [v] * 3 for k, v in row.items()}) == [1.0, 0.0, 0.0]
+
+
+def test_tool_call_reward_checks_format_schema_and_values():
+    from data_builders.general import TOOLS
+    reward = rewards.get("tool_call")
+    want = {"name": "set_alarm", "arguments": {"hour": 7, "minute": 30}}
+
+    def call(obj):
+        return f"{EMPTY_THINK}<tool_call>\n{json.dumps(obj) if not isinstance(obj, str) else obj}\n</tool_call>"
+    texts = [call(want), call({"name": "set_alarm", "arguments": {"hour": 8, "minute": 0}}),
+             call({"name": "set_alarm", "arguments": {"hour": "7", "minute": 30}}),  # wrong type
+             call({"name": "set_alarm", "arguments": {"hour": 7}}),  # missing required
+             call({"name": "launch", "arguments": {}}), call('{"name": "set_alarm", "arguments": {'),
+             "Alarm set for 7:30.", call(want) + call(want)]
+    n = len(texts)
+    got = reward(texts, tools=[json.dumps(TOOLS)] * n, answer=[json.dumps(want)] * n)
+    assert got == [1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert reward([call(want)], tools=[""], answer=[""]) == [None]
+
+
+def test_evaluate_tasks_scores_every_kind_in_both_modes():
+    kinds = load_tasks(TASKS)
+    kinds = {k: kinds[k] for k in ("if_case", "rag_faithfulness", "think_follow")}
+    answers = {}
+    for name, kind in kinds.items():
+        for mode in ("think", "no_think"):
+            for r in items(name, kind, 6, seed=0, split="eval", mode=mode):
+                answers[json.dumps(r["prompt"])] = solver_text(r) if name != "rag_faithfulness" else "Red."
+
+    class Oracle:
+        def generate(self, prompts, n=1, mode=None, **kw):
+            assert mode is None  # the flags decide
+            return [[Completion(answers[json.dumps(p)], [1, 2, 3])] for p in prompts]
+    res = evaluate_tasks(Oracle(), kinds, n=6)
+    assert set(res["if_case"]) == {"think", "no_think"} and set(res["think_follow"]) == {"flagged"}
+    assert res["if_case"]["think"]["score"] == 1.0 and res["think_follow"]["flagged"]["score"] == 1.0
+    assert res["rag_faithfulness"]["no_think"]["score"] == 0.0 and res["rag_faithfulness"]["think"]["n_items"] == 6
+
+
+def test_general_rl_trains_a_mixed_batch_and_reports_each_kind(tmp_path, tiny_model, run_one_stage):
+    """A batch mixing kinds (one added by YAML alone, from a dataset file) trains a few GRPO steps on
+    CPU; the eval scores every kind before and after, and report.md shows them."""
+    data = tmp_path / "echo.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {w} {i} times.", "constraints": json.dumps(
+        [{"type": "include_keywords", "keywords": [w]}])}) + "\n" for i in range(40) for w in ["red", "blue"]))
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(f"""tasks:
+  echo: {{area: instruction, source: {data}, rewards: [instruction]}}
+  rag_faithfulness: {{area: specialised, source: rag, rewards: [rag]}}
+  think_follow: {{area: format, source: flag_dialogue, params: {{max_turns: 2}}, rewards: [think_follow]}}
+""")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"""
+name: recipe
+model: {tiny_model}
+output_dir: {tmp_path / 'run'}
+eval:
+  suites: {{lin: {{family: linear, n: 2, seed: 10001}}}}
+  samples: 1
+  pass_k: [1]
+  max_new_tokens: 4
+  tasks: {{spec: {tasks}, n: 2, max_new_tokens: 6}}
+stages:
+  - stage: general_rl
+    config:
+      tasks: {tasks}
+      examples: 12
+      held_out: 2
+      num_generations: 2
+      max_completion_length: 8
+      train: {{max_steps: 2, batch_size: 4}}
+""")
+    run_dir, stage, metrics = run_one_stage(path)
+    assert metrics["global_step"] == 2
+    built = json.loads((stage.dir / "general_rl_data.json").read_text())
+    assert set(built["per_kind"]) == {"echo", "rag_faithfulness", "think_follow"}
+    after = json.loads((stage.dir / "eval.json").read_text())["tasks"]["scores"]
+    assert set(after) == {"echo", "rag_faithfulness", "think_follow"}
+    assert set(after["echo"]) == {"think", "no_think"} and set(after["think_follow"]) == {"flagged"}
+    assert all(0.0 <= r["score"] <= 1.0 for kind in after.values() for r in kind.values())
+    from posttrain.report import _scalars
+    logged = _scalars(stage.dir / "tb")
+    assert any(k.endswith("routed/echo/instruction") for k in logged), sorted(logged)[:20]
+    report = (run_dir / "report.md").read_text()
+    assert "## Task kinds" in report and "| echo | instruction | no_think |" in report
