@@ -11,6 +11,7 @@ names them in task kinds and sets `task`. The rows carry what their rewards chec
 | rag           | specialised | answer from a given context, or say it is not in the context           |
 | tool_call     | specialised | one call of a tool given by its JSON schema, Qwen3's `<tool_call>` form |
 | language      | specialised | a question in French, Spanish or German, to be answered in it          |
+| open_answer   | any         | a short QA/rewrite item with a `reference` answer, for the judge       |
 | reasoning     | reasoning   | a stage-2 family item (arithmetic, linear, ...)                        |
 """
 
@@ -164,6 +165,15 @@ def language(rng: random.Random, languages: list[str] | None = None) -> dict[str
                     [{"type": "include_keywords", "keywords": [city]}, {"type": "language", "language": lang}]))
 
 
+def open_answer(rng: random.Random, kind: str = "qa") -> dict[str, Any]:
+    """A direct-answer item (direct.py: qa, rewrite, instruction) whose solver answer is the
+    `reference` a judge compares against; its rule check (`constraints`) stays for measuring the judge."""
+    if kind not in direct.KINDS:
+        raise ValueError(f"open_answer: unknown kind {kind!r} (known: {', '.join(direct.KINDS)})")
+    row = direct.KINDS[kind](rng)
+    return {**{k: v for k, v in row.items() if k not in ("reasoning", "task")}, "reference": row["response"]}
+
+
 def reasoning(rng: random.Random, family: str = "arithmetic", **knobs: Any) -> dict[str, Any]:
     if family not in synthetic.FAMILIES:
         raise ValueError(f"reasoning: unknown family {family!r} (known: {', '.join(synthetic.FAMILIES)})")
@@ -172,7 +182,7 @@ def reasoning(rng: random.Random, family: str = "arithmetic", **knobs: Any) -> d
 
 
 GENERATORS = {"instruction": instruction, "flag_dialogue": flag_dialogue, "rag": rag, "tool_call": tool_call,
-              "language": language, "reasoning": reasoning}
+              "language": language, "open_answer": open_answer, "reasoning": reasoning}
 
 
 def flagged(row: dict[str, Any], mode: str, where: str = "user") -> dict[str, Any]:

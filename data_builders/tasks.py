@@ -50,6 +50,9 @@ class TaskKind:
     columns: dict[str, str] = field(default_factory=dict)  # dataset sources: their column -> contract column
     share: float = 1.0
     think_share: float = 0.5
+    # rule rewards scored next to `rewards` at evaluation only, to measure a model-based reward (a
+    # judge, a reward model) against them: the share of items where both pass or both fail
+    check: list[Any] = field(default_factory=list)
 
     def __post_init__(self):
         from rewards.routed import load_table
@@ -58,6 +61,7 @@ class TaskKind:
         if self.share < 0 or not 0.0 <= self.think_share <= 1.0:
             raise ValueError(f"share must be >= 0 and think_share within [0, 1], got {self.share}, {self.think_share}")
         self.rewards = load_table({"kind": self.rewards})["kind"]  # validated entries {name, weight, params}
+        self.check = load_table({"kind": self.check})["kind"] if self.check else []
 
 
 def load_tasks(spec: str | Path | dict[str, Any]) -> dict[str, TaskKind]:
@@ -95,10 +99,11 @@ def _prompt_key(row: dict[str, Any]) -> str:
 def items(name: str, kind: TaskKind, n: int, seed: int = 0, split: str = "train",
           mode: str | None = None) -> list[dict[str, Any]]:
     """`n` rows of a kind (fewer if its dataset holds fewer), with `task` set and a mode flag
-    (`mode`, else drawn by `think_share`) appended unless the source set the flags (`mode` column)."""
+    (`mode`, else drawn by `think_share`) appended unless the source set the flags (`mode` column).
+    The first k of n rows are the k rows: a larger held-out set contains a smaller one."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rng = random.Random(f"task:{name}:{split}:{seed}")
+    rng, flags = random.Random(f"task:{name}:{split}:{seed}"), random.Random(f"flags:{name}:{split}:{seed}")
     make = _generator(kind.source)
     if make is not None:
         try:
@@ -115,10 +120,8 @@ def items(name: str, kind: TaskKind, n: int, seed: int = 0, split: str = "train"
         rows = [r for r, h in zip(rows, held, strict=True) if h == (split == "eval")][:n]
     out = []
     for row in rows:
-        if not row.get("mode"):
-            draw = "think" if rng.random() < kind.think_share else "no_think"
-            row = general.flagged(row, mode or draw)
-        out.append({**row, "task": name})
+        draw = "think" if flags.random() < kind.think_share else "no_think"  # drawn for every row: stable prefixes
+        out.append({**(row if row.get("mode") else general.flagged(row, mode or draw)), "task": name})
     return out
 
 
@@ -145,20 +148,35 @@ def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r.get(k, "") for k in keys} for r in rows]
 
 
-def routing_table(kinds: dict[str, TaskKind]) -> dict[str, list[dict[str, Any]]]:
-    """The `routed` reward's table: each kind's task name -> its reward entries."""
-    return {name: kind.rewards for name, kind in kinds.items()}
+def routing_table(kinds: dict[str, TaskKind], resolve=None, which: str = "rewards") -> dict[str, list[dict]]:
+    """The `routed` reward's table: each kind's task name -> its reward entries (`which="check"`: its
+    `check` entries). A reward param `model: "@ID"` (a judge, a reward model) names the model of the
+    run's stage ID, found by `resolve` (posttrain.rundir.resolve_model_ref bound to the run)."""
+    def entry(e: dict[str, Any], name: str) -> dict[str, Any]:
+        model = e["params"].get("model")
+        if not (isinstance(model, str) and model.startswith("@")):
+            return e
+        if resolve is None:
+            raise ConfigError(f"tasks.{name}: {e['name']} model {model!r} needs a pipeline run directory; "
+                              "give a model path instead")
+        return {**e, "params": {**e["params"], "model": resolve(model)}}
+    return {name: [entry(e, name) for e in getattr(kind, which)] for name, kind in kinds.items()
+            if getattr(kind, which)}
 
 
 def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 0,
-                   modes: tuple[str, ...] = ("think", "no_think"), max_new_tokens: int = 256) -> dict[str, Any]:
+                   modes: tuple[str, ...] = ("think", "no_think"), max_new_tokens: int = 256,
+                   resolve=None) -> dict[str, Any]:
     """Each kind's mean reward on its held-out items, asked in every mode by flag (a kind whose
     source sets its own flags is asked once, as `flagged`); one sample per item at the mode's
-    sampling settings, scored by the kind's own rewards."""
+    sampling settings, scored by the kind's own rewards, and by its `check` rules if it has any
+    (`agreement`: the share of items where reward and rules both pass, >= 0.5, or both fail)."""
     import rewards
     from posttrain.chat import SAMPLING
     from posttrain.evaluate import standard_error
-    reward = rewards.get("routed", table=routing_table(kinds))
+    reward = rewards.get("routed", table=routing_table(kinds, resolve))
+    checks = routing_table(kinds, resolve, "check")
+    check = rewards.get("routed", table=checks) if checks else None
     out: dict[str, Any] = {}
     for name, kind in kinds.items():
         out[name] = {}
@@ -172,10 +190,16 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
             outs = engine.generate([r["prompt"] for r in rows], n=1, mode=None, max_new_tokens=max_new_tokens,
                                    seed=seed, **sampling)
             table = uniform(rows)
-            scores = reward([o[0].text for o in outs], **{k: [r[k] for r in table] for k in table[0]})
+            columns = {k: [r[k] for r in table] for k in table[0]}
+            scores = reward([o[0].text for o in outs], **columns)
             valid = [float(s) for s in scores if s is not None]
             out[name][key] = {"score": sum(valid) / len(valid) if valid else None,
                               "score_se": standard_error(valid), "n_items": len(rows), "scored": len(valid),
                               "area": kind.area, "per_item": scores,
                               "mean_length": sum(len(o[0].token_ids) for o in outs) / max(len(outs), 1)}
+            if check is not None and name in checks:
+                ruled = check([o[0].text for o in outs], **columns)
+                both = [(s >= 0.5, c >= 0.5) for s, c in zip(scores, ruled, strict=True) if None not in (s, c)]
+                out[name][key].update(agreement=sum(a == b for a, b in both) / len(both) if both else None,
+                                      rule_pass=sum(c for _, c in both) / len(both) if both else None)
     return out

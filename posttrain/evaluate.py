@@ -161,11 +161,12 @@ def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any]) -> d
 
 
 def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0, engine=None,
-             previous: dict[str, Any] | None = None) -> dict[str, Any]:
+             previous: dict[str, Any] | None = None, resolve=None) -> dict[str, Any]:
     """Evaluate `model` on every suite and mode (and ThinkFollow); returns the JSON the report reads.
 
     Entries of `previous` (an earlier result of this model) made on the same items with the same
-    settings are reused, so adding a suite or ThinkFollow to a finished run costs only what is new."""
+    settings are reused, so adding a suite or ThinkFollow to a finished run costs only what is new.
+    `resolve` maps `@ID` model references of the task kinds' rewards to paths (in a pipeline run)."""
     from posttrain.generation import load_engine
     from posttrain.thinkfollow import plans_sha, think_follow
     start = time.time()
@@ -219,29 +220,44 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             log.info("eval ThinkFollow: %.3f over %d turns", results["think_follow"]["score"],
                      results["think_follow"]["turns"])
     if cfg.tasks is not None:
-        results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine)
+        results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine, resolve)
     results["wall_time_s"] = round(time.time() - start, 2)
     return results
 
 
-def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_engine) -> dict[str, Any]:
-    """Stage 4's per-kind scores, reused from `old` when the kinds and settings are unchanged."""
+def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_engine, resolve) -> dict[str, Any]:
+    """Stage 4's per-kind scores. A kind's earlier score is kept while its definition and the
+    settings are unchanged; a kind whose judge or reward model does not exist yet (`@ID` of a later
+    stage) is skipped with the reason, and scored by a later evaluation of the same model."""
     import json
     from dataclasses import asdict
     from pathlib import Path
 
-    from data_builders.tasks import evaluate_tasks, load_tasks
+    from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
     kinds = load_tasks(cfg.tasks.spec)
-    sha = hashlib.sha256(json.dumps({k: asdict(v) for k, v in kinds.items()}, sort_keys=True, default=str)
-                         .encode()).hexdigest()[:16]
+    shas = {k: hashlib.sha256(json.dumps(asdict(v), sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for k, v in kinds.items()}
     settings = {**asdict(cfg.tasks), "spec": Path(cfg.tasks.spec).name, "modes": list(cfg.modes), "seed": seed}
-    if old and old.get("kinds_sha") == sha and old.get("settings") == settings:
-        return old
-    scores = evaluate_tasks(get_engine(), kinds, n=cfg.tasks.n, seed=seed, modes=tuple(cfg.modes),
-                            max_new_tokens=cfg.tasks.max_new_tokens)
-    log.info("eval tasks: %s", ", ".join(f"{k} {m} {v['score']:.2f}" for k, r in scores.items()
-                                          for m, v in r.items() if v["score"] is not None))
-    return {"kinds_sha": sha, "settings": settings, "scores": scores}
+    kept = {k: v for k, v in (old or {}).get("scores", {}).items()
+            if old.get("settings") == settings and old.get("kind_shas", {}).get(k) == shas.get(k)}
+    todo, skipped = {}, {}
+    for name, kind in kinds.items():
+        if name in kept:
+            continue
+        try:
+            routing_table({name: kind}, resolve)
+            routing_table({name: kind}, resolve, "check")
+            todo[name] = kind
+        except (FileNotFoundError, ValueError) as err:
+            skipped[name] = str(err)
+    new = evaluate_tasks(get_engine(), todo, n=cfg.tasks.n, seed=seed, modes=tuple(cfg.modes),
+                         max_new_tokens=cfg.tasks.max_new_tokens, resolve=resolve) if todo else {}
+    if new:
+        log.info("eval tasks: %s", ", ".join(f"{k} {m} {v['score']:.2f}" for k, r in new.items()
+                                              for m, v in r.items() if v["score"] is not None))
+    scores = {**kept, **new}
+    return {"settings": settings, "kind_shas": shas, "scores": {k: scores[k] for k in kinds if k in scores},
+            "skipped": skipped}
 
 
 def _reusable(old: dict[str, Any] | None, sha: str, settings: dict[str, Any]) -> bool:

@@ -154,7 +154,7 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
                               f"rerun with --from {p.ctx.stage_id} or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    evaluator = _evaluator(cfg)
+    evaluator = _evaluator(cfg, run_dir)
     if evaluator:
         evaluator(cfg.model, run_dir / "base_eval.json")
     for p in planned:
@@ -183,17 +183,22 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _evaluator(cfg: PipelineConfig):
-    """A function (model, path) -> results that evaluates once and keeps the results at `path`."""
+def _evaluator(cfg: PipelineConfig, run_dir: Path):
+    """A function (model, path) -> results that evaluates once and keeps the results at `path`;
+    `@ID` model references in the eval's task kinds (a judge, a reward model) name this run's stages."""
     if not cfg.eval:
         return None
+    from functools import partial
+
     from posttrain.evaluate import EvalConfig, evaluate
+    from posttrain.rundir import resolve_model_ref
     eval_cfg = from_dict(EvalConfig, cfg.eval, "eval")
+    resolve = partial(resolve_model_ref, run_dir=run_dir, who="eval")
 
     def run_eval(model: str, path: Path) -> dict:
         """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest."""
         cached = read_json(path)
-        results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed, previous=cached)
+        results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed, previous=cached, resolve=resolve)
         if cached is None or any(results.get(k) != cached.get(k) for k in ("suites", "think_follow", "tasks")):
             write_json(path, results)
         return results

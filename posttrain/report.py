@@ -214,6 +214,16 @@ def _task_table(report: dict[str, Any]) -> list[str]:
             r = scores.get(kind, {}).get(mode)
             cells.append(f"{_fmt(r['score'])} ± {r['score_se']:.2f}" if r and r["score"] is not None else "")
         lines.append(f"| {kind} | {area} | {mode} | " + " | ".join(cells) + " |")
+    agree = [f"{label} {kind} {mode}: {_fmt(r['agreement'])} (rules pass {_fmt(r.get('rule_pass'))})"
+             for label, scores in models for kind, modes in scores.items() for mode, r in modes.items()
+             if r.get("agreement") is not None]
+    if agree:
+        lines += ["", "Agreement of model-based rewards (judge, reward model) with the kinds' rule checks, "
+                  "share of items where both pass or both fail: " + "; ".join(agree) + "."]
+    rms = [f"{s['id']}: {_fmt(s['metrics']['heldout_accuracy'])}" for s in report["stages"]
+           if (s.get("metrics") or {}).get("heldout_accuracy") is not None]
+    if rms:
+        lines += ["", "Reward model held-out pair accuracy (chosen scored above rejected): " + "; ".join(rms) + "."]
     return lines
 
 

@@ -38,6 +38,16 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.is_file() else default
 
 
+def resolve_model_ref(ref: str, run_dir: Path | None, who: str) -> str:
+    """`@ID` is the model of the run's stage ID (`run_dir/NN_ID/model`); anything else a path."""
+    if not ref.startswith("@"):
+        return ref
+    found = sorted(Path(run_dir).glob(f"[0-9][0-9]_{ref[1:]}/model")) if run_dir else []
+    if not found:
+        raise FileNotFoundError(f"{who}: {ref} names no finished stage in {run_dir or '(no run directory)'}")
+    return str(found[-1])
+
+
 @dataclass
 class StageContext:
     """What a stage module gets: where to read, where to write, and the run's shared settings."""
@@ -73,12 +83,7 @@ class StageContext:
 
     def resolve(self, ref: str) -> str:
         """A model reference: `@ID` is an earlier stage's model in this run, anything else a path."""
-        if not ref.startswith("@"):
-            return ref
-        found = sorted((self.run_dir or self.dir.parent).glob(f"[0-9][0-9]_{ref[1:]}/model"))
-        if not found:
-            raise FileNotFoundError(f"{self.stage_id}: {ref} names no finished stage in {self.run_dir}")
-        return str(found[-1])
+        return resolve_model_ref(ref, self.run_dir or self.dir.parent, self.stage_id)
 
     def is_complete(self) -> bool:
         return (self.dir / MARKER).is_file()

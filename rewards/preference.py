@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from posttrain.chat import split_think
 from rewards.base import Reward, Row, prompt_of
 
 # RewardConfig defaults that suit this project (CPU-friendly; every one can be overridden)
@@ -53,20 +54,21 @@ def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrid
 
 class PreferenceReward(Reward):
     """Params: `model` (reward model dir, required), `batch_size` (8), `normalize` (None or
-    'sigmoid'), `max_length` (tokens kept from the right end, default 2048), `device`."""
+    'sigmoid'), `max_length` (tokens kept from the right end, default 2048), `device`, `answer_only`
+    (score the text after `</think>`, as for pairs without reasoning; default False)."""
 
     name = "preference"
     on_error = None
 
     def __init__(self, model: str, batch_size: int = 8, normalize: str | None = None, max_length: int = 2048,
-                 device: str | None = None) -> None:
+                 device: str | None = None, answer_only: bool = False) -> None:
         super().__init__()
         if normalize not in (None, "sigmoid"):
             raise ValueError(f"preference: normalize must be None or 'sigmoid', got {normalize!r}")
         if not (Path(model) / "config.json").is_file():
             raise ValueError(f"preference: no reward model at {model} (expected config.json)")
         self.path, self.batch_size, self.normalize = str(model), int(batch_size), normalize
-        self.max_length, self.device = int(max_length), device
+        self.max_length, self.device, self.answer_only = int(max_length), device, bool(answer_only)
         self._model = self._tokenizer = None
         self._lock = threading.Lock()
 
@@ -101,6 +103,8 @@ class PreferenceReward(Reward):
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
         import torch
         model, tok = self._load()
+        if self.answer_only:
+            texts = [split_think(t)[1] for t in texts]
         encoded = [self.encode(t, r) for t, r in zip(texts, rows, strict=True)]
         scores: list[float | None] = []
         for start in range(0, len(encoded), self.batch_size):

@@ -57,5 +57,5 @@ def build(ctx: StageContext, cfg: Config):
 def run(ctx: StageContext, cfg: Config) -> dict:
     import rewards
     dataset = ctx.dataset("train", lambda: build(ctx, cfg))
-    reward = rewards.get("routed", table=routing_table(load_tasks(cfg.tasks)))
+    reward = rewards.get("routed", table=routing_table(load_tasks(cfg.tasks), ctx.resolve))
     return grpo(ctx, cfg, dataset, [reward], f"stages.{ctx.stage_id}.config.train")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data_builders.pairs import PairsConfig, build_pairs
 from posttrain.config import ExistingPath
 from posttrain.rundir import StageContext, write_json
 from posttrain.training import TrainOptions
@@ -17,9 +18,14 @@ from posttrain.training import TrainOptions
 
 @dataclass
 class Config:
-    data: ExistingPath  # JSONL/parquet/saved dataset with `chosen` and `rejected` (and optional `prompt`)
+    data: ExistingPath | None = None  # JSONL/parquet/saved dataset with `chosen`, `rejected` (+ optional `prompt`)
+    pairs: PairsConfig | None = None  # or pairs built from task kinds' rules (data_builders/pairs.py)
     heldout_fraction: float = 0.1  # pairs kept aside to report ranking accuracy
     train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=50, learning_rate=5e-5))
+
+    def __post_init__(self):
+        if (self.data is None) == (self.pairs is None):
+            raise ValueError("give exactly one of `data` (a pairs file) or `pairs` (built from task kinds)")
 
 
 def load_pairs(path: str):
@@ -31,10 +37,17 @@ def load_pairs(path: str):
     return ds
 
 
+def _built(ctx: StageContext, cfg: PairsConfig):
+    from datasets import Dataset
+    pairs, stats = build_pairs(cfg, ctx.seed)
+    write_json(ctx.dir / "pairs.json", {"pairs": len(pairs), **stats})
+    return Dataset.from_list(pairs)
+
+
 def run(ctx: StageContext, cfg: Config) -> dict:
     from rewards import get
     from rewards.preference import train_reward_model
-    pairs = ctx.dataset("train", lambda: load_pairs(cfg.data))
+    pairs = ctx.dataset("train", lambda: load_pairs(cfg.data) if cfg.data else _built(ctx, cfg.pairs))
     split = pairs.train_test_split(test_size=cfg.heldout_fraction, seed=ctx.seed) if len(pairs) >= 10 else None
     train = split["train"] if split else pairs
     overrides = ctx.trainer_args(max_steps=cfg.train.max_steps, learning_rate=cfg.train.learning_rate,

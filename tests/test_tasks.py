@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import rewards
-from data_builders.tasks import build_mix, evaluate_tasks, items, load_tasks, routing_table
+from data_builders.tasks import build_mix, evaluate_tasks, items, load_tasks, routing_table, uniform
 from posttrain.chat import EMPTY_THINK, last_flag
 from posttrain.config import ConfigError
 from posttrain.generation import Completion
@@ -25,6 +25,7 @@ def solver_text(row):
 
 def score(kinds, rows, texts):
     reward = rewards.get("routed", table=routing_table(kinds))
+    rows = uniform(rows)
     return reward(texts, **{k: [r[k] for r in rows] for k in rows[0]})
 
 
@@ -39,6 +40,12 @@ def test_builtin_kinds_cover_the_areas_and_their_solvers_score_full_marks():
     empty = score(kinds, rows, [("<think>\nhm\n</think>\n\n" if r["mode"] == "think" else EMPTY_THINK) for r in rows])
     assert all(s is None or s < 1.0 for s in empty)
     assert {r["task"] for r, s in zip(rows, empty, strict=True) if s == 0.0} >= {"rag_faithfulness", "arithmetic"}
+
+
+def test_a_larger_item_set_contains_a_smaller_one():
+    kinds = load_tasks(TASKS)
+    for name, kind in kinds.items():
+        assert items(name, kind, 12, 5, "eval") == items(name, kind, 30, 5, "eval")[:12]
 
 
 def test_mix_follows_shares_flags_and_keeps_held_out_items_out():
@@ -145,9 +152,11 @@ def test_evaluate_tasks_scores_every_kind_in_both_modes():
     assert res["rag_faithfulness"]["no_think"]["score"] == 0.0 and res["rag_faithfulness"]["think"]["n_items"] == 6
 
 
-def test_general_rl_trains_a_mixed_batch_and_reports_each_kind(tmp_path, tiny_model, run_one_stage):
-    """A batch mixing kinds (one added by YAML alone, from a dataset file) trains a few GRPO steps on
-    CPU; the eval scores every kind before and after, and report.md shows them."""
+def test_general_rl_trains_a_mixed_batch_and_reports_each_kind(tmp_path, tiny_model):
+    """The pipeline trains a reward model on pairs it builds, then GRPO over a batch mixing kinds
+    (one added by YAML alone, from a dataset file; one rewarded by that reward model) for a few steps
+    on CPU; the eval scores every kind before and after (the preference kind once its model exists)."""
+    from posttrain import pipeline
     data = tmp_path / "echo.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {w} {i} times.", "constraints": json.dumps(
         [{"type": "include_keywords", "keywords": [w]}])}) + "\n" for i in range(40) for w in ["red", "blue"]))
@@ -156,6 +165,8 @@ def test_general_rl_trains_a_mixed_batch_and_reports_each_kind(tmp_path, tiny_mo
   echo: {{area: instruction, source: {data}, rewards: [instruction]}}
   rag_faithfulness: {{area: specialised, source: rag, rewards: [rag]}}
   think_follow: {{area: format, source: flag_dialogue, params: {{max_turns: 2}}, rewards: [think_follow]}}
+  liked: {{area: preference, source: instruction, rewards: [{{name: preference, params: {{model: "@rm"}}}}],
+          check: [instruction]}}
 """)
     path = tmp_path / "recipe.yaml"
     path.write_text(f"""
@@ -169,7 +180,10 @@ eval:
   max_new_tokens: 4
   tasks: {{spec: {tasks}, n: 2, max_new_tokens: 6}}
 stages:
+  - {{stage: reward_model, id: rm, eval: false,
+     config: {{pairs: {{tasks: {TASKS}, kinds: [if_case, arithmetic], n: 12}}, train: {{max_steps: 2}}}}}}
   - stage: general_rl
+    model: "@base"
     config:
       tasks: {tasks}
       examples: 12
@@ -178,16 +192,64 @@ stages:
       max_completion_length: 8
       train: {{max_steps: 2, batch_size: 4}}
 """)
-    run_dir, stage, metrics = run_one_stage(path)
-    assert metrics["global_step"] == 2
+    cfg, planned = pipeline.load(path)
+    run_dir = pipeline.run(cfg, planned)
+    rm, stage = planned[0].ctx, planned[1].ctx
+    assert json.loads((rm.dir / "pairs.json").read_text())["pairs"] == 12
+    assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
     built = json.loads((stage.dir / "general_rl_data.json").read_text())
-    assert set(built["per_kind"]) == {"echo", "rag_faithfulness", "think_follow"}
+    assert set(built["per_kind"]) == {"echo", "rag_faithfulness", "think_follow", "liked"}
+    before = json.loads((run_dir / "base_eval.json").read_text())["tasks"]
+    assert "liked" in before["skipped"] and "liked" not in before["scores"]  # its reward model came later
     after = json.loads((stage.dir / "eval.json").read_text())["tasks"]["scores"]
-    assert set(after) == {"echo", "rag_faithfulness", "think_follow"}
+    assert set(after) == {"echo", "rag_faithfulness", "think_follow", "liked"}
     assert set(after["echo"]) == {"think", "no_think"} and set(after["think_follow"]) == {"flagged"}
-    assert all(0.0 <= r["score"] <= 1.0 for kind in after.values() for r in kind.values())
+    assert all(0.0 <= r["score"] <= 1.0 for k in ("echo", "rag_faithfulness") for r in after[k].values())
+    assert after["liked"]["think"]["agreement"] is not None
     from posttrain.report import _scalars
     logged = _scalars(stage.dir / "tb")
     assert any(k.endswith("routed/echo/instruction") for k in logged), sorted(logged)[:20]
     report = (run_dir / "report.md").read_text()
     assert "## Task kinds" in report and "| echo | instruction | no_think |" in report
+    assert "Agreement of model-based rewards" in report and "Reward model held-out pair accuracy" in report
+
+
+def test_preference_pairs_are_checked_by_the_kinds_rules():
+    from data_builders.pairs import PairsConfig, build_pairs
+    kinds = load_tasks(TASKS)
+    pairs, stats = build_pairs(PairsConfig(tasks=str(TASKS), n=48), seed=0)
+    assert len(pairs) >= 30 and not any(kinds[p["task"]].area == "format" for p in pairs)
+    assert stats.get("if_json/no_failing_answer")  # every JSON answer is JSON: no pair, said so
+    rows = {json.dumps(r["prompt"]): r for name in kinds for r in items(name, kinds[name], 40, 0)}
+    texts = [p[side][0]["content"] for p in pairs for side in ("chosen", "rejected")]
+    scored = score(kinds, [rows[json.dumps(p["prompt"])] for p in pairs for _ in (0, 1)], texts)
+    assert all(c == 1.0 and r < 1.0 for c, r in zip(scored[::2], scored[1::2], strict=True))
+    with pytest.raises(ConfigError, match="not a kind"):
+        build_pairs(PairsConfig(tasks=str(TASKS), kinds=["nope"]), 0)
+
+
+def scripted_judge(completions, model, reference, **_):
+    """A stand-in judge: right when the reference is in the answer, but it also passes any answer
+    with '!' in it (so it disagrees with the rules there)."""
+    assert Path(model).is_dir()  # `@judge` was resolved to the run's model
+    return [float(ref.lower() in text.lower() or "!" in text) for text, ref in zip(completions, reference, strict=True)]
+
+
+def test_judged_kind_reports_agreement_and_waits_for_its_model(tiny_model):
+    spec = {"tasks": {"judged": {"area": "specialised", "source": "open_answer", "params": {"kind": "qa"},
+                                 "rewards": [{"name": "test_tasks:scripted_judge", "params": {"model": "@judge"}}],
+                                 "check": ["instruction"]}}}
+    kinds = load_tasks(spec)
+    rows = items("judged", kinds["judged"], 8, 0, "eval", mode="no_think")
+    assert all(r["reference"] for r in rows)
+    answers = {json.dumps(r["prompt"]): EMPTY_THINK + (r["response"] if i % 2 else "No idea!")
+               for i, r in enumerate(rows)}
+
+    class Oracle:
+        def generate(self, prompts, **kw):
+            return [[Completion(answers.get(json.dumps(p), "No idea"), [1])] for p in prompts]
+    res = evaluate_tasks(Oracle(), kinds, n=8, modes=("no_think",), resolve=lambda ref: str(tiny_model))
+    r = res["judged"]["no_think"]
+    assert r["score"] == 1.0 and r["rule_pass"] == 0.5 and r["agreement"] == 0.5
+    with pytest.raises(ConfigError, match="needs a pipeline run directory"):
+        routing_table(kinds)
