@@ -12,6 +12,7 @@ names them in task kinds and sets `task`. The rows carry what their rewards chec
 | tool_call     | specialised | one call of a tool given by its JSON schema, Qwen3's `<tool_call>` form |
 | language      | specialised | a question in French, Spanish or German, to be answered in it          |
 | open_answer   | any         | a short QA/rewrite item with a `reference` answer, for the judge       |
+| shop          | agent       | prices in a key-value store + a calculator, run as tools (agent.py)    |
 | reasoning     | reasoning   | a stage-2 family item (arithmetic, linear, ...)                        |
 """
 
@@ -181,8 +182,13 @@ def reasoning(rng: random.Random, family: str = "arithmetic", **knobs: Any) -> d
     return {k: v for k, v in row.items() if k != "reasoning"}
 
 
+def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
+    from data_builders import agent
+    return agent.shop(rng, items)
+
+
 GENERATORS = {"instruction": instruction, "flag_dialogue": flag_dialogue, "rag": rag, "tool_call": tool_call,
-              "language": language, "open_answer": open_answer, "reasoning": reasoning}
+              "language": language, "open_answer": open_answer, "reasoning": reasoning, "shop": shop}
 
 
 def flagged(row: dict[str, Any], mode: str, where: str = "user") -> dict[str, Any]:

@@ -53,9 +53,13 @@ class TaskKind:
     # rule rewards scored next to `rewards` at evaluation only, to measure a model-based reward (a
     # judge, a reward model) against them: the share of items where both pass or both fail
     check: list[Any] = field(default_factory=list)
+    environment: str | None = None  # tools that run during rollouts (data_builders/agent.py ENVIRONMENTS)
 
     def __post_init__(self):
+        from data_builders.agent import ENVIRONMENTS
         from rewards.routed import load_table
+        if self.environment is not None and self.environment not in ENVIRONMENTS:
+            raise ValueError(f"environment must be one of {', '.join(ENVIRONMENTS)}, got {self.environment!r}")
         if self.area not in AREAS:
             raise ValueError(f"area must be one of {', '.join(AREAS)}, got {self.area!r}")
         if self.share < 0 or not 0.0 <= self.think_share <= 1.0:
@@ -121,7 +125,8 @@ def items(name: str, kind: TaskKind, n: int, seed: int = 0, split: str = "train"
     out = []
     for row in rows:
         draw = "think" if flags.random() < kind.think_share else "no_think"  # drawn for every row: stable prefixes
-        out.append({**(row if row.get("mode") else general.flagged(row, mode or draw)), "task": name})
+        out.append({**(row if row.get("mode") else general.flagged(row, mode or draw)), "task": name,
+                    **({"environment": kind.environment} if kind.environment else {})})
     return out
 
 
@@ -139,6 +144,8 @@ def build_mix(kinds: dict[str, TaskKind], n: int, seed: int = 0, held_out: list[
     rows = [r for name, c in counts.items() if c for r in items(name, kinds[name], c, seed)
             if _prompt_key(r) not in seen]
     random.Random(f"mix:{seed}").shuffle(rows)
+    if any(k.environment for k in kinds.values()):  # GRPO routes every row of the batch to an environment
+        rows = [{**r, "environment": r.get("environment") or "none"} for r in rows]
     return uniform(rows)
 
 
@@ -187,19 +194,37 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
                 log.warning("tasks: %s has no held-out items; not evaluated", name)
                 continue
             sampling = SAMPLING["no_think" if key == "no_think" else "think"]
-            outs = engine.generate([r["prompt"] for r in rows], n=1, mode=None, max_new_tokens=max_new_tokens,
-                                   seed=seed, **sampling)
             table = uniform(rows)
             columns = {k: [r[k] for r in table] for k in table[0]}
-            scores = reward([o[0].text for o in outs], **columns)
+            gen = dict(mode=None, max_new_tokens=max_new_tokens, seed=seed, **sampling)
+            if kind.environment:
+                texts, lengths, columns["environments"] = _episodes(engine, kind.environment, rows, gen)
+            else:
+                outs = engine.generate([r["prompt"] for r in rows], n=1, progress=True, **gen)
+                texts, lengths = [o[0].text for o in outs], [len(o[0].token_ids) for o in outs]
+            scores = reward(texts, **columns)
             valid = [float(s) for s in scores if s is not None]
             out[name][key] = {"score": sum(valid) / len(valid) if valid else None,
                               "score_se": standard_error(valid), "n_items": len(rows), "scored": len(valid),
                               "area": kind.area, "per_item": scores,
-                              "mean_length": sum(len(o[0].token_ids) for o in outs) / max(len(outs), 1)}
+                              "mean_length": sum(lengths) / max(len(lengths), 1)}
             if check is not None and name in checks:
-                ruled = check([o[0].text for o in outs], **columns)
+                ruled = check(texts, **columns)
                 both = [(s >= 0.5, c >= 0.5) for s, c in zip(scores, ruled, strict=True) if None not in (s, c)]
                 out[name][key].update(agreement=sum(a == b for a, b in both) / len(both) if both else None,
                                       rule_pass=sum(c for _, c in both) / len(both) if both else None)
     return out
+
+
+def _episodes(engine, environment: str, rows: list[dict], gen: dict) -> tuple[list, list[int], list]:
+    """Agent items: each run as an episode whose tool calls execute (data_builders/agent.py)."""
+    from data_builders.agent import ENVIRONMENTS, run_episode
+    completions, lengths, envs = [], [], []
+    for row in rows:
+        env = ENVIRONMENTS[environment]()
+        env.reset(**row)
+        completion, generated = run_episode(engine, row["prompt"], env, **gen)
+        completions.append(completion)
+        lengths.append(generated)
+        envs.append(env)
+    return completions, lengths, envs

@@ -6,6 +6,7 @@ module only names them and adds the small text helpers every stage needs.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -109,17 +110,30 @@ def parse_assistant(text: str, tools: list[dict[str, Any]] | None = None) -> dic
     return parse_response(text, qwen3_template, prefix="<|im_start|>assistant\n", tools=tools)
 
 
+def _tool_call_text(call: dict[str, Any]) -> str:
+    fn = call.get("function", call)
+    return f"<tool_call>\n{json.dumps({'name': fn.get('name'), 'arguments': fn.get('arguments')})}\n</tool_call>"
+
+
 def completion_text(completion: Any) -> str:
-    """A completion as plain text, whether TRL passes a string or the conversational form."""
+    """A completion as plain text, whether TRL passes a string or the conversational form. In a
+    tool-using completion only what the model wrote counts: its turns, with their tool calls written
+    back as Qwen3 writes them (`<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`); the
+    tools' results are left out."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
         completion = [completion]
     parts = []
     for message in completion or []:
+        if message.get("role") == "tool":
+            continue
         content = message.get("content") or ""
         if isinstance(content, list):  # multimodal-style content blocks
             content = "".join(block.get("text", "") for block in content if isinstance(block, dict))
+        calls = "\n".join(_tool_call_text(c) for c in message.get("tool_calls") or [])
+        if calls:
+            content = f"{content}\n{calls}" if content else calls
         reasoning = message.get("reasoning_content")
         parts.append(join_think(reasoning, content) if isinstance(reasoning, str) else content)
     return "".join(parts)

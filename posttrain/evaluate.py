@@ -45,6 +45,7 @@ class TaskEvalConfig:
     spec: ExistingPath  # a tasks YAML (e.g. pipelines/tasks.yaml)
     n: int = 16  # items per kind and mode (stage 4's `held_out` should be at least this)
     max_new_tokens: int = 192
+    models: list[str] | None = None  # in a pipeline: the models scored (`base`, stage ids); default all
 
 
 @dataclass

@@ -156,7 +156,7 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     evaluator = _evaluator(cfg, run_dir)
     if evaluator:
-        evaluator(cfg.model, run_dir / "base_eval.json")
+        evaluator(cfg.model, run_dir / "base_eval.json", "base")
     for p in planned:
         if p.ctx.is_complete():
             log.info("stage %s: done, skipping", p.ctx.stage_id)
@@ -169,7 +169,7 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
                                  "cpu_time_s": round(_cpu_seconds() - cpu, 2), "resumed": resumed,
                                  "metrics": metrics})
         if evaluator and p.spec.eval:
-            evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json")
+            evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json", p.ctx.stage_id)
     if cfg.budget_curve is not None:
         _budget_curve(cfg, planned, run_dir)
     from posttrain.report import write_report
@@ -188,6 +188,7 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path):
     `@ID` model references in the eval's task kinds (a judge, a reward model) name this run's stages."""
     if not cfg.eval:
         return None
+    from dataclasses import replace
     from functools import partial
 
     from posttrain.evaluate import EvalConfig, evaluate
@@ -195,10 +196,15 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path):
     eval_cfg = from_dict(EvalConfig, cfg.eval, "eval")
     resolve = partial(resolve_model_ref, run_dir=run_dir, who="eval")
 
-    def run_eval(model: str, path: Path) -> dict:
-        """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest."""
+    def run_eval(model: str, path: Path, label: str) -> dict:
+        """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest;
+        task kinds only for the models `eval.tasks.models` names (base or stage ids; default all)."""
         cached = read_json(path)
-        results = evaluate(model, eval_cfg, backend=cfg.backend, seed=cfg.seed, previous=cached, resolve=resolve)
+        wanted = eval_cfg.tasks is not None and (not eval_cfg.tasks.models or label in eval_cfg.tasks.models)
+        results = evaluate(model, eval_cfg if wanted else replace(eval_cfg, tasks=None), backend=cfg.backend,
+                           seed=cfg.seed, previous=cached, resolve=resolve)
+        if not wanted and cached and cached.get("tasks"):
+            results["tasks"] = cached["tasks"]  # scored under an earlier config: kept
         if cached is None or any(results.get(k) != cached.get(k) for k in ("suites", "think_follow", "tasks")):
             write_json(path, results)
         return results

@@ -121,8 +121,10 @@ class GRPOOptions:
     train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-6, batch_size=8))
 
 
-def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str) -> dict[str, Any]:
-    """GRPO with TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns)."""
+def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,
+         **trainer_kwargs: Any) -> dict[str, Any]:
+    """GRPO with TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns);
+    `trainer_kwargs` go to the trainer (e.g. `environment_factory` for tools that run)."""
     from trl import GRPOConfig, GRPOTrainer
 
     from posttrain.models import load_model
@@ -135,6 +137,7 @@ def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, w
         use_adaptive_entropy=o.use_adaptive_entropy, entropy_target=o.entropy_target, use_vllm=o.use_vllm,
         vllm_mode=o.vllm_mode, mask_truncated_completions=False, log_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=o.train.lora.peft_config() if o.train.lora else None)
+                          processing_class=tokenizer, peft_config=o.train.lora.peft_config() if o.train.lora else None,
+                          **trainer_kwargs)
     train(ctx, trainer)
     return finish(ctx, trainer, tokenizer)

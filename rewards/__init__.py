@@ -41,6 +41,7 @@ REGISTRY: dict[str, str] = {
     "countdown": "rewards.countdown:CountdownReward",
     "rag": "rewards.rag:RagReward",
     "tool_call": "rewards.tool_call:ToolCallReward",
+    "tool_use": "rewards.tool_use:ToolUseReward",
 }
 
 

@@ -32,6 +32,11 @@ class ToolCallReward(Reward):
         super().__init__()
         self.max_calls, self.valid_score = int(max_calls), float(valid_score)
 
+    def __call__(self, completions: list[Any], **columns: Any) -> list[float | None]:
+        # when GRPO ran the call (tools in the batch), the completion goes on with its result: the
+        # call graded is the first assistant turn's
+        return super().__call__([c[:1] if isinstance(c, list) and c else c for c in completions], **columns)
+
     def score(self, text: str, row: Row) -> float | None:
         import jsonschema
         if not row.get("tools"):

@@ -56,6 +56,11 @@ def build(ctx: StageContext, cfg: Config):
 
 def run(ctx: StageContext, cfg: Config) -> dict:
     import rewards
+    from data_builders.agent import ENVIRONMENTS
+    kinds = load_tasks(cfg.tasks)
     dataset = ctx.dataset("train", lambda: build(ctx, cfg))
-    reward = rewards.get("routed", table=routing_table(load_tasks(cfg.tasks), ctx.resolve))
-    return grpo(ctx, cfg, dataset, [reward], f"stages.{ctx.stage_id}.config.train")
+    reward = rewards.get("routed", table=routing_table(kinds, ctx.resolve))
+    # agent kinds: their tools run inside the rollouts (TRL's environment_factory, one per row)
+    envs = {k.environment for k in kinds.values() if k.environment}
+    extra = {"environment_factory": {e: ENVIRONMENTS[e] for e in envs | {"none"}}} if envs else {}
+    return grpo(ctx, cfg, dataset, [reward], f"stages.{ctx.stage_id}.config.train", **extra)

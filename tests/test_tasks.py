@@ -33,9 +33,11 @@ def test_builtin_kinds_cover_the_areas_and_their_solvers_score_full_marks():
     kinds = load_tasks(TASKS)
     assert len(kinds) >= 12
     assert {k.area for k in kinds.values()} >= {"instruction", "format", "specialised", "reasoning"}
-    rows = build_mix(kinds, 130, seed=1)
+    rows = build_mix(kinds, 140, seed=1)
     assert set(Counter(r["task"] for r in rows)) == set(kinds)
-    assert score(kinds, rows, [solver_text(r) for r in rows]) == [1.0] * len(rows)
+    assert {r["environment"] for r in rows} == {"shop", "none"}  # every row names its environment
+    scored = score(kinds, rows, [solver_text(r) for r in rows])
+    assert all(s == (None if r["environment"] == "shop" else 1.0) for r, s in zip(rows, scored, strict=True))
     # the router sends each row to its own kind's rewards: an empty answer fails every kind
     empty = score(kinds, rows, [("<think>\nhm\n</think>\n\n" if r["mode"] == "think" else EMPTY_THINK) for r in rows])
     assert all(s is None or s < 1.0 for s in empty)
@@ -167,6 +169,7 @@ def test_general_rl_trains_a_mixed_batch_and_reports_each_kind(tmp_path, tiny_mo
   think_follow: {{area: format, source: flag_dialogue, params: {{max_turns: 2}}, rewards: [think_follow]}}
   liked: {{area: preference, source: instruction, rewards: [{{name: preference, params: {{model: "@rm"}}}}],
           check: [instruction]}}
+  shop: {{area: agent, source: shop, environment: shop, rewards: [tool_use]}}
 """)
     path = tmp_path / "recipe.yaml"
     path.write_text(f"""
@@ -198,11 +201,11 @@ stages:
     assert json.loads((rm.dir / "pairs.json").read_text())["pairs"] == 12
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
     built = json.loads((stage.dir / "general_rl_data.json").read_text())
-    assert set(built["per_kind"]) == {"echo", "rag_faithfulness", "think_follow", "liked"}
+    assert set(built["per_kind"]) == {"echo", "rag_faithfulness", "think_follow", "liked", "shop"}
     before = json.loads((run_dir / "base_eval.json").read_text())["tasks"]
     assert "liked" in before["skipped"] and "liked" not in before["scores"]  # its reward model came later
     after = json.loads((stage.dir / "eval.json").read_text())["tasks"]["scores"]
-    assert set(after) == {"echo", "rag_faithfulness", "think_follow", "liked"}
+    assert set(after) == {"echo", "rag_faithfulness", "think_follow", "liked", "shop"}
     assert set(after["echo"]) == {"think", "no_think"} and set(after["think_follow"]) == {"flagged"}
     assert all(0.0 <= r["score"] <= 1.0 for k in ("echo", "rag_faithfulness") for r in after[k].values())
     assert after["liked"]["think"]["agreement"] is not None

@@ -1,0 +1,159 @@
+"""Agent ability with real environment feedback (report §4.4): multi-turn tool use whose tools run.
+
+An environment follows TRL's `environment_factory` contract: its public methods are the tools
+(typed, Google-style docstrings, so `transformers.utils.get_json_schema` and the Qwen3 template
+can list them), `reset(**row)` starts an episode from a dataset row. `GRPOTrainer` executes the
+calls during rollouts; `run_episode` does the same for evaluation with any generation engine.
+
+`shop`: a small in-memory key-value store of prices and a calculator. The question needs the
+prices (kv_get), a computation (calculate) and the boxed total; the `tool_use` reward checks the
+answer and the share of calls that ran without error.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import random
+from typing import Any
+
+from posttrain.chat import parse_assistant
+
+FRUITS = ["apple", "pear", "plum", "melon", "lemon", "peach", "mango", "kiwi"]
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.USub: operator.neg}
+
+
+def _arith(node: ast.AST) -> float:
+    """Numbers and + - * / only: the calculator never evaluates anything else."""
+    if isinstance(node, ast.Expression):
+        return _arith(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arith(node.left), _arith(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arith(node.operand))
+    raise ValueError("only numbers and + - * / are allowed")
+
+
+class ShopEnv:
+    """Prices in a key-value store, and a calculator. Counts calls and failed calls."""
+
+    def reset(self, **row: Any) -> None:
+        self.store = dict(json.loads(row.get("store") or "{}"))
+        self.calls = self.failures = 0
+
+    def _count(self, ok: bool) -> None:
+        self.calls += 1
+        self.failures += not ok
+
+    def kv_get(self, key: str) -> str:
+        """Read a value from the store.
+
+        Args:
+            key: The key to read, e.g. "price:apple".
+
+        Returns:
+            The stored value.
+        """
+        self._count(key in self.store)
+        if key not in self.store:
+            raise KeyError(f"no key {key!r}; keys: {', '.join(sorted(self.store))}")
+        return str(self.store[key])
+
+    def kv_set(self, key: str, value: str) -> str:
+        """Write a value to the store.
+
+        Args:
+            key: The key to write.
+            value: The value to store.
+
+        Returns:
+            "ok" once stored.
+        """
+        self._count(True)
+        self.store[key] = value
+        return "ok"
+
+    def calculate(self, expression: str) -> str:
+        """Evaluate an arithmetic expression with + - * / and parentheses.
+
+        Args:
+            expression: The expression, e.g. "3 * 4 + 2 * 7".
+
+        Returns:
+            The result.
+        """
+        try:
+            value = _arith(ast.parse(str(expression), mode="eval"))
+        except (SyntaxError, ValueError, ZeroDivisionError, TypeError):
+            self._count(False)
+            raise
+        self._count(True)
+        return str(int(value) if float(value).is_integer() else round(value, 6))
+
+
+class NoTools:
+    """The environment of rows that use no tools (a batch that mixes kinds needs one for each row)."""
+
+    def reset(self, **row: Any) -> None:
+        return None
+
+
+ENVIRONMENTS = {"shop": ShopEnv, "none": NoTools}
+
+
+def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
+    """A purchase whose total needs the stored prices: `answer` is the total, `store` the prices."""
+    fruits = rng.sample(FRUITS, 4)
+    prices = {f"price:{f}": rng.randint(2, 9) for f in fruits}
+    bought = [(f, rng.randint(2, 5)) for f in rng.sample(fruits, items)]
+    total = sum(n * prices[f"price:{f}"] for f, n in bought)
+    ask = " and ".join(f"{n} {f}s" for f, n in bought)
+    prompt = (f"Prices are kept in the store under keys like 'price:apple'. How much do {ask} cost in total? "
+              "Look the prices up with the tools, compute the total with the calculator, and put the final "
+              "answer in \\boxed{}.")
+    calls = [f'{{"name": "kv_get", "arguments": {{"key": "price:{f}"}}}}' for f, _ in bought]
+    return {"prompt": [{"role": "user", "content": prompt}], "answer": str(total), "store": json.dumps(prices),
+            "domain": "agent", "response": "\n".join(f"<tool_call>\n{c}\n</tool_call>"
+                                                                           for c in calls)}
+
+
+def tool_schemas(env_cls: type) -> list[dict[str, Any]]:
+    """The tools an environment exposes, as TRL lists them (its public methods but reset/get_reward)."""
+    from transformers.utils import get_json_schema
+    return [get_json_schema(getattr(env_cls, name)) for name in sorted(vars(env_cls))
+            if callable(getattr(env_cls, name)) and not name.startswith("_") and name not in ("reset", "get_reward")]
+
+
+def run_episode(engine, prompt: list[dict[str, Any]], env, max_turns: int = 4,
+                **gen: Any) -> tuple[list[dict[str, Any]], int]:
+    """Generate, run the tool calls on `env`, feed the results back, until a turn makes no call.
+    Returns the completion as messages (assistant turns with `tool_calls`, tool results), as GRPO
+    sees it, and the number of tokens the model generated."""
+    from posttrain.chat import tools_system_message
+    messages = [tools_system_message(tool_schemas(type(env))), *prompt]
+    completion: list[dict[str, Any]] = []
+    generated = 0
+    for _ in range(max_turns):
+        out = engine.generate([messages + completion], n=1, **gen)[0][0]
+        text, generated = out.text, generated + len(out.token_ids)
+        try:
+            turn = parse_assistant(text)
+        except ValueError:
+            turn = {"role": "assistant", "content": text}
+        completion.append({**turn, "content": turn.get("content") or ""})
+        if not turn.get("tool_calls"):
+            break
+        for call in turn["tool_calls"]:
+            fn = call.get("function", call)
+            try:
+                result = str(getattr(env, fn["name"])(**(fn.get("arguments") or {}))) \
+                    if fn.get("name") in {t["function"]["name"] for t in tool_schemas(type(env))} else \
+                    f"error: no tool {fn.get('name')!r}"
+            except Exception as err:  # noqa: BLE001 - the model sees the error, as in TRL's loop
+                result = f"error: {err}"
+            completion.append({"role": "tool", "name": fn.get("name"), "content": result})
+    return completion, generated
