@@ -208,6 +208,7 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
                               "score_se": standard_error(valid), "n_items": len(rows), "scored": len(valid),
                               "area": kind.area, "per_item": scores,
                               "mean_length": sum(lengths) / max(len(lengths), 1)}
+            log.info("tasks: %s %s: %s over %d items", name, key, out[name][key]["score"], len(valid))
             if check is not None and name in checks:
                 ruled = check(texts, **columns)
                 both = [(s >= 0.5, c >= 0.5) for s, c in zip(scores, ruled, strict=True) if None not in (s, c)]

@@ -253,9 +253,6 @@ def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_eng
             skipped[name] = str(err)
     new = evaluate_tasks(get_engine(), todo, n=cfg.tasks.n, seed=seed, modes=tuple(cfg.modes),
                          max_new_tokens=cfg.tasks.max_new_tokens, resolve=resolve) if todo else {}
-    if new:
-        log.info("eval tasks: %s", ", ".join(f"{k} {m} {v['score']:.2f}" for k, r in new.items()
-                                              for m, v in r.items() if v["score"] is not None))
     scores = {**kept, **new}
     return {"settings": settings, "kind_shas": shas, "scores": {k: scores[k] for k in kinds if k in scores},
             "skipped": skipped}

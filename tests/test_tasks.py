@@ -256,3 +256,49 @@ def test_judged_kind_reports_agreement_and_waits_for_its_model(tiny_model):
     assert r["score"] == 1.0 and r["rule_pass"] == 0.5 and r["agreement"] == 0.5
     with pytest.raises(ConfigError, match="needs a pipeline run directory"):
         routing_table(kinds)
+
+
+def test_tool_task_runs_real_tool_calls_inside_a_grpo_step(tmp_path, tiny_model, run_one_stage, monkeypatch):
+    """GRPO's rollouts call the shop's tools for real: the model (scripted here, as a random tiny
+    model never writes a call) asks kv_get for a price, TRL runs it on the row's store, and the
+    price comes back in the next turn's prompt; the tool_use reward scores the valid call."""
+    import re
+
+    from trl import GRPOTrainer
+    seen = []
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for ids in prompt_ids:
+            text = self.processing_class.decode(ids)
+            seen.append(text)
+            fruit = re.search(r"How much do \d+ (\w+)s", text)
+            if "<tool_response>" in text:
+                reply = "The price is " + re.findall(r"<tool_response>\n(\d+)", text)[-1] + ".<|im_end|>"
+            elif fruit:
+                reply = ('<think>\n\n</think>\n\n<tool_call>\n{"name": "kv_get", "arguments": {"key": "price:'
+                         + fruit.group(1) + '"}}\n</tool_call><|im_end|>')
+            else:
+                reply = "ok<|im_end|>"
+            out.append(self.processing_class.encode(reply, add_special_tokens=False))
+        return out, None
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", scripted)
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text("tasks:\n  shop: {area: agent, source: shop, environment: shop, rewards: [tool_use]}\n"
+                     "  rag: {area: specialised, source: rag, rewards: [rag]}\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: p\nmodel: {tiny_model}\noutput_dir: {tmp_path / 'run'}\nstages:\n  - stage: general_rl\n"
+                    f"    config: {{tasks: {tasks}, examples: 8, held_out: 0, num_generations: 2, "
+                    "max_completion_length: 96, train: {max_steps: 1, batch_size: 4}}\n")
+    _, stage, metrics = run_one_stage(path)
+    assert metrics["global_step"] == 1
+    rows = {r["prompt"][-1]["content"]: json.loads(r["store"]) for r in stage.dataset("train", None) if r["store"]}
+    answered = [t for t in seen if "<tool_response>" in t]
+    assert answered, "no tool call was executed"
+    for text in answered:
+        store = next(s for q, s in rows.items() if q in text)
+        fruit = re.search(r"How much do \d+ (\w+)s", text).group(1)
+        assert f"<tool_response>\n{store['price:' + fruit]}\n</tool_response>" in text  # the real stored price
+    from posttrain.report import _scalars
+    logged = {k: v for k, v in _scalars(stage.dir / "tb").items() if k.endswith("routed/shop/tool_use")}
+    assert logged and all(abs(value - 0.3) < 1e-6 for series in logged.values() for _, value in series)
