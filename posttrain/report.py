@@ -204,15 +204,19 @@ def _task_table(report: dict[str, Any]) -> list[str]:
         return []
     keys = sorted({(kind, mode, r[mode].get("area", "")) for _, scores in models for kind, r in scores.items()
                    for mode in r}, key=lambda k: (k[2], k[0], k[1]))
+    change = f"{models[-1][0]} - {models[-2][0]} (paired ± s.e.)" if len(models) > 1 else ""
     lines = ["", "## Task kinds", "", "Mean reward of each task kind's own rewards on held-out items, asked by "
              "flag in each mode (`flagged`: the items carry their own flags).", "",
-             "| kind | area | mode | " + " | ".join(label for label, _ in models) + " |",
-             "|---|---|---|" + "---:|" * len(models)]
+             "| kind | area | mode | " + " | ".join(label for label, _ in models) + (f" | {change}" if change else "")
+             + " |", "|---|---|---|" + "---:|" * (len(models) + bool(change))]
     for kind, mode, area in keys:
         cells = []
         for _, scores in models:
             r = scores.get(kind, {}).get(mode)
             cells.append(f"{_fmt(r['score'])} ± {r['score_se']:.2f}" if r and r["score"] is not None else "")
+        if change:
+            before, after = (m[1].get(kind, {}).get(mode) for m in models[-2:])
+            cells.append(_paired_task_change(before, after))
         lines.append(f"| {kind} | {area} | {mode} | " + " | ".join(cells) + " |")
     agree = [f"{label} {kind} {mode}: {_fmt(r['agreement'])} (rules pass {_fmt(r.get('rule_pass'))})"
              for label, scores in models for kind, modes in scores.items() for mode, r in modes.items()
@@ -225,6 +229,15 @@ def _task_table(report: dict[str, Any]) -> list[str]:
     if rms:
         lines += ["", "Reward model held-out pair accuracy (chosen scored above rejected): " + "; ".join(rms) + "."]
     return lines
+
+
+def _paired_task_change(before: dict | None, after: dict | None) -> str:
+    """Mean per-item reward change over the items both scored, with its standard error."""
+    from posttrain.evaluate import standard_error
+    if not before or not after or len(before.get("per_item", [])) != len(after.get("per_item", [])):
+        return ""
+    diffs = [a - b for a, b in zip(after["per_item"], before["per_item"], strict=True) if None not in (a, b)]
+    return f"{sum(diffs) / len(diffs):+.3f} ± {standard_error(diffs):.3f}" if diffs else ""
 
 
 def _budget_table(curve: dict[str, Any] | None) -> list[str]:

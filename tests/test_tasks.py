@@ -215,6 +215,7 @@ stages:
     report = (run_dir / "report.md").read_text()
     assert "## Task kinds" in report and "| echo | instruction | no_think |" in report
     assert "Agreement of model-based rewards" in report and "Reward model held-out pair accuracy" in report
+    assert "general_rl - base (paired ± s.e.)" in report
 
 
 def test_preference_pairs_are_checked_by_the_kinds_rules():
