@@ -3,7 +3,7 @@
 An environment follows TRL's `environment_factory` contract: its public methods are the tools
 (typed, Google-style docstrings, so `transformers.utils.get_json_schema` and the Qwen3 template
 can list them), `reset(**row)` starts an episode from a dataset row. `GRPOTrainer` executes the
-calls during rollouts; `run_episode` does the same for evaluation with any generation engine.
+calls during rollouts; `run_episodes` does the same for evaluation with any generation engine.
 
 `shop`: a small in-memory key-value store of prices and a calculator. The question needs the
 prices (kv_get), a computation (calculate) and the boxed total; the `tool_use` reward checks the
@@ -128,32 +128,45 @@ def tool_schemas(env_cls: type) -> list[dict[str, Any]]:
             if callable(getattr(env_cls, name)) and not name.startswith("_") and name not in ("reset", "get_reward")]
 
 
-def run_episode(engine, prompt: list[dict[str, Any]], env, max_turns: int = 4,
-                **gen: Any) -> tuple[list[dict[str, Any]], int]:
-    """Generate, run the tool calls on `env`, feed the results back, until a turn makes no call.
-    Returns the completion as messages (assistant turns with `tool_calls`, tool results), as GRPO
-    sees it, and the number of tokens the model generated."""
+def run_episodes(engine, prompts: list[list[dict[str, Any]]], envs: list, max_turns: int = 4,
+                 **gen: Any) -> list[tuple[list[dict[str, Any]], int]]:
+    """Generate, run the tool calls on each episode's env, feed the results back, until a turn makes
+    no call (episodes still calling are generated together, one batch per turn). Per episode: the
+    completion as messages (assistant turns with `tool_calls`, tool results), as GRPO sees it, and
+    the number of tokens the model generated."""
     from posttrain.chat import tools_system_message
-    messages = [tools_system_message(tool_schemas(type(env))), *prompt]
-    completion: list[dict[str, Any]] = []
-    generated = 0
+    heads = [[tools_system_message(tool_schemas(type(env))), *prompt]
+             for prompt, env in zip(prompts, envs, strict=True)]
+    completions: list[list[dict[str, Any]]] = [[] for _ in prompts]
+    generated = [0] * len(prompts)
+    active = list(range(len(prompts)))
     for _ in range(max_turns):
-        out = engine.generate([messages + completion], n=1, **gen)[0][0]
-        text, generated = out.text, generated + len(out.token_ids)
-        try:
-            turn = parse_assistant(text)
-        except ValueError:
-            turn = {"role": "assistant", "content": text}
-        completion.append({**turn, "content": turn.get("content") or ""})
-        if not turn.get("tool_calls"):
+        if not active:
             break
-        for call in turn["tool_calls"]:
-            fn = call.get("function", call)
+        outs = engine.generate([heads[i] + completions[i] for i in active], n=1, **gen)
+        still = []
+        for i, out in zip(active, outs, strict=True):
+            generated[i] += len(out[0].token_ids)
             try:
-                result = str(getattr(env, fn["name"])(**(fn.get("arguments") or {}))) \
-                    if fn.get("name") in {t["function"]["name"] for t in tool_schemas(type(env))} else \
-                    f"error: no tool {fn.get('name')!r}"
-            except Exception as err:  # noqa: BLE001 - the model sees the error, as in TRL's loop
-                result = f"error: {err}"
-            completion.append({"role": "tool", "name": fn.get("name"), "content": result})
-    return completion, generated
+                turn = parse_assistant(out[0].text)
+            except ValueError:
+                turn = {"role": "assistant", "content": out[0].text}
+            completions[i].append({**turn, "content": turn.get("content") or ""})
+            if turn.get("tool_calls"):
+                completions[i] += [_run_call(envs[i], call) for call in turn["tool_calls"]]
+                still.append(i)
+        active = still
+    return list(zip(completions, generated, strict=True))
+
+
+def _run_call(env, call: dict[str, Any]) -> dict[str, Any]:
+    """One tool call on `env`; an error is returned to the model as the result, as TRL's loop does."""
+    fn = call.get("function", call)
+    known = {t["function"]["name"] for t in tool_schemas(type(env))}
+    try:
+        if fn.get("name") not in known:
+            raise ValueError(f"no tool {fn.get('name')!r}")
+        result = str(getattr(env, fn["name"])(**(fn.get("arguments") or {})))
+    except Exception as err:  # noqa: BLE001 - the model sees the error
+        result = f"error: {err}"
+    return {"role": "tool", "name": fn.get("name"), "content": result}

@@ -219,13 +219,9 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
 
 def _episodes(engine, environment: str, rows: list[dict], gen: dict) -> tuple[list, list[int], list]:
     """Agent items: each run as an episode whose tool calls execute (data_builders/agent.py)."""
-    from data_builders.agent import ENVIRONMENTS, run_episode
-    completions, lengths, envs = [], [], []
-    for row in rows:
-        env = ENVIRONMENTS[environment]()
+    from data_builders.agent import ENVIRONMENTS, run_episodes
+    envs = [ENVIRONMENTS[environment]() for _ in rows]
+    for env, row in zip(envs, rows, strict=True):
         env.reset(**row)
-        completion, generated = run_episode(engine, row["prompt"], env, **gen)
-        completions.append(completion)
-        lengths.append(generated)
-        envs.append(env)
-    return completions, lengths, envs
+    done = run_episodes(engine, [r["prompt"] for r in rows], envs, **gen)
+    return [c for c, _ in done], [n for _, n in done], envs

@@ -1,7 +1,7 @@
 """`tool_use`: an agent episode (data_builders/agent.py) — the final answer, and the calls it made.
 
 Reads the episode's environment from the `environments` column (TRL's GRPOTrainer passes it when
-it runs an `environment_factory`; `run_episode` callers pass it the same way): its `calls` and
+it runs an `environment_factory`; `run_episodes` callers pass it the same way): its `calls` and
 `failures` counters. Score = `answer_weight` x the `math` reward of the answer (the last boxed
 value against `answer`) + (1 - `answer_weight`) x the share of calls that ran without error; an
 episode with fewer than `min_calls` calls gets no credit for its calls. None without an environment.

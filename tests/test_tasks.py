@@ -312,3 +312,46 @@ def test_tool_task_runs_real_tool_calls_inside_a_grpo_step(tmp_path, tiny_model,
     from posttrain.report import _scalars
     logged = {k: v for k, v in _scalars(stage.dir / "tb").items() if k.endswith("routed/shop/tool_use")}
     assert logged and all(abs(value - 0.3) < 1e-6 for series in logged.values() for _, value in series)
+
+
+def test_agent_episodes_run_the_tools_and_are_rewarded():
+    import random
+    import re
+
+    from data_builders.agent import ShopEnv, run_episodes, shop
+    rows = [shop(random.Random(i)) for i in range(3)]
+    envs = [ShopEnv() for _ in rows]
+    for env, row in zip(envs, rows, strict=True):
+        env.reset(**row)
+
+    def call(name, arguments):
+        return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+    class Scripted:
+        """Episode 0 looks both prices up and computes; 1 calls a missing key, then answers wrong; 2 never calls."""
+        def generate(self, prompts, n=1, **kw):
+            outs = []
+            for p in prompts:
+                row = rows[next(i for i, r in enumerate(rows) if r["prompt"][-1]["content"] == p[1]["content"])]
+                done = [m for m in p if m["role"] == "tool"]
+                if row is rows[0] and len(done) == 0:
+                    asked = re.findall(r"(\d+) (\w+)s", row["prompt"][-1]["content"])
+                    text = "".join(call("kv_get", {"key": f"price:{f}"}) for _, f in asked)
+                elif row is rows[0] and len(done) == 2:
+                    asked = re.findall(r"(\d+) (\w+)s", row["prompt"][-1]["content"])
+                    expr = " + ".join(f"{n} * {t['content']}" for (n, _), t in zip(asked, done, strict=True))
+                    text = call("calculate", {"expression": expr})
+                elif row is rows[0]:
+                    text = f"The total is \\boxed{{{done[-1]['content']}}}."
+                elif row is rows[1] and not done:
+                    text = call("kv_get", {"key": "price:rock"})
+                else:
+                    text = "It is \\boxed{1}."
+                outs.append([Completion(text, [1, 2])])
+            return outs
+    done = run_episodes(Scripted(), [r["prompt"] for r in rows], envs)
+    assert [env.calls for env in envs] == [3, 1, 0] and [env.failures for env in envs] == [0, 1, 0]
+    assert done[1][0][1]["role"] == "tool" and done[1][0][1]["content"].startswith("error: ")
+    reward = rewards.get("tool_use")
+    scores = reward([c for c, _ in done], answer=[r["answer"] for r in rows], environments=envs)
+    assert scores == [1.0, 0.0, 0.0]  # right total with valid calls; a failed call and a wrong answer; no call
