@@ -42,10 +42,11 @@ def resolve_model_ref(ref: str, run_dir: Path | None, who: str) -> str:
     """`@ID` is the model of the run's stage ID (`run_dir/NN_ID/model`); anything else a path."""
     if not ref.startswith("@"):
         return ref
-    found = sorted(Path(run_dir).glob(f"[0-9][0-9]_{ref[1:]}/model")) if run_dir else []
+    found = [d for d in sorted(Path(run_dir).glob(f"[0-9][0-9]_{ref[1:]}")) if (d / MARKER).is_file()] \
+        if run_dir else []
     if not found:
         raise FileNotFoundError(f"{who}: {ref} names no finished stage in {run_dir or '(no run directory)'}")
-    return str(found[-1])
+    return str(found[-1] / "model")
 
 
 @dataclass

@@ -355,3 +355,13 @@ def test_agent_episodes_run_the_tools_and_are_rewarded():
     reward = rewards.get("tool_use")
     scores = reward([c for c, _ in done], answer=[r["answer"] for r in rows], environments=envs)
     assert scores == [1.0, 0.0, 0.0]  # right total with valid calls; a failed call and a wrong answer; no call
+
+
+def test_model_refs_name_finished_stages_only(tmp_path):
+    from posttrain.rundir import MARKER, resolve_model_ref
+    (tmp_path / "04_rm" / "model").mkdir(parents=True)  # an interrupted stage: a model dir, no marker
+    with pytest.raises(FileNotFoundError, match="@rm names no finished stage"):
+        resolve_model_ref("@rm", tmp_path, "eval")
+    (tmp_path / "04_rm" / MARKER).write_text("{}")
+    assert resolve_model_ref("@rm", tmp_path, "eval") == str(tmp_path / "04_rm" / "model")
+    assert resolve_model_ref("some/path", None, "eval") == "some/path"
