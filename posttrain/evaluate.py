@@ -277,7 +277,7 @@ def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, backend:
     from dataclasses import replace
 
     from posttrain.generation import load_engine
-    base = replace(cfg, modes=["think"], think_follow=None, samples=curve.samples or cfg.samples,
+    base = replace(cfg, modes=["think"], think_follow=None, tasks=None, samples=curve.samples or cfg.samples,
                    pass_k=[1], max_new_tokens=curve.max_new_tokens or cfg.max_new_tokens)
     engine = engine or load_engine(model, backend=backend, batch_size=cfg.batch_size)
     points = []

@@ -194,6 +194,11 @@ def test_budget_curve_reuses_the_unlimited_point_of_the_eval():
                      samples=2, pass_k=[1])
     results = evaluate("m", cfg, engine=engine)
     budgets.clear()
+    from pathlib import Path
+
+    from posttrain.evaluate import TaskEvalConfig
+    tasks = str(Path(__file__).resolve().parents[1] / "pipelines" / "tasks.yaml")
+    cfg = EvalConfig(**{**cfg.__dict__, "tasks": TaskEvalConfig(spec=tasks)})  # the curve leaves task kinds out
     curve = budget_curve("m", cfg, BudgetCurveConfig(budgets=[8, 4]), engine=engine, previous=results)
     assert budgets == [4, 8]  # the unlimited point is the eval's think entry
     assert [p["budget"] for p in curve["points"]] == [4, 8, None]
