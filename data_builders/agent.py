@@ -135,8 +135,8 @@ def run_episodes(engine, prompts: list[list[dict[str, Any]]], envs: list, max_tu
     completion as messages (assistant turns with `tool_calls`, tool results), as GRPO sees it, and
     the number of tokens the model generated."""
     from posttrain.chat import tools_system_message
-    heads = [[tools_system_message(tool_schemas(type(env))), *prompt]
-             for prompt, env in zip(prompts, envs, strict=True)]
+    schemas = [tool_schemas(type(env)) for env in envs]
+    heads = [[tools_system_message(tools), *prompt] for prompt, tools in zip(prompts, schemas, strict=True)]
     completions: list[list[dict[str, Any]]] = [[] for _ in prompts]
     generated = [0] * len(prompts)
     active = list(range(len(prompts)))
@@ -153,16 +153,16 @@ def run_episodes(engine, prompts: list[list[dict[str, Any]]], envs: list, max_tu
                 turn = {"role": "assistant", "content": out[0].text}
             completions[i].append({**turn, "content": turn.get("content") or ""})
             if turn.get("tool_calls"):
-                completions[i] += [_run_call(envs[i], call) for call in turn["tool_calls"]]
+                known = {t["function"]["name"] for t in schemas[i]}
+                completions[i] += [_run_call(envs[i], call, known) for call in turn["tool_calls"]]
                 still.append(i)
         active = still
     return list(zip(completions, generated, strict=True))
 
 
-def _run_call(env, call: dict[str, Any]) -> dict[str, Any]:
-    """One tool call on `env`; an error is returned to the model as the result, as TRL's loop does."""
+def _run_call(env, call: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """One call of a `known` tool on `env`; an error is returned to the model as the result, as TRL's loop does."""
     fn = call.get("function", call)
-    known = {t["function"]["name"] for t in tool_schemas(type(env))}
     try:
         if fn.get("name") not in known:
             raise ValueError(f"no tool {fn.get('name')!r}")
