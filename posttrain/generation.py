@@ -8,6 +8,7 @@ without `</think>` is stopped, Qwen's early-stop text is appended, and the answe
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,25 @@ class GenerationEngine:
         if budget:
             self._finish_budgeted(prefix, results, max_new_tokens - first, sampling, seed, logprobs)
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def option_probs(self, prompts: Sequence[Messages], options: Sequence[str], *,
+                     mode: str | None = "no_think") -> list[list[float] | None]:
+        """For each chat prompt, the probability that the assistant's answer starts with each option
+        (its first token), renormalised over the options: a verdict as a number, with no sampling.
+        None where the backend saw none of the options among its most likely next tokens."""
+        firsts = [self.tokenizer.encode(o, add_special_tokens=False)[:1] for o in options]
+        if any(not f for f in firsts) or len({f[0] for f in firsts}) != len(firsts):
+            raise ValueError(f"option_probs: options {list(options)} must start with distinct tokens")
+        prefixes = [self.render(m, mode) for m in prompts]  # no-think: the template holds the empty block
+        out = []
+        for row in self._next_logprobs(prefixes, [f[0] for f in firsts]):
+            probs = torch.tensor(row, dtype=torch.float64).softmax(-1)
+            out.append(None if torch.isnan(probs).any() else probs.tolist())
+        return out
+
+    def _next_logprobs(self, prefixes, token_ids) -> list[list[float]]:
+        """Log-probabilities of `token_ids` as the next token after each prefix (-inf if unknown)."""
+        raise NotImplementedError
 
     def _finish_budgeted(self, prefix, results, remaining, sampling, seed, logprobs) -> None:
         """Phase two: stop thinking that ran over budget, then generate the answer."""
@@ -194,6 +214,19 @@ class TransformersEngine(GenerationEngine):
         return (toks[:end], "stop") if end is not None else (toks, "length")
 
     @torch.inference_mode()
+    def _next_logprobs(self, prefixes, token_ids):
+        pad, dev, out = self.tokenizer.pad_token_id, self.model.device, []
+        for start in range(0, len(prefixes), self.batch_size):
+            batch = prefixes[start:start + self.batch_size]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=dev)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=dev)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            out += torch.log_softmax(logits, -1)[:, token_ids].tolist()
+        return out
+
+    @torch.inference_mode()
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         knobs = self._knobs(sampling, seed)
         pad, dev = self.tokenizer.pad_token_id, self.model.device
@@ -221,16 +254,26 @@ class TransformersEngine(GenerationEngine):
 
 
 class VLLMEngine(GenerationEngine):
+    """vLLM's offline `LLM` (posttrain.vllm_support: CPU and GPU defaults, in-process engine core)."""
+
     backend = "vllm"
 
     def __init__(self, model_path: str, tokenizer, **llm_kwargs):
+        from posttrain.vllm_support import start_llm
         super().__init__(tokenizer)
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise RuntimeError("backend 'vllm' needs vLLM: pip install 'posttrain[vllm]' on a GPU machine, "
-                               "or use backend 'transformers'") from None
-        self.llm = LLM(model=str(model_path), **llm_kwargs)
+        self.model_path = str(model_path)
+        self.llm = start_llm(self.model_path, llm_kwargs)
+
+    def close(self) -> None:
+        """Free the engine (its KV cache and weights) before another one starts."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm
+            import gc
+            gc.collect()
 
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         from vllm import SamplingParams
@@ -250,13 +293,39 @@ class VLLMEngine(GenerationEngine):
         return results
 
 
+    def _next_logprobs(self, prefixes, token_ids):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        params = SamplingParams(max_tokens=1, temperature=0, logprobs=20)  # vLLM returns the top 20
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
+        return [[o.outputs[0].logprobs[0][t].logprob if t in o.outputs[0].logprobs[0] else float("-inf")
+                 for t in token_ids] for o in outs]
+
+
+VLLM_SETTINGS: dict[str, Any] = {}  # the pipeline's `vllm:` engine settings (over vllm_support's defaults)
+_VLLM: dict[str, VLLMEngine] = {}  # the open vLLM engines, oldest first
+
+
+def close_engines() -> None:
+    """Free the open vLLM engines (before training, which needs the memory)."""
+    while _VLLM:
+        _VLLM.pop(next(iter(_VLLM))).close()
+
+
 def load_engine(model_path: str | os.PathLike, backend: str = "transformers", batch_size: int = 16,
                 **kwargs) -> GenerationEngine:
     """An engine for a model directory (or `default`)."""
     from posttrain.models import load_model, load_tokenizer, resolve_model
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "vllm":
-        return VLLMEngine(str(resolve_model(model_path)), load_tokenizer(model_path), **kwargs)
+    if backend == "vllm":  # started once: the jobs on one model (data, eval, budget curve) share it
+        path = str(resolve_model(model_path))
+        settings = {**VLLM_SETTINGS, **kwargs}
+        key = json.dumps([path, settings], sort_keys=True, default=str)
+        if key not in _VLLM:
+            while len(_VLLM) >= 2:  # a policy and a judge at most
+                _VLLM.pop(next(iter(_VLLM))).close()
+            _VLLM[key] = VLLMEngine(path, load_tokenizer(model_path), **settings)
+        return _VLLM[key]
     model, tokenizer = load_model(model_path)
     return TransformersEngine(model, tokenizer, batch_size=batch_size)

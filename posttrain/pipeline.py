@@ -41,7 +41,8 @@ class PipelineConfig:
     model: str = "default"  # the base model: `default` (embedded SmolLM2-135M) or an HF model dir
     output_dir: str | None = None  # default runs/NAME
     seed: int = 0
-    backend: Literal["transformers", "vllm"] = "transformers"  # rollouts and eval generation
+    backend: Literal["transformers", "vllm"] = "transformers"  # generation jobs: data, eval, judge, teacher
+    vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM settings over posttrain.vllm_support's defaults
     eval: dict[str, Any] | None = None  # posttrain.evaluate.EvalConfig
     compare: list[str] | None = None  # stage ids to set side by side in the report (accuracy vs compute)
     budget_curve: dict[str, Any] | None = None  # posttrain.evaluate.BudgetCurveConfig, drawn after the stages
@@ -153,6 +154,8 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
             raise ConfigError(f"stage {p.ctx.stage_id}: finished in {p.ctx.dir} with a different config; "
                               f"rerun with --from {p.ctx.stage_id} or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    from posttrain import generation
+    generation.VLLM_SETTINGS.update(cfg.vllm)
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     evaluator = _evaluator(cfg, run_dir)
     if evaluator:

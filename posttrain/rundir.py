@@ -95,7 +95,11 @@ class StageContext:
         return get_last_checkpoint(str(self.checkpoints_dir)) if self.checkpoints_dir.is_dir() else None
 
     def trainer_args(self, **overrides: Any) -> dict[str, Any]:
-        """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device."""
+        """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device. The
+        stage's generation engines are closed first: training needs their memory, and an open
+        in-process vLLM engine holds a process group that would make the trainer set up DDP."""
+        from posttrain.generation import close_engines
+        close_engines()
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.tb_dir)
         import torch
         args = dict(output_dir=str(self.checkpoints_dir), report_to=["tensorboard"], logging_steps=1,

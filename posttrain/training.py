@@ -67,10 +67,16 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict[str, Any]:
 
 def train(ctx: StageContext, trainer) -> None:
     """Train, resuming from this stage's last checkpoint when a previous run was interrupted."""
+    vllm = getattr(trainer.args, "use_vllm", False)
+    if vllm:
+        from posttrain.vllm_support import release, use_reload_sync
+        use_reload_sync(trainer)
     checkpoint = ctx.last_checkpoint()
     if checkpoint:
         log.warning("%s: resuming from %s", ctx.stage_id, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if vllm:
+        release(trainer)
 
 
 def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,

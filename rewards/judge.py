@@ -4,7 +4,12 @@ The judge is a generation engine (`engine=`, anything with posttrain.generation'
 model directory (`model=`, loaded lazily with `posttrain.generation.load_engine`). It sees the
 fixed rubric `RUBRIC` filled with the question (last user message), the reference and the
 response (its answer part: the text after `</think>`). Scores are parsed from `Score: 7`, `7/10`,
-`**8**`, `[[6]]` or `{"score": 7}`; an unparsable verdict is None (logged). Verdicts are cached
+`**8**`, `[[6]]` or `{"score": 7}`; an unparsable verdict is None (logged).
+
+`verdict: yes_no` asks instead whether the response is correct (`RUBRIC_YES_NO`) and scores
+P(Yes) / (P(Yes) + P(No)) from the judge's next-token distribution (engine `option_probs`): no
+sampling, no parsing, one forward pass, and a graded score even from a small judge that cannot
+follow the output format of the 0-10 rubric. Verdicts are cached
 by sha256 of the judge prompt (which holds the response), in memory and optionally in a JSONL file
 (`cache_path`), so repeated samples cost nothing.
 """
@@ -21,23 +26,18 @@ from typing import Any
 from posttrain.chat import split_think
 from rewards.base import Reward, Row, log, prompt_of
 
-RUBRIC = """You are a strict grader. Compare the RESPONSE to the REFERENCE answer for the QUESTION.
-Judge correctness and completeness against the reference first, then clarity. Ignore style
+_GRADER = "You are a strict grader. Compare the RESPONSE to the REFERENCE answer for the QUESTION.\n"
+_SHOWN = "\n\nQUESTION:\n{question}\n\nREFERENCE:\n{reference}\n\nRESPONSE:\n{response}\n\n"
+
+RUBRIC = _GRADER + """Judge correctness and completeness against the reference first, then clarity. Ignore style
 differences that do not change the meaning. A response that contradicts the reference, or
-answers a different question, scores low even if it is well written.
-
-QUESTION:
-{question}
-
-REFERENCE:
-{reference}
-
-RESPONSE:
-{response}
-
+answers a different question, scores low even if it is well written.""" + _SHOWN + """\
 Give a score from 0 (wrong or irrelevant) to 10 (fully correct and complete, as good as the
 reference). Reply with one short sentence of justification, then a last line exactly like:
 Score: <integer 0-10>"""
+
+RUBRIC_YES_NO = (_GRADER + "A response is correct when it agrees with the reference and answers the question; "
+                 "style does not matter." + _SHOWN + "Is the RESPONSE correct? Answer Yes or No.")
 
 _PATTERNS = [
     re.compile(r'"score"\s*:\s*"?(\d+(?:\.\d+)?)'),
@@ -61,21 +61,26 @@ def parse_score(verdict: str, scale: float = 10.0) -> float | None:
 
 
 class JudgeReward(Reward):
-    """Params: `engine` or `model` (+ `backend`), `cache_path`, `max_new_tokens` (256),
-    `temperature` (0: greedy), `mode` ('no_think'), `rubric` (default RUBRIC), `scale` (10)."""
+    """Params: `engine` or `model` (+ `backend`), `cache_path`, `verdict` ('score': a generated 0-10
+    score; 'yes_no': P(Yes)), `max_new_tokens` (256), `temperature` (0: greedy), `mode` ('no_think'),
+    `rubric` (default RUBRIC or RUBRIC_YES_NO), `scale` (10)."""
 
     name = "judge"
     on_error = None
 
     def __init__(self, engine: Any = None, model: str | None = None, backend: str = "transformers",
                  cache_path: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
-                 mode: str = "no_think", rubric: str = RUBRIC, scale: float = 10.0, seed: int | None = 0) -> None:
+                 mode: str = "no_think", rubric: str | None = None, scale: float = 10.0, seed: int | None = 0,
+                 verdict: str = "score") -> None:
         super().__init__()
         if (engine is None) == (model is None):
             raise ValueError("judge: pass exactly one of `engine` or `model`")
-        self.engine, self.model, self.backend = engine, model, backend
+        if verdict not in ("score", "yes_no"):
+            raise ValueError(f"judge: verdict must be 'score' or 'yes_no', got {verdict!r}")
+        self.engine, self.model, self.backend, self.verdict, self.mode = engine, model, backend, verdict, mode
         self.gen_kwargs = dict(n=1, mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        self.rubric, self.scale, self.cache_path = rubric, float(scale), cache_path
+        self.rubric = rubric or (RUBRIC_YES_NO if verdict == "yes_no" else RUBRIC)
+        self.scale, self.cache_path = float(scale), cache_path
         self.cache: dict[str, str] = {}
         self._lock = threading.Lock()
         if cache_path and os.path.exists(cache_path):
@@ -107,21 +112,34 @@ class JudgeReward(Reward):
         keys = [hashlib.sha256(p.encode()).hexdigest() if p else None for p in prompts]
         todo = {k: p for k, p in zip(keys, prompts, strict=True) if k and k not in self.cache}
         if todo:
-            outs = self._engine().generate([[{"role": "user", "content": p}] for p in todo.values()],
-                                           **self.gen_kwargs)
-            verdicts = {k: (getattr(o[0], "answer", None) or getattr(o[0], "text", "") if o else "")
-                        for k, o in zip(todo, outs, strict=True)}
+            chats = [[{"role": "user", "content": p}] for p in todo.values()]
+            if self.verdict == "yes_no":  # cached as text too: "P(Yes)=0.8123"
+                probs = self._engine().option_probs(chats, ["Yes", "No"], mode=self.mode)
+                verdicts = {k: "P(Yes)=unknown" if p is None else f"P(Yes)={p[0]:.4f}"
+                            for k, p in zip(todo, probs, strict=True)}
+            else:
+                outs = self._engine().generate(chats, **self.gen_kwargs)
+                verdicts = {k: (getattr(o[0], "answer", None) or getattr(o[0], "text", "") if o else "")
+                            for k, o in zip(todo, outs, strict=True)}
             self._remember(verdicts)
         scores = []
         for key in keys:
             if key is None:
                 scores.append(None)
                 continue
-            score = parse_score(self.cache[key], self.scale)
+            score = self._score(self.cache[key])
             if score is None:
                 log.warning("judge: unparsable verdict %.120r; sample scored None", self.cache[key])
-            scores.append(None if score is None else score / self.scale)
+            scores.append(score)
         return scores
+
+    def _score(self, verdict: str) -> float | None:
+        """A (cached) verdict as a score in [0, 1], or None."""
+        if self.verdict == "yes_no":
+            found = re.fullmatch(r"P\(Yes\)=([0-9.]+)", verdict)
+            return float(found.group(1)) if found else None
+        score = parse_score(verdict, self.scale)
+        return None if score is None else score / self.scale
 
     def _remember(self, verdicts: dict[str, str]) -> None:
         with self._lock:

@@ -42,6 +42,27 @@ def test_logprobs_match_a_forward_pass(engine):
     assert torch.allclose(torch.tensor(c.logprobs), expected, atol=atol)
 
 
+def test_option_probs_are_the_next_token_distribution_over_the_options(engine):
+    """A batch of prompts of different lengths (left padding) gives each prompt's own distribution,
+    the one a single unpadded forward pass gives, renormalised over the options."""
+    prompts = [[{"role": "user", "content": "Is 2 + 2 = 4? Answer Yes or No."}],
+               [{"role": "user", "content": "Is the sky green? Think about it, then answer Yes or No."}]]
+    options = ["Yes", "No", "Maybe"]
+    got = engine.option_probs(prompts, options, mode="no_think")
+    ids = [engine.tokenizer.encode(o, add_special_tokens=False)[0] for o in options]
+    for prompt, probs in zip(prompts, got, strict=True):
+        prefix = engine.render(prompt, "no_think")
+        assert engine.tokenizer.decode(prefix).endswith(EMPTY_THINK)  # scored after the empty think block
+        with torch.no_grad():
+            logits = engine.model(torch.tensor([prefix], device=engine.model.device)).logits[0, -1].float().cpu()
+        expected = logits[ids].softmax(-1)
+        assert sum(probs) == pytest.approx(1.0)
+        assert torch.allclose(torch.tensor(probs, dtype=torch.float32), expected, atol=1e-4)
+    assert got[0] != got[1]
+    with pytest.raises(ValueError, match="distinct tokens"):
+        engine.option_probs(prompts, ["Yes", "Yes"])
+
+
 class ScriptedEngine(GenerationEngine):
     """Emits a fixed token stream per prefix: thinks forever unless told the budget text was appended."""
 

