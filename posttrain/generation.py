@@ -303,6 +303,7 @@ class VLLMEngine(GenerationEngine):
 
 
 VLLM_SETTINGS: dict[str, Any] = {}  # the pipeline's `vllm:` engine settings (over vllm_support's defaults)
+PIPELINE_BACKEND = ["transformers"]  # the pipeline's `backend:`, for engines a reward starts (a judge)
 _VLLM: dict[str, VLLMEngine] = {}  # the open vLLM engines, oldest first
 
 
@@ -312,10 +313,11 @@ def close_engines() -> None:
         _VLLM.pop(next(iter(_VLLM))).close()
 
 
-def load_engine(model_path: str | os.PathLike, backend: str = "transformers", batch_size: int = 16,
+def load_engine(model_path: str | os.PathLike, backend: str | None = "transformers", batch_size: int = 16,
                 **kwargs) -> GenerationEngine:
-    """An engine for a model directory (or `default`)."""
+    """An engine for a model directory (or `default`); `backend=None`: the running pipeline's."""
     from posttrain.models import load_model, load_tokenizer, resolve_model
+    backend = backend or PIPELINE_BACKEND[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "vllm":  # started once: the jobs on one model (data, eval, budget curve) share it

@@ -155,7 +155,9 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
                               f"rerun with --from {p.ctx.stage_id} or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     from posttrain import generation
+    generation.VLLM_SETTINGS.clear()
     generation.VLLM_SETTINGS.update(cfg.vllm)
+    generation.PIPELINE_BACKEND[0] = cfg.backend
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     evaluator = _evaluator(cfg, run_dir)
     if evaluator:

@@ -61,14 +61,14 @@ def parse_score(verdict: str, scale: float = 10.0) -> float | None:
 
 
 class JudgeReward(Reward):
-    """Params: `engine` or `model` (+ `backend`), `cache_path`, `verdict` ('score': a generated 0-10
-    score; 'yes_no': P(Yes)), `max_new_tokens` (256), `temperature` (0: greedy), `mode` ('no_think'),
-    `rubric` (default RUBRIC or RUBRIC_YES_NO), `scale` (10)."""
+    """Params: `engine` or `model` (+ `backend`; default: the pipeline's), `cache_path`, `verdict`
+    ('score': a generated 0-10 score; 'yes_no': P(Yes)), `max_new_tokens` (256), `temperature`
+    (0: greedy), `mode` ('no_think'), `rubric` (default RUBRIC or RUBRIC_YES_NO), `scale` (10)."""
 
     name = "judge"
     on_error = None
 
-    def __init__(self, engine: Any = None, model: str | None = None, backend: str = "transformers",
+    def __init__(self, engine: Any = None, model: str | None = None, backend: str | None = None,
                  cache_path: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
                  mode: str = "no_think", rubric: str | None = None, scale: float = 10.0, seed: int | None = 0,
                  verdict: str = "score") -> None:

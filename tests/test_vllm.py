@@ -130,6 +130,9 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
         started.append(str(model_path))
         original(self, model_path, tokenizer, **kw)
     monkeypatch.setattr(VLLMEngine, "__init__", counting)
+    # the run sets these process-wide settings in place: give it copies, restored after the test
+    monkeypatch.setattr(generation, "VLLM_SETTINGS", {})
+    monkeypatch.setattr(generation, "PIPELINE_BACKEND", ["transformers"])
     monkeypatch.setenv("MASTER_PORT", "29518")
     path = tmp_path / "p.yaml"
     path.write_text(textwrap.dedent(f"""
