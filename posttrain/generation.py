@@ -83,8 +83,8 @@ class GenerationEngine:
     def option_probs(self, prompts: Sequence[Messages], options: Sequence[str], *,
                      mode: str | None = "no_think") -> list[list[float] | None]:
         """For each chat prompt, the probability that the assistant's answer starts with each option
-        (its first token), renormalised over the options: a verdict as a number, with no sampling.
-        None where the backend saw none of the options among its most likely next tokens."""
+        (its first token), renormalised over the options: a verdict as a number, with no sampling
+        (None if it is not a number)."""
         firsts = [self.tokenizer.encode(o, add_special_tokens=False)[:1] for o in options]
         if any(not f for f in firsts) or len({f[0] for f in firsts}) != len(firsts):
             raise ValueError(f"option_probs: options {list(options)} must start with distinct tokens")
@@ -288,12 +288,15 @@ class VLLMEngine(GenerationEngine):
         return results
 
     def _next_logprobs(self, prefixes, token_ids):
+        """Each option appended to the prefix, scored as a prompt token (exact, whatever its rank)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        params = SamplingParams(max_tokens=1, temperature=0, logprobs=20)  # vLLM returns the top 20
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
-        return [[o.outputs[0].logprobs[0][t].logprob if t in o.outputs[0].logprobs[0] else float("-inf")
-                 for t in token_ids] for o in outs]
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p + [t]) for p in prefixes for t in token_ids],
+                                 params, use_tqdm=False)
+        scores = [o.prompt_logprobs[-1][o.prompt_token_ids[-1]].logprob for o in outs]
+        k = len(token_ids)
+        return [scores[i * k:(i + 1) * k] for i in range(len(prefixes))]
 
 
 VLLM_SETTINGS: dict[str, Any] = {}  # the pipeline's `vllm:` engine settings (over vllm_support's defaults)

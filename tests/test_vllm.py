@@ -49,17 +49,27 @@ def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, tiny_model
         assert 0 < len(c.token_ids) <= 8 and len(c.logprobs) == len(c.token_ids)
         expected = _forward_logprobs(model, engine.render(prompt, "think"), c.token_ids)
         assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-3)
-    # the thinking budget: thinking stopped at 3 tokens with the early-stop text, then an answer
-    from posttrain.chat import BUDGET_STOP_TEXT
-    [[budgeted]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=12, thinking_budget=3, seed=1)
-    if budgeted.budget_hit:
-        assert BUDGET_STOP_TEXT in budgeted.text and len(budgeted.token_ids) > 3
-    else:  # the random model closed its think block (or stopped) within 3 tokens
-        assert len(budgeted.token_ids) <= 12
-    # a stage's jobs on the same model share one engine; the verdict probabilities come from it too
+    # a stage's jobs on the same model share one engine
     assert load_engine(tiny_model, backend="vllm", **SETTINGS) is engine
-    [probs] = engine.option_probs(PROMPTS[:1], ["Yes", "No"])
-    assert probs is None or sum(probs) == pytest.approx(1.0)
+
+
+def test_thinking_budget_and_verdict_probabilities(engine, tiny_model, monkeypatch):
+    from posttrain.chat import BUDGET_STOP_TEXT, THINK_OPEN
+    from posttrain.generation import TransformersEngine
+    from posttrain.models import load_model
+    # the turn opened with <think> (as a thinking model's does): thinking is cut at 3 tokens by the
+    # early-stop text, then vLLM generates the answer after it
+    render = engine.render
+    opened = engine.tokenizer.encode(THINK_OPEN + "\n", add_special_tokens=False)
+    monkeypatch.setattr(engine, "render", lambda messages, mode: render(messages, mode) + opened)
+    [[c]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=12, thinking_budget=3, seed=1, logprobs=True)
+    assert c.budget_hit and BUDGET_STOP_TEXT in c.text and c.text.index(BUDGET_STOP_TEXT) > 0
+    assert 3 < len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
+    monkeypatch.undo()
+    # Yes/No probabilities: the transformers engine's, for any rank of the options
+    reference = TransformersEngine(*load_model(tiny_model))
+    got, expected = (e.option_probs(PROMPTS, ["Yes", "No", "Maybe"]) for e in (engine, reference))
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), atol=1e-3)
 
 
 def test_settings_that_do_not_fit_fail_in_one_line(tiny_model):
