@@ -5,9 +5,9 @@
     posttrain bench grpo --paths transformers paged vllm
 
 `generate` compares batched sampling (the engine's default path) with one-prompt-at-a-time sampling;
-with `--backend vllm` it compares the vLLM engine in bf16 and float32 (start time and tokens/s) with
-the transformers engine on the same prompts and sampling settings. `grpo` times GRPO steps of TRL's
-GRPOTrainer with each rollout path (transformers `generate`, TRL's paged transformers generation,
+with `--backend vllm` it compares the vLLM engine (bf16 eager, bf16 compiled, float32 eager: start
+time and tokens/s) with the transformers engine on the same prompts and sampling settings. `grpo`
+times GRPO steps of TRL's GRPOTrainer with each rollout path (transformers `generate`, TRL's paged transformers generation,
 colocated vLLM) on the same prompts. The last line printed is the headline ratio.
 """
 
@@ -49,7 +49,7 @@ def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: in
 def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
     """The vLLM engine (bf16 eager, the CPU default; bf16 compiled; float32 eager) against the
     transformers engine (float32, batched), each with its start time."""
-    from posttrain.generation import load_engine
+    from posttrain.generation import close_engines, load_engine
     results = {}
     start = time.perf_counter()
     engine = load_engine(model, batch_size=batch_size)
@@ -63,6 +63,7 @@ def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
         start = time.perf_counter()
         engine = load_engine(model, backend="vllm", **settings)
         results[key] = {"start_s": round(time.perf_counter() - start, 1), **_throughput(engine, rows, max_new_tokens)}
+        close_engines()  # each arm alone in memory
     base = results["transformers"]["tokens_per_s"]
     for key in arms:
         results[key]["ratio_to_transformers"] = round(results[key]["tokens_per_s"] / base, 2)

@@ -64,7 +64,7 @@ def start_llm(model_path: str, overrides: dict[str, Any] | None = None):
     except (ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VLLMError(f"vLLM could not start on {model_path} with {kwargs}: {first} "
-                           "(set the engine's `vllm:` settings, e.g. kv_cache_memory_bytes or max_model_len)") from err
+                        "(set the engine's `vllm:` settings, e.g. kv_cache_memory_bytes or max_model_len)") from err
 
 
 def reload_weights(llm, named_tensors) -> None:
@@ -114,6 +114,5 @@ def shutdown(llm) -> None:
     core = getattr(llm.llm_engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
-    del llm
     import gc
     gc.collect()
