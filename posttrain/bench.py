@@ -7,8 +7,8 @@
 `generate` compares batched sampling (the engine's default path) with one-prompt-at-a-time sampling;
 with `--backend vllm` it compares the vLLM engine (bf16 eager, bf16 compiled, float32 eager: start
 time and tokens/s) with the transformers engine on the same prompts and sampling settings. `grpo`
-times GRPO steps of TRL's GRPOTrainer with each rollout path (transformers `generate`, TRL's paged transformers generation,
-colocated vLLM) on the same prompts. The last line printed is the headline ratio.
+times GRPO steps of TRL's GRPOTrainer with each rollout path (transformers `generate`, TRL's paged
+transformers generation, colocated vLLM) on the same prompts. The last line printed is the headline ratio.
 """
 
 from __future__ import annotations
