@@ -31,6 +31,14 @@ def engine(tiny_model):
     generation.close_engines()
 
 
+def _free_port() -> str:
+    """A port nothing listens on, for the process group of TRL's colocated engine."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _forward_logprobs(model, prefix, ids):
     with torch.no_grad():
         logits = model(torch.tensor([prefix + ids])).logits[0, len(prefix) - 1:-1].float()
@@ -102,7 +110,7 @@ def test_grpo_rolls_out_with_colocated_vllm_and_syncs_trained_weights(tiny_model
 
     from posttrain.models import load_model
     from posttrain.vllm_support import use_reload_sync
-    monkeypatch.setenv("MASTER_PORT", "29517")
+    monkeypatch.setenv("MASTER_PORT", _free_port())
     model, tokenizer = load_model(tiny_model, train=True)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(8)])
     args = GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=4,
@@ -150,7 +158,7 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
     # the run sets these process-wide settings in place: give it copies, restored after the test
     monkeypatch.setattr(generation, "VLLM_SETTINGS", {})
     monkeypatch.setattr(generation, "PIPELINE_BACKEND", ["transformers"])
-    monkeypatch.setenv("MASTER_PORT", "29518")
+    monkeypatch.setenv("MASTER_PORT", _free_port())
     path = tmp_path / "p.yaml"
     path.write_text(textwrap.dedent(f"""
         name: vllm
