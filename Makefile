@@ -15,7 +15,7 @@ help:
 	@echo "make lint      ruff (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml"
 	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml to override)"
-	@echo "make distill TEACHER=dir STUDENT=layers=6"
+	@echo "make distill [TEACHER=dir] [STUDENT=layers=10]   (default teacher: newest run's best model)"
 
 # torch goes in first, pinned, so nothing below pulls a CUDA build.
 install: .venv/.installed

@@ -46,11 +46,18 @@ def _distill(args) -> None:
     """`distill` is a one-stage pipeline: the teacher is the stage's input model."""
     from posttrain import pipeline
     from posttrain.config import from_dict, load_yaml
+    from posttrain.rundir import find_teacher
     data = load_yaml(args.config) if args.config else {}
     top = {k: data.pop(k) for k in ("output_dir", "seed", "backend", "eval") if k in data}
     if args.student:
         data["student"] = args.student
-    name = f"distill-{Path(args.teacher).name}" if args.teacher != "default" else "distill"
+    if args.teacher is None:
+        args.teacher, why = find_teacher(Path(args.runs_dir))
+        print(f"teacher: {args.teacher} ({why}; --teacher to choose another)")
+    teacher = Path(args.teacher)
+    name = "distill" if args.teacher == "default" else \
+        f"distill-{teacher.parent.parent.name}-{teacher.parent.name[3:]}" if teacher.name == "model" else \
+        f"distill-{teacher.name}"
     cfg = from_dict(pipeline.PipelineConfig, {"name": name, "model": args.teacher, **top,
                                               "stages": [{"stage": "distill", "config": data}]},
                     args.config or "distill")
@@ -149,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_stage)
 
     p = sub.add_parser("distill", help="strong-to-weak distillation: off-policy, then on-policy")
-    p.add_argument("--teacher", default="default", help="teacher model dir (default: the embedded model)")
+    p.add_argument("--teacher", help="teacher model dir, or `default` (the embedded model); default: the most "
+                   "advanced model (general_rl, fusion, reasoning_rl) of the newest finished run under --runs-dir")
+    p.add_argument("--runs-dir", default="runs", help="where to look for that teacher (default: runs)")
     p.add_argument("--student", help="student model dir, or a spec: layers=N | scratch:layers=N,hidden=H")
     p.add_argument("--config", help="distill stage YAML (pipelines/stages/distill.yaml)")
     p.add_argument("--output-dir")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class PipelineConfig:
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM settings over posttrain.vllm_support's defaults
     eval: dict[str, Any] | None = None  # posttrain.evaluate.EvalConfig
     compare: list[str] | None = None  # stage ids to set side by side in the report (accuracy vs compute)
+    compare_points: int = 3  # points on each compared stage's accuracy-vs-CPU-seconds curve (the last: its model)
     budget_curve: dict[str, Any] | None = None  # posttrain.evaluate.BudgetCurveConfig, drawn after the stages
 
 
@@ -108,6 +110,10 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
     for sid in cfg.compare or []:
         if sid not in outputs:
             raise ConfigError(f"{where}: compare: {sid!r} is not a stage id (stages: {', '.join(outputs)})")
+        if cfg.compare_points < 1:
+            raise ConfigError(f"{where}: compare_points: must be at least 1, got {cfg.compare_points}")
+        ctx = next(p.ctx for p in planned if p.ctx.stage_id == sid)
+        ctx.extra.update(curve_points=cfg.compare_points, curve_dir=ctx.dir / "curve")
     if cfg.budget_curve is not None:
         from posttrain.evaluate import BudgetCurveConfig
         if cfg.eval is None:
@@ -169,17 +175,48 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
             log.info("stage %s [%s]: %s", p.ctx.stage_id, p.spec.stage, p.ctx.dir)
             p.ctx.dir.mkdir(parents=True, exist_ok=True)
             start, cpu, resumed = time.time(), _cpu_seconds(), p.ctx.last_checkpoint() is not None
+            p.ctx.extra["cpu_start"] = cpu
             metrics = stages.get(p.spec.stage).run(p.ctx, p.config) or {}
             p.ctx.mark_complete({"config_hash": p.config_hash, "wall_time_s": round(time.time() - start, 2),
                                  "cpu_time_s": round(_cpu_seconds() - cpu, 2), "resumed": resumed,
                                  "metrics": metrics})
         if evaluator and p.spec.eval:
             evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json", p.ctx.stage_id)
+        if cfg.eval and p.ctx.extra.get("curve_points"):
+            _curve(cfg, p)
     if cfg.budget_curve is not None:
         _budget_curve(cfg, planned, run_dir)
     from posttrain.report import write_report
     write_report(run_dir, cfg, planned)
     return run_dir
+
+
+def _curve(cfg: PipelineConfig, p: PlannedStage) -> list[dict]:
+    """Think-mode accuracy of a compared stage's snapshots (posttrain.training.curve_snapshots) and
+    of its final model, against the CPU seconds spent to reach each; kept in curve/curve.json.
+    A snapshot's weights are removed once it is scored."""
+    from dataclasses import replace
+
+    from posttrain.evaluate import EvalConfig, evaluate
+    path = p.ctx.dir / "curve" / "curve.json"
+    info = p.ctx.completion_info()
+    points = [e for e in read_json(path, []) if e["model"] != str(p.ctx.model_dir)]
+    metrics = info.get("metrics") or {}  # a multi-phase stage (distill) keeps each phase's under its name
+    step = metrics.get("global_step") or next((m.get("global_step") for m in reversed(metrics.values())
+                                               if isinstance(m, dict) and m.get("global_step")), None)
+    points.append({"phase": p.ctx.stage_id, "step": step,
+                   "cpu_time_s": info.get("cpu_time_s"), "model": str(p.ctx.model_dir), "final": True,
+                   "suites": (read_json(p.ctx.dir / "eval.json") or {}).get("suites")})
+    eval_cfg = replace(from_dict(EvalConfig, cfg.eval, "eval"), modes=["think"], think_follow=None, tasks=None)
+    for point in points:
+        if not point.get("suites") or not all("think" in r for r in point["suites"].values()):
+            log.info("compute curve of %s: scoring %s", p.ctx.stage_id, point["model"])
+            point["suites"] = evaluate(point["model"], eval_cfg, backend=cfg.backend, seed=cfg.seed)["suites"]
+            write_json(path, points)
+        if not point.get("final"):
+            shutil.rmtree(point["model"], ignore_errors=True)
+    write_json(path, points)
+    return points
 
 
 def _cpu_seconds() -> float:

@@ -23,7 +23,7 @@ def collect(run_dir: Path, planned) -> dict[str, Any]:
             "model": str(p.ctx.model_dir), "wall_time_s": info.get("wall_time_s"),
             "cpu_time_s": info.get("cpu_time_s"),
             "resumed": info.get("resumed"), "metrics": read_json(p.ctx.dir / "metrics.json", {}),
-            "eval": read_json(p.ctx.dir / "eval.json")})
+            "eval": read_json(p.ctx.dir / "eval.json"), "curve": read_json(p.ctx.dir / "curve" / "curve.json")})
     report["budget_curve"] = read_json(run_dir / "budget_curve.json")
     return report
 
@@ -99,7 +99,7 @@ def plot_budget_curve(curve: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
+def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | None = None) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,6 +144,8 @@ def _plots(run_dir: Path, report: dict[str, Any], planned) -> list[str]:
     if report.get("budget_curve"):
         plot_budget_curve(report["budget_curve"], run_dir / "plots/budget_curve.png")
         made.append("plots/budget_curve.png")
+    if compare and plot_compute_curve(report, compare, run_dir / "plots/compute_curve.png"):
+        made.append("plots/compute_curve.png")
     return made
 
 
@@ -257,21 +259,65 @@ def _budget_table(curve: dict[str, Any] | None) -> list[str]:
 
 
 def comparison(report: dict[str, Any], ids: list[str], mode: str = "think") -> str:
-    """Accuracy against compute for the named stages (the report's Table 21, in miniature)."""
+    """The named stages side by side (the report's Table 21, in miniature): think-mode pass@1 and
+    pass@k, no-think accuracy, length and truncation per suite, and each stage's compute; then
+    accuracy at each point of their compute curves (plots/compute_curve.png)."""
     stages = {s["id"]: s for s in report["stages"]}
     suites = sorted({suite for i in ids for suite in ((stages[i]["eval"] or {}).get("suites") or {})})
     head = "| stage | CPU time (s) | wall time (s) | " + " | ".join(
-        f"{suite} pass@1 | {suite} pass@k" for suite in suites) + " |"
-    lines = [f"## Comparison ({mode} mode)", "", head, "|---" * (3 + 2 * len(suites)) + "|"]
+        f"{suite} pass@1 | {suite} pass@k | {suite} no-think | {suite} length | {suite} truncated"
+        for suite in suites) + " |"
+    lines = [f"## Comparison ({mode} mode unless marked)", "", head, "|---" * (3 + 5 * len(suites)) + "|"]
     for i in ids:
         s, cells = stages[i], []
         for suite in suites:
-            r = (((s["eval"] or {}).get("suites") or {}).get(suite) or {}).get(mode) or {}
+            modes = ((s["eval"] or {}).get("suites") or {}).get(suite) or {}
+            r, other = modes.get(mode) or {}, modes.get("no_think" if mode == "think" else "think") or {}
             ks = r.get("pass_at_k") or {}
             top = max(ks, key=int) if ks else None
-            cells += [_fmt(r.get("accuracy")), f"{_fmt(ks.get(top))} (k={top})" if top else ""]
+            cells += [_fmt(r.get("accuracy")), f"{_fmt(ks.get(top))} (k={top})" if top else "",
+                      _fmt(other.get("accuracy")), _fmt(r.get("mean_length")), _fmt(r.get("truncated"))]
         lines.append(f"| {i} | {s.get('cpu_time_s')} | {s.get('wall_time_s')} | " + " | ".join(cells) + " |")
+    curves = [(i, point) for i in ids for point in stages[i].get("curve") or []]
+    if curves:
+        lines += ["", f"Accuracy against compute ({mode} pass@1; CPU seconds since the stage began, its data "
+                  "building included):", "", "| stage | step | CPU time (s) | " + " | ".join(suites) + " |",
+                  "|---" * (3 + len(suites)) + "|"]
+        for i, point in curves:
+            acc = [_fmt(((point.get("suites") or {}).get(suite) or {}).get(mode, {}).get("accuracy"))
+                   for suite in suites]
+            lines.append(f"| {i} | {point.get('step')} | {point.get('cpu_time_s')} | " + " | ".join(acc) + " |")
     return "\n".join(lines)
+
+
+def plot_compute_curve(report: dict[str, Any], ids: list[str], path: Path, mode: str = "think") -> bool:
+    """Accuracy (± s.e.) per suite against CPU seconds, one line per compared stage."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    stages = {s["id"]: s for s in report["stages"]}
+    curves = {i: [p for p in stages[i].get("curve") or [] if p.get("suites") and p.get("cpu_time_s") is not None]
+              for i in ids}
+    suites = sorted({suite for points in curves.values() for p in points for suite in p["suites"]})
+    if not suites:
+        return False
+    fig, axes = plt.subplots(1, len(suites), figsize=(4.5 * len(suites), 3.5), squeeze=False)
+    for ax, suite in zip(axes[0], suites, strict=True):
+        for i, points in curves.items():
+            points = sorted((p for p in points if mode in (p["suites"].get(suite) or {})),
+                            key=lambda p: p["cpu_time_s"])
+            rs = [p["suites"][suite][mode] for p in points]
+            ax.errorbar([p["cpu_time_s"] for p in points], [r["accuracy"] for r in rs],
+                        yerr=[r.get("accuracy_se") or 0 for r in rs], marker="o", capsize=3, label=i)
+        ax.set_title(f"{suite} ({mode} pass@1)", fontsize=9)
+        ax.set_xlabel("CPU seconds")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def _fmt(value: Any) -> str:
@@ -286,7 +332,7 @@ def write_report(run_dir: Path, cfg, planned, sections: list[str] | None = None)
         report["sections"].append(comparison(report, cfg.compare))
     write_json(run_dir / "report.json", report)
     try:
-        plots = _plots(run_dir, report, planned)
+        plots = _plots(run_dir, report, planned, getattr(cfg, "compare", None))
     except Exception as err:  # a plot must never cost the run its report
         log.warning("plots skipped: %s", err)
         plots = []

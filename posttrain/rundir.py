@@ -49,6 +49,41 @@ def resolve_model_ref(ref: str, run_dir: Path | None, who: str) -> str:
     return str(found[-1] / "model")
 
 
+# Teachers for `posttrain distill` without --teacher: hybrid models first (a teacher can only teach
+# a mode it has, and only fusion and later stages know /no_think), then the stage-2 reasoner.
+TEACHER_STAGES = ("general_rl", "fusion", "reasoning_rl")
+
+
+def find_teacher(runs_dir: Path = Path("runs")) -> tuple[str, str]:
+    """The newest finished run's most advanced model (TEACHER_STAGES order), and a line saying why.
+
+    A run counts by its newest finished stage; stages are told by the kinds in its pipeline.yaml."""
+    import yaml
+    best = None
+    for snapshot in sorted(Path(runs_dir).glob("*/pipeline.yaml")):
+        try:
+            stages = (yaml.safe_load(snapshot.read_text()) or {}).get("stages") or []
+        except yaml.YAMLError:
+            continue
+        kinds = {s.get("id") or s.get("stage"): s.get("stage") for s in stages if isinstance(s, dict)}
+        done = {}
+        for d in snapshot.parent.glob("[0-9][0-9]_*"):
+            kind = kinds.get(d.name[3:])
+            if (d / MARKER).is_file() and kind in TEACHER_STAGES and (d / "model" / "config.json").is_file():
+                done[d] = (TEACHER_STAGES.index(kind), -read_json(d / MARKER, {}).get("finished_at", 0.0))
+        if done:
+            stage = min(done, key=done.get)
+            newest = max(-v[1] for v in done.values())
+            if best is None or newest > best[0]:
+                best = (newest, stage, kinds[stage.name[3:]])
+    if best is None:
+        raise FileNotFoundError(f"no finished reasoning_rl, fusion or general_rl stage under {runs_dir}/ to use "
+                                "as the teacher: run `make pipeline PIPELINE=pipelines/hybrid.yaml` first, or pass "
+                                "--teacher DIR")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(best[0]))
+    return str(best[1] / "model"), f"stage {best[2]} of {best[1].parent}, the newest finished run ({when})"
+
+
 @dataclass
 class StageContext:
     """What a stage module gets: where to read, where to write, and the run's shared settings."""

@@ -65,8 +65,45 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict[str, Any]:
     return metrics
 
 
+def curve_snapshots(ctx: StageContext):
+    """A callback that saves the model at evenly spaced steps, with the CPU seconds the stage has
+    spent so far (data building included), for accuracy-against-compute curves; `curve.json` lists
+    them and the final model is the last point. Set up by the pipeline (`compare_points`)."""
+    import copy
+    import resource
+    import time
+
+    from transformers import TrainerCallback
+
+    from posttrain.models import save
+    from posttrain.rundir import read_json, write_json
+    points, start = ctx.extra["curve_points"], ctx.extra.get("cpu_start")
+    curve_dir = ctx.extra["curve_dir"]
+
+    def cpu_seconds() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    class CurveSnapshots(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            steps = {round(state.max_steps * k / points) for k in range(1, points)}
+            if state.global_step not in steps or start is None:
+                return
+            path = curve_dir / f"{ctx.stage_id}-step{state.global_step}"
+            cpu = round(cpu_seconds() - start, 1)  # measured before the save, which is not training
+            save(copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model,
+                 processing_class, path)
+            entries = [e for e in read_json(curve_dir / "curve.json", []) if e["model"] != str(path)]
+            write_json(curve_dir / "curve.json", entries + [{"phase": ctx.stage_id, "step": state.global_step,
+                                                             "cpu_time_s": cpu, "at": time.time(),
+                                                             "model": str(path)}])
+    return CurveSnapshots()
+
+
 def train(ctx: StageContext, trainer) -> None:
     """Train, resuming from this stage's last checkpoint when a previous run was interrupted."""
+    if ctx.extra.get("curve_points"):
+        trainer.add_callback(curve_snapshots(ctx))
     vllm = getattr(trainer.args, "use_vllm", False)
     if vllm:
         from posttrain.vllm_support import release, use_reload_sync

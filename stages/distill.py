@@ -11,6 +11,7 @@ The stage's input model is the teacher unless `teacher` names another; `student`
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from posttrain.chat import MODES, split_think, with_flag
 from posttrain.rundir import StageContext
 from posttrain.training import TrainOptions, finish, sft, train
 
+log = logging.getLogger(__name__)
 DIVERGENCE_BETA = {"forward_kl": 0.0, "jsd": 0.5, "reverse_kl": 1.0}  # TRL's generalised-JSD beta
 
 
@@ -38,6 +40,7 @@ class OffPolicy:
     modes: list[Literal["think", "no_think"]] = field(default_factory=lambda: list(MODES))
     max_new_tokens: int = 256
     filter_by_reward: bool = True  # drop teacher answers that a rule reward grades wrong
+    min_examples: int = 32  # stop when the filter keeps fewer (the teacher does not know the prompts)
     train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=40, learning_rate=1e-4))
 
 
@@ -82,9 +85,14 @@ def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
                 reasoning, answer = split_think(text)
                 out.append({"messages": prompt + [{"role": "assistant", "content": answer,
                                                    "reasoning_content": reasoning or ""}], "mode": mode})
-    if not out:
-        raise RuntimeError(f"{ctx.stage_id}: the teacher got every checkable prompt wrong; nothing to distil")
-    ctx.write_metrics({"off_policy_examples": len(out), "off_policy_prompts": len(rows) * len(cfg.off_policy.modes)})
+    total = len(rows) * len(cfg.off_policy.modes)
+    log.info("off-policy: kept %d of %d teacher answers (%s)", len(out), total,
+             ", ".join(f"{m} {sum(o['mode'] == m for o in out)}/{len(rows)}" for m in cfg.off_policy.modes))
+    if len(out) < cfg.off_policy.min_examples:
+        raise ValueError(f"{ctx.stage_id}: the reward filter kept {len(out)} of {total} answers of teacher {teacher}, "
+                         f"fewer than off_policy.min_examples={cfg.off_policy.min_examples}: use a teacher that "
+                         "knows these prompts (--teacher), or lower off_policy.min_examples")
+    ctx.write_metrics({"off_policy_examples": len(out), "off_policy_prompts": total})
     return Dataset.from_list(out)
 
 
@@ -93,18 +101,28 @@ def prompt_set(cfg: Config):
                                      data=cfg.prompts.data, seed=cfg.prompts.seed))
 
 
-def on_policy_prompts(cfg: Config, seed: int):
-    """Prompts with a mode flag drawn per prompt, so the student samples in both modes."""
+def on_policy_prompts(cfg: Config, seed: int, student: str):
+    """Prompts with a mode drawn per prompt, so the student samples in both modes: flagged, and
+    rendered as the generation engine renders them for that mode (a no-think prompt ends with the
+    empty think block). TRL then tokenizes the text as is, so student and teacher score what the
+    evaluation samples; left to the flag alone, the student wrote think blocks in no-think mode."""
     from datasets import Dataset
-    rng = random.Random(seed)
-    rows = []
+
+    from posttrain.generation import GenerationEngine
+    from posttrain.models import load_tokenizer
+    engine, rng, rows = GenerationEngine(load_tokenizer(student)), random.Random(seed), []
     for r in prompt_set(cfg):
         mode = "think" if rng.random() < cfg.on_policy.think_fraction else "no_think"
-        rows.append({"prompt": with_flag(r["prompt"], mode), "mode": mode})
+        messages = with_flag(r["prompt"], mode)
+        rows.append({"prompt": engine.tokenizer.decode(engine.render(messages, mode)), "messages": messages,
+                     "mode": mode})
     return Dataset.from_list(rows)
 
 
-def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
+def on_policy_trainer(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts):
+    """TRL's DistillationTrainer: the student (this phase's input) samples, and both models score
+    the same prompt + completion ids (one tokenizer, one chat rendering: the student is built with
+    the teacher's); the divergence is taken on completion tokens up to and including end-of-turn."""
     from trl import DistillationConfig, DistillationTrainer
 
     from posttrain.models import load_model
@@ -113,11 +131,15 @@ def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
     args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train",
                           beta=DIVERGENCE_BETA[cfg.divergence], max_completion_length=cfg.max_completion_length,
                           temperature=cfg.temperature, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=prompts,
-                                  processing_class=tokenizer,
-                                  peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None)
+    return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=prompts,
+                               processing_class=tokenizer,
+                               peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None)
+
+
+def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
+    trainer = on_policy_trainer(ctx, teacher, cfg, prompts)
     train(ctx, trainer)
-    return finish(ctx, trainer, tokenizer)
+    return finish(ctx, trainer, trainer.processing_class)
 
 
 def run(ctx: StageContext, cfg: Config) -> dict:
@@ -137,8 +159,8 @@ def run(ctx: StageContext, cfg: Config) -> dict:
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:
-                metrics[name] = on_policy(pctx, teacher, phase, pctx.dataset("prompts", lambda: on_policy_prompts(
-                    cfg, ctx.seed)))
+                prompts = pctx.dataset("prompts", lambda pctx=pctx: on_policy_prompts(cfg, ctx.seed, pctx.input_model))
+                metrics[name] = on_policy(pctx, teacher, phase, prompts)
             pctx.mark_complete({})
         student = str(pctx.model_dir)
     shutil.copytree(student, ctx.model_dir, dirs_exist_ok=True)

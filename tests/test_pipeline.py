@@ -99,3 +99,42 @@ def test_changed_config_of_finished_stage_is_refused(toy, tmp_path):
     res = cli("run", str(toy))
     assert res.returncode == 2
     assert "stage second: finished" in res.stderr and "--from second" in res.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "pipelines").glob("*.yaml")
+                                        if "stages:" in p.read_text()))
+def test_every_shipped_pipeline_plans(name):
+    from posttrain import pipeline
+    cfg, planned = pipeline.load(REPO / "pipelines" / name)
+    assert planned and all(p.ctx.input_model for p in planned)
+
+
+def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
+    """The old set-up's flaw: a stage-2 teacher never learned /no_think, yet the student sampled
+    half its prompts in no-think mode. Every distillation branch now learns from the stage-4 model,
+    and every compared branch starts from the same off-policy student."""
+    from posttrain import pipeline
+    cfg, planned = pipeline.load(REPO / "pipelines" / "table21.yaml")
+    by_id = {p.ctx.stage_id: p for p in planned}
+    teacher = str(by_id["general_rl"].ctx.model_dir)
+    student = str(by_id["off_policy"].ctx.model_dir)
+    assert by_id["off_policy"].ctx.input_model == teacher and by_id["off_policy"].config.student == "layers=10"
+    for sid in cfg.compare:
+        p = by_id[sid]
+        if p.spec.stage == "distill":
+            assert p.ctx.input_model == teacher and p.config.student == "@off_policy"
+            assert not p.config.off_policy.enabled
+        else:
+            assert p.ctx.input_model == student
+    assert {by_id[s].config.on_policy.divergence for s in cfg.compare if by_id[s].spec.stage == "distill"} == \
+        {"reverse_kl", "forward_kl", "jsd"}
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from posttrain.models import resolve_model
+    config = AutoConfig.from_pretrained(resolve_model(cfg.model))
+    with torch.device("meta"):
+        full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
+        config.num_hidden_layers = 10
+        small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
+    assert small <= full / 2, (small, full)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import pipeline
@@ -79,7 +81,8 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
             config:
               student: layers=2
               prompts: {{families: {{arithmetic: 6}}}}
-              off_policy: {{max_new_tokens: 8, filter_by_reward: false, train: {{max_steps: 2, batch_size: 4}}}}
+              off_policy: {{max_new_tokens: 8, filter_by_reward: false, min_examples: 12,
+                           train: {{max_steps: 2, batch_size: 4}}}}
               on_policy: {{max_completion_length: 8, train: {{max_steps: 2, batch_size: 2}}}}
         """)
     stage = planned[0].ctx
@@ -96,6 +99,56 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     assert sorted(set(on["mode"])) == ["no_think", "think"]
     for phase in ("off_policy", "on_policy"):
         assert (stage.dir / phase / "COMPLETE").is_file()
+
+
+def test_distill_stops_when_the_filter_keeps_too_few_teacher_answers(tmp_path, tiny_model):
+    """A teacher that does not know the prompts (a random model: every answer wrong) is an error
+    naming the count and the key, not 40 epochs of SFT on a handful of examples."""
+    with pytest.raises(ValueError, match=r"kept 0 of 12 answers .* off_policy.min_examples=4"):
+        run_pipeline(tmp_path, f"""
+            name: ds
+            model: {tiny_model}
+            output_dir: {tmp_path / 'run'}
+            stages:
+              - stage: distill
+                config:
+                  student: layers=1
+                  prompts: {{families: {{arithmetic: 6}}}}
+                  off_policy: {{max_new_tokens: 8, min_examples: 4}}
+            """)
+    assert not list((tmp_path / "run").glob("01_distill/**/COMPLETE"))
+
+
+def _stage_dir(run_dir, name: str, kind: str, finished_at: float | None) -> None:
+    """A stage dir with a model, finished (COMPLETE) or not, listed in the run's pipeline.yaml."""
+    from posttrain.rundir import write_json
+    (run_dir / name / "model").mkdir(parents=True, exist_ok=True)
+    (run_dir / name / "model" / "config.json").write_text("{}")
+    if finished_at is not None:
+        write_json(run_dir / name / "COMPLETE", {"finished_at": finished_at})
+    stages = (run_dir / "pipeline.yaml").read_text() if (run_dir / "pipeline.yaml").is_file() else "stages:\n"
+    if f"id: {name[3:]}}}" not in stages:
+        (run_dir / "pipeline.yaml").write_text(stages + f"- {{stage: {kind}, id: {name[3:]}}}\n")
+
+
+def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path, capsys):
+    from posttrain.cli import main
+    from posttrain.rundir import find_teacher
+    runs = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match="no finished reasoning_rl, fusion or general_rl stage"):
+        find_teacher(runs)
+    _stage_dir(runs / "old", "02_reasoning_rl", "reasoning_rl", 100.0)
+    _stage_dir(runs / "old", "03_fusion", "fusion", 200.0)
+    _stage_dir(runs / "new", "01_cold_start", "cold_start", 250.0)
+    _stage_dir(runs / "new", "02_rl", "reasoning_rl", 300.0)
+    _stage_dir(runs / "new", "03_fusion", "fusion", None)  # started, not finished
+    assert find_teacher(runs)[0] == str(runs / "new" / "02_rl" / "model")
+    _stage_dir(runs / "new", "03_fusion", "fusion", 400.0)
+    assert find_teacher(runs)[0] == str(runs / "new" / "03_fusion" / "model")
+    assert main(["distill", "--runs-dir", str(runs), "--dry-run", "--output-dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert f"teacher: {runs / 'new' / '03_fusion' / 'model'} (stage fusion of {runs / 'new'}" in out
+    assert "pipeline distill-new-fusion" in out
 
 
 @pytest.mark.parametrize("spec,error", [("layers=99", "layers must be in"), ("depth=2", "unknown or missing"),
@@ -127,3 +180,93 @@ def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model):
     metrics = json.loads((planned[0].ctx.dir / "reward_model.json").read_text())
     print("held-out ranking accuracy", metrics["heldout_accuracy"])
     assert metrics["pairs"] == 30 and metrics["heldout_accuracy"] > 0.6
+
+
+def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_turn(tmp_path):
+    """The on-policy defects to rule out: the student must sample each mode as the evaluation does
+    (a no-think prompt prefilled with the empty think block: left to the flag, a stage-2 teacher
+    pulled no-think answers into long thinking), teacher and student must score the same ids, and a
+    sample that ends early must carry its end-of-turn token into the loss, with nothing after it."""
+    from posttrain.generation import GenerationEngine
+    from posttrain.models import build_student, load_tokenizer
+    from posttrain.rundir import StageContext
+    from posttrain.training import TrainOptions
+    from stages.distill import Config, OnPolicy, Prompts, on_policy_prompts, on_policy_trainer
+    teacher = make_tiny_model(tmp_path / "teacher", layers=2)
+    student = build_student(teacher, "layers=1", tmp_path / "student")
+    tok = load_tokenizer(student)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = on_policy_prompts(Config(prompts=Prompts(families={"arithmetic": 6})), seed=0, student=str(student))
+    assert sorted(set(prompts["mode"])) == ["no_think", "think"]
+    # A strong bias on end-of-turn makes random-model samples end at varied lengths before the cap.
+    cfg = OnPolicy(max_completion_length=12, train=TrainOptions(
+        max_steps=1, batch_size=6, trainer={"generation_kwargs": {"sequence_bias": [[[eot], 10.0]]}}))
+    ctx = StageContext(stage_id="distill", dir=tmp_path / "stage", input_model=str(student))
+    trainer = on_policy_trainer(ctx, str(teacher), cfg, prompts)
+    assert eot in trainer.eos_token_ids
+    seen = {"student": [], "teacher": []}  # the student's calls: sampling first, then the loss forward
+    for name, model in (("student", trainer.model), ("teacher", trainer.teacher_model)):
+        model.model.register_forward_hook(
+            lambda module, args, kwargs, out, name=name: seen[name].append(kwargs["input_ids"].clone()),
+            with_kwargs=True)
+    batches = []
+    compute = trainer._compute_loss
+    trainer._compute_loss = lambda student, inputs, n: batches.append(inputs) or compute(student, inputs, n)
+    trainer.train()
+    assert len(seen["teacher"]) == 1 and torch.equal(seen["student"][-1], seen["teacher"][0])
+    inputs, engine = batches[0], GenerationEngine(tok)
+    rendered = {tuple(engine.render(m, mode)): mode for m, mode in zip(prompts["messages"], prompts["mode"],
+                                                                         strict=True)}
+    ends, ended = {"think": "<|im_start|>assistant\n", "no_think": "<|im_start|>assistant\n<think>\n\n</think>\n\n"}, 0
+    for row, row_mask, prompt, prompt_mask in zip(inputs["completion_ids"].tolist(), inputs["completion_mask"].tolist(),
+                                                  inputs["prompt_ids"].tolist(), inputs["prompt_mask"].tolist(),
+                                                  strict=True):
+        prompt = tuple(t for t, m in zip(prompt, prompt_mask, strict=True) if m)
+        assert prompt in rendered and tok.decode(prompt).endswith(ends[rendered[prompt]])
+        length = sum(row_mask)
+        assert row_mask == [1] * length + [0] * (len(row_mask) - length)
+        if eot in row[:length]:
+            ended += 1
+            assert row.index(eot) == length - 1  # the end-of-turn token is the last one in the loss
+    assert ended and any(sum(m) < 12 for m in inputs["completion_mask"].tolist())
+
+
+def test_compared_stages_get_accuracy_against_cpu_seconds_curves(tmp_path, tiny_model):
+    """Table 21's shape: each compared branch is scored at evenly spaced points of its training, each
+    point with the CPU seconds spent to reach it; report.md carries the table and the plot."""
+    run_dir, planned = run_pipeline(tmp_path, f"""
+        name: t21
+        model: {tiny_model}
+        output_dir: {tmp_path / 'run'}
+        compare: [rl, distill]
+        compare_points: 3
+        eval: {{suites: {{lin: {{family: linear, n: 2}}}}, modes: [think, no_think], samples: 2, pass_k: [1, 2],
+                max_new_tokens: 8}}
+        stages:
+          - stage: reasoning_rl
+            id: rl
+            eval: false
+            config:
+              queries: {{families: {{arithmetic: 4}}, k: 2, band: [-1.0, 2.0], max_new_tokens: 8}}
+              num_generations: 2
+              max_completion_length: 8
+              train: {{max_steps: 3, batch_size: 4}}
+          - stage: distill
+            model: "@base"
+            config:
+              student: "@rl"
+              prompts: {{families: {{arithmetic: 4}}}}
+              off_policy: {{enabled: false}}
+              on_policy: {{max_completion_length: 8, train: {{max_steps: 3, batch_size: 2}}}}
+        """)
+    for p in planned:
+        curve = json.loads((p.ctx.dir / "curve" / "curve.json").read_text())
+        assert [c["step"] for c in curve] == [1, 2, 3] and curve[-1]["model"] == str(p.ctx.model_dir)
+        cpu = [c["cpu_time_s"] for c in curve]
+        assert cpu == sorted(cpu) and cpu[0] > 0
+        assert all(c["suites"]["lin"]["think"]["samples"] == 2 for c in curve)
+        assert not any(Path(c["model"]).exists() for c in curve[:-1])  # snapshot weights removed once scored
+    report = (run_dir / "report.md").read_text()
+    assert "| lin pass@1 | lin pass@k | lin no-think | lin length | lin truncated |" in report
+    assert "| rl | 2 | " in report and "| distill | 3 | " in report
+    assert (run_dir / "plots" / "compute_curve.png").is_file() and "plots/compute_curve.png" in report
