@@ -3,6 +3,7 @@ PY      := .venv/bin/python
 CLI     := .venv/bin/posttrain
 PIPELINE ?= pipelines/demo.yaml
 CONFIG  ?=
+ARGS    ?=
 
 .PHONY: install install-vllm test test-vllm lint demo pipeline cold-start reasoning-rl fusion general-rl distill help
 
@@ -13,8 +14,8 @@ help:
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make test-vllm the vLLM tests (installs vLLM first)"
 	@echo "make lint      ruff (configured in pyproject.toml)"
-	@echo "make pipeline PIPELINE=pipelines/X.yaml"
-	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml to override)"
+	@echo "make pipeline PIPELINE=pipelines/X.yaml [ARGS=\"stages.ID.config.train.max_steps=10 seed=3\"]"
+	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml, ARGS=\"train.max_steps=10\")"
 	@echo "make distill [TEACHER=dir] [STUDENT=layers=10]   (default teacher: newest run's best model)"
 
 # torch goes in first, pinned, so nothing below pulls a CUDA build.
@@ -53,22 +54,22 @@ lint: install
 	$(PY) -m ruff check .
 
 demo: install
-	$(CLI) run pipelines/demo.yaml
+	$(CLI) run pipelines/demo.yaml $(ARGS)
 
 pipeline: install
-	$(CLI) run $(PIPELINE)
+	$(CLI) run $(PIPELINE) $(ARGS)
 
 cold-start: install
-	$(CLI) stage cold_start --config $(or $(CONFIG),pipelines/stages/cold_start.yaml)
+	$(CLI) stage cold_start --config $(or $(CONFIG),pipelines/stages/cold_start.yaml) $(ARGS)
 
 reasoning-rl: install
-	$(CLI) stage reasoning_rl --config $(or $(CONFIG),pipelines/stages/reasoning_rl.yaml)
+	$(CLI) stage reasoning_rl --config $(or $(CONFIG),pipelines/stages/reasoning_rl.yaml) $(ARGS)
 
 fusion: install
-	$(CLI) stage fusion --config $(or $(CONFIG),pipelines/stages/fusion.yaml)
+	$(CLI) stage fusion --config $(or $(CONFIG),pipelines/stages/fusion.yaml) $(ARGS)
 
 general-rl: install
-	$(CLI) stage general_rl --config $(or $(CONFIG),pipelines/stages/general_rl.yaml)
+	$(CLI) stage general_rl --config $(or $(CONFIG),pipelines/stages/general_rl.yaml) $(ARGS)
 
 distill: install
 	$(CLI) distill --config $(or $(CONFIG),pipelines/stages/distill.yaml) \

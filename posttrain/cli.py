@@ -13,7 +13,7 @@ from posttrain.vllm_support import VLLMError
 
 def _run(args) -> None:
     from posttrain import pipeline
-    cfg, planned = pipeline.load(args.pipeline, args.output_dir)
+    cfg, planned = pipeline.load(args.pipeline, args.output_dir, args.overrides)
     print(pipeline.describe(cfg, planned))
     if args.dry_run:
         print("dry run: config is valid; nothing was run")
@@ -25,8 +25,8 @@ def _run(args) -> None:
 def _stage(args) -> None:
     """One stage from a stage config file: the stage's keys, plus optional model/output_dir/seed."""
     from posttrain import pipeline
-    from posttrain.config import load_yaml
-    data = load_yaml(args.config)
+    from posttrain.config import apply_overrides, load_yaml
+    data = apply_overrides(load_yaml(args.config), args.overrides, f"{args.config} (command-line overrides)")
     top = {k: data.pop(k) for k in ("model", "output_dir", "seed", "backend", "eval") if k in data}
     if args.model:
         top["model"] = args.model
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate the whole YAML and print the plan")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun from this stage id on")
     p.add_argument("--output-dir", help="run directory (default: the YAML's output_dir or runs/NAME)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, values as YAML: stages.cold_start.config.train.max_steps=10 seed=3")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("stage", help="run one stage from its config file")
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="input model (default: the config's `model`, else the default model)")
     p.add_argument("--output-dir")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides of the stage config, values as YAML: train.max_steps=10 seed=3")
     p.set_defaults(func=_stage)
 
     p = sub.add_parser("distill", help="strong-to-weak distillation: off-policy, then on-policy")
@@ -192,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides after options (argparse only takes them before)
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

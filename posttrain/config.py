@@ -5,6 +5,7 @@ Every error is one line that names the file and the key, and is raised before an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -51,6 +52,39 @@ def _load(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     for parent in parents:
         merged = merge(merged, _load(path.parent / parent, seen + (path,)))
     return merge(merged, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "command line") -> dict[str, Any]:
+    """`a.b.c=VALUE` overrides (VALUE parsed as YAML) on a loaded mapping, as Hydra's users expect.
+    Under `stages`, the next key is a stage id (or its kind): `stages.cold_start.config.train.max_steps=10`.
+    The result is checked by the same dataclasses as the file, so a wrong key or type is an error."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        if not sep or not dotted or any(not k for k in dotted.split(".")):
+            raise ConfigError(f"{where}: override {item!r}: expected KEY.PATH=VALUE")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: override {item!r}: invalid YAML value: {' '.join(str(err).split())}") from None
+        node, keys = out, dotted.split(".")
+        for i, k in enumerate(keys[:-1]):
+            if isinstance(node, list):  # the stages list: find the stage by id
+                ids = [_stage_id(e) for e in node]
+                if k not in ids:
+                    raise ConfigError(f"{where}: override {item!r}: no stage {k!r} "
+                                      f"(stages: {', '.join(map(str, ids))})")
+                node = node[ids.index(k)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: override {item!r}: {'.'.join(keys[:i])} is not a mapping")
+            if not isinstance(node.get(k), (dict, list)):
+                node[k] = {}
+            node = node[k]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: override {item!r}: {'.'.join(keys[:-1])} is not a mapping")
+        node[keys[-1]] = value
+    return out
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 import stages
-from posttrain.config import ConfigError, from_dict, load_yaml, to_dict
+from posttrain.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from posttrain.rundir import StageContext, archive, read_json, write_json
 
 log = logging.getLogger("posttrain.pipeline")
@@ -63,9 +63,11 @@ class PlannedStage:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load(path: str | Path, output_dir: str | None = None) -> tuple[PipelineConfig, list[PlannedStage]]:
-    """Read, inherit, check every key of a pipeline YAML, and plan its stages (no model loads)."""
-    data = load_yaml(path)
+def load(path: str | Path, output_dir: str | None = None,
+         overrides: list[str] | None = None) -> tuple[PipelineConfig, list[PlannedStage]]:
+    """Read, inherit, override (`a.b=VALUE`), check every key of a pipeline YAML, and plan its stages
+    (no model loads)."""
+    data = apply_overrides(load_yaml(path), overrides or [], f"{path} (command-line overrides)")
     cfg = from_dict(PipelineConfig, data, str(path))
     return cfg, plan(cfg, str(path), output_dir)
 

@@ -111,3 +111,29 @@ def test_dry_run_cli_one_line_error_and_no_model_load(tmp_path, base):
     assert ok.returncode == 0, ok.stderr
     assert "1. first" in ok.stdout and "2. second" in ok.stdout and "dry run" in ok.stdout
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_command_line_overrides_are_checked_like_the_file(tmp_path, base, capsys):
+    from posttrain.cli import main
+    cfg, planned = pipeline.load(base, overrides=["stages.first.config.train.max_steps=10", "seed=7",
+                                                  "stages.second.config.train.lora={r: 4}", "backend=vllm"])
+    assert cfg.seed == 7 and cfg.backend == "vllm" and planned[0].config.train.max_steps == 10
+    assert planned[0].config.train.learning_rate == 1e-4 and planned[1].config.train.lora.r == 4
+    assert load_yaml(base)["seed"] == 3  # the file is untouched
+    for override, error in [("stages.third.config.x=1", "no stage 'third' (stages: first, second)"),
+                            ("seed", "expected KEY.PATH=VALUE"),
+                            ("stages.first.config.train.max_steps=ten", "max_steps: expects int, got str 'ten'"),
+                            ("stages.first.config.nope=1", "unknown key 'nope'"),
+                            ("seed=[1", "invalid YAML value")]:
+        with pytest.raises(ConfigError, match=error.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            pipeline.load(base, overrides=[override])
+    out = tmp_path / "out"
+    assert main(["run", str(base), "--dry-run", "--output-dir", str(out), "stages.second.enabled=false"]) == 0
+    assert "2. second" not in capsys.readouterr().out
+    assert main(["run", str(base), "--dry-run", "seed=x"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"posttrain run: error: {base}: seed: expects int, got str 'x'"
+    stage = write(tmp_path / "stage.yaml", f"data: {planned[0].config.data}\ntrain: {{max_steps: 4}}\n")
+    assert main(["stage", "sft", "--config", str(stage), "--dry-run", "train.max_steps=5", "seed=2"]) == 0
+    assert main(["stage", "sft", "--config", str(stage), "--dry-run", "train.max_steps=x"]) == 2
+    assert "stages[0] (sft).config.train.max_steps: expects int, got str 'x'" in capsys.readouterr().err
