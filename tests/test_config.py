@@ -137,3 +137,19 @@ def test_command_line_overrides_are_checked_like_the_file(tmp_path, base, capsys
     assert main(["stage", "sft", "--config", str(stage), "--dry-run", "train.max_steps=5", "seed=2"]) == 0
     assert main(["stage", "sft", "--config", str(stage), "--dry-run", "train.max_steps=x"]) == 2
     assert "stages[0] (sft).config.train.max_steps: expects int, got str 'x'" in capsys.readouterr().err
+
+
+def test_fresh_keeps_the_previous_run_and_starts_a_new_one(tmp_path, base, monkeypatch, capsys):
+    from posttrain.cli import main
+    out = tmp_path / "out"
+    (out / "01_first").mkdir(parents=True)
+    (out / "01_first" / "COMPLETE").write_text("{}")
+    started = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg, planned, from_stage=None: started.append(planned) or out)
+    assert main(["run", str(base), "--output-dir", str(out), "--fresh", "--dry-run"]) == 0
+    assert (out / "01_first" / "COMPLETE").is_file()  # a dry run moves nothing
+    assert main(["run", str(base), "--output-dir", str(out), "--fresh"]) == 0
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.")]
+    assert len(kept) == 1 and (kept[0] / "01_first" / "COMPLETE").is_file()
+    assert not (out / "01_first").exists() and "1. first" in capsys.readouterr().out
+    assert not started[0][0].ctx.is_complete()
