@@ -25,7 +25,10 @@ def _run(args) -> None:
         print("dry run: config is valid; nothing was run")
         return
     run_dir = pipeline.run(cfg, planned, from_stage=args.from_stage)
-    print(f"done: {run_dir / 'report.md'}")
+    import json
+
+    from posttrain.report import summary
+    print("\n".join(summary(json.loads((run_dir / "report.json").read_text()))))
 
 
 def _stage(args) -> None:
@@ -203,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """No wall of library chatter on the terminal (`-v` keeps it): vLLM's INFO lines, deprecation
+    FutureWarnings, and transformers' per-load tokenizer notice."""
+    import os
+    import warnings
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("transformers.tokenization_utils_tokenizers").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -212,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        _quiet_libraries()
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, VLLMError) as err:

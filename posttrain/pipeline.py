@@ -170,11 +170,13 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
     evaluator = _evaluator(cfg, run_dir)
     if evaluator:
         evaluator(cfg.model, run_dir / "base_eval.json", "base")
+    began = time.time()
     for p in planned:
+        at = f"stage {p.index + 1}/{len(planned)} {p.ctx.stage_id}"
         if p.ctx.is_complete():
-            log.info("stage %s: done, skipping", p.ctx.stage_id)
+            log.info("%s: done in an earlier run (%s s), skipping", at, p.ctx.completion_info().get("wall_time_s"))
         else:
-            log.info("stage %s [%s]: %s", p.ctx.stage_id, p.spec.stage, p.ctx.dir)
+            log.info("%s [%s]: %s (run time so far %.0f s)", at, p.spec.stage, p.ctx.dir, time.time() - began)
             p.ctx.dir.mkdir(parents=True, exist_ok=True)
             start, cpu, resumed = time.time(), _cpu_seconds(), p.ctx.last_checkpoint() is not None
             p.ctx.extra["cpu_start"] = cpu
@@ -182,6 +184,7 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
             p.ctx.mark_complete({"config_hash": p.config_hash, "wall_time_s": round(time.time() - start, 2),
                                  "cpu_time_s": round(_cpu_seconds() - cpu, 2), "resumed": resumed,
                                  "metrics": metrics})
+            log.info("%s: finished in %.0f s wall, %.0f s CPU", at, time.time() - start, _cpu_seconds() - cpu)
         if evaluator and p.spec.eval:
             evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json", p.ctx.stage_id)
         if cfg.eval and p.ctx.extra.get("curve_points"):

@@ -320,6 +320,29 @@ def plot_compute_curve(report: dict[str, Any], ids: list[str], path: Path, mode:
     return True
 
 
+def summary(report: dict[str, Any]) -> list[str]:
+    """Five lines for the terminal at the end of a run: stages and times, the last evaluated model's
+    accuracy (think mode) against the base model's, its ThinkFollow, and where the report is."""
+    stages = report["stages"]
+    wall = sum(s.get("wall_time_s") or 0 for s in stages)
+    times = ", ".join(f"{s['id']} {s.get('wall_time_s') or '-'} s" for s in stages)
+    last = next((s for s in reversed(stages) if s.get("eval")), None)
+    base = (report["base"].get("eval") or {}).get("suites") or {}
+    lines = [f"pipeline {report.get('pipeline')}: {len(stages)} stage(s), {wall:.0f} s of stage wall time",
+             f"stages: {times}"]
+    if last:
+        cells = [f"{suite} {r['think']['accuracy']:.3f}" + (f" (base {base[suite]['think']['accuracy']:.3f})"
+                                                             if "think" in base.get(suite, {}) else "")
+                 for suite, r in (last["eval"].get("suites") or {}).items() if "think" in r]
+        lines.append(f"{last['id']} think accuracy: {', '.join(cells) or 'not measured'}")
+        tf = (last["eval"].get("think_follow") or {}).get("score")
+        lines.append(f"{last['id']} ThinkFollow: {tf:.3f}" if tf is not None else "ThinkFollow: not measured")
+    else:
+        lines += ["eval: none (the pipeline has no `eval`)", ""]
+    lines.append(f"report: {Path(report['run_dir']) / 'report.md'}")
+    return [line for line in lines if line]
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
 

@@ -100,8 +100,33 @@ def curve_snapshots(ctx: StageContext):
     return CurveSnapshots()
 
 
+def status_lines(ctx: StageContext):
+    """A callback that logs one status line at every tenth of training: step k/N, elapsed, time left."""
+    import time
+
+    from transformers import TrainerCallback
+
+    def clock(seconds: float) -> str:
+        return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
+
+    class StatusLines(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.first = time.time(), state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step, total = state.global_step, state.max_steps
+            if step % max(1, total // 10) and step != total:
+                return
+            elapsed = time.time() - self.start
+            left = elapsed / max(1, step - self.first) * (total - step)
+            log.info("%s: training step %d/%d, %s elapsed, ~%s left", ctx.stage_id, step, total, clock(elapsed),
+                     clock(left))
+    return StatusLines()
+
+
 def train(ctx: StageContext, trainer) -> None:
     """Train, resuming from this stage's last checkpoint when a previous run was interrupted."""
+    trainer.add_callback(status_lines(ctx))
     if ctx.extra.get("curve_points"):
         trainer.add_callback(curve_snapshots(ctx))
     vllm = getattr(trainer.args, "use_vllm", False)

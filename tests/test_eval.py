@@ -215,3 +215,14 @@ def test_think_follow_paired_gain():
     assert g["diff"] == pytest.approx(0.5) and g["se"] == pytest.approx(statistics.stdev([0, 1, 1, 0]) / 2)
     assert compare_think_follow(before, {"think_follow": {**after["think_follow"], "items_sha": "t"}}) is None
     assert compare_think_follow(before, {}) is None
+
+
+def test_terminal_summary_reads_the_last_evaluated_model():
+    from posttrain.report import summary
+    think = {"lin": {"think": {"accuracy": 0.5}, "no_think": {"accuracy": 0.25}}}
+    report = {"pipeline": "p", "run_dir": "runs/p", "base": {"eval": {"suites": {"lin": {"think": {"accuracy": 0.1}}}}},
+              "stages": [{"id": "a", "wall_time_s": 10.0, "eval": {"suites": think, "think_follow": {"score": 0.75}}},
+                         {"id": "b", "wall_time_s": 5.5, "eval": None}]}
+    assert summary(report) == ["pipeline p: 2 stage(s), 16 s of stage wall time", "stages: a 10.0 s, b 5.5 s",
+                               "a think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750",
+                               "report: runs/p/report.md"]

@@ -80,10 +80,15 @@ def test_killed_stage_resumes_then_skips(toy, tmp_path):
     assert [s["id"] for s in report["stages"]] == ["first", "second"]
     assert all(s["wall_time_s"] > 0 for s in report["stages"])
     assert (run / "report.md").is_file()
+    assert "stage 2/2 second [sft]" in resumed.stderr and "second: training step 2/2" in resumed.stderr
+    assert "first: training step 6/6" in resumed.stderr and "left" in resumed.stderr  # status lines
+    summary = resumed.stdout.strip().splitlines()[-4:]  # the terminal summary (this toy has no eval)
+    assert summary[0].startswith("pipeline toy: 2 stage(s)") and summary[1].startswith("stages: first ")
+    assert summary[2:] == ["eval: none (the pipeline has no `eval`)", f"report: {run / 'report.md'}"]
 
     stamp = (run / "02_second" / "model" / "model.safetensors").stat().st_mtime
     again = cli("run", str(toy))
-    assert again.returncode == 0 and again.stderr.count("done, skipping") == 2
+    assert again.returncode == 0 and again.stderr.count("done in an earlier run") == 2
     assert (run / "02_second" / "model" / "model.safetensors").stat().st_mtime == stamp
 
     rerun = cli("run", str(toy), "--from", "second")
