@@ -117,7 +117,8 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
             ax.plot(steps, values, marker=".")
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("step")
-        fig.suptitle(p.ctx.stage_id)
+            ax.set_ylabel(tag.rsplit("/", 1)[-1])
+        fig.suptitle(f"{p.ctx.stage_id}: training curves")
         fig.tight_layout()
         name = f"plots/{p.ctx.stage_id}_training.png"
         fig.savefig(run_dir / name, dpi=90)
@@ -135,7 +136,9 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
             xs = [i + k * width for i in range(len(labels))]
             ax.bar(xs, [values.get(lab, 0.0) for lab in labels], width, label=f"{suite} ({mode})")
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels)
-        ax.set_ylabel("accuracy")
+        ax.set_xlabel("model")
+        ax.set_ylabel("accuracy (pass@1)")
+        ax.set_title("Held-out accuracy per model, suite and mode", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(run_dir / "plots/eval_accuracy.png", dpi=90)
@@ -175,7 +178,24 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
         lines += ["", extra]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def notes(report: dict[str, Any], planned) -> list[str]:
+    """One line for each part of the report that is missing, saying why."""
+    out = []
+    if not report["base"].get("eval"):
+        out.append("no evaluation: the pipeline has no `eval` suites")
+    for p, s in zip(planned, report["stages"], strict=True):
+        if not p.ctx.is_complete():
+            out.append(f"{s['id']}: not finished, so no model, times or eval")
+        elif report["base"].get("eval") and not s.get("eval"):
+            out.append(f"{s['id']}: not evaluated (`eval: false` for this stage)")
+        if p.ctx.is_complete() and not _scalars(p.ctx.tb_dir):
+            out.append(f"{s['id']}: no training curves (no TensorBoard scalars in {p.ctx.tb_dir.name}/)")
+    return out
 
 
 def _think_follow(report: dict[str, Any], gains: dict) -> list[str]:
@@ -310,7 +330,8 @@ def plot_compute_curve(report: dict[str, Any], ids: list[str], path: Path, mode:
             ax.errorbar([p["cpu_time_s"] for p in points], [r["accuracy"] for r in rs],
                         yerr=[r.get("accuracy_se") or 0 for r in rs], marker="o", capsize=3, label=i)
         ax.set_title(f"{suite} ({mode} pass@1)", fontsize=9)
-        ax.set_xlabel("CPU seconds")
+        ax.set_xlabel("CPU seconds spent by the stage")
+        ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -350,6 +371,7 @@ def _fmt(value: Any) -> str:
 def write_report(run_dir: Path, cfg, planned, sections: list[str] | None = None) -> Path:
     report = collect(run_dir, planned)
     report["pipeline"] = cfg.name
+    report["notes"] = notes(report, planned)
     report["sections"] = list(sections or [])
     if getattr(cfg, "compare", None):
         report["sections"].append(comparison(report, cfg.compare))

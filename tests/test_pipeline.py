@@ -79,7 +79,7 @@ def test_killed_stage_resumes_then_skips(toy, tmp_path):
     report = json.loads((run / "report.json").read_text())
     assert [s["id"] for s in report["stages"]] == ["first", "second"]
     assert all(s["wall_time_s"] > 0 for s in report["stages"])
-    assert (run / "report.md").is_file()
+    assert "- no evaluation: the pipeline has no `eval` suites" in (run / "report.md").read_text()
     assert "stage 2/2 second [sft]" in resumed.stderr and "second: training step 2/2" in resumed.stderr
     assert "first: training step 6/6" in resumed.stderr and "left" in resumed.stderr  # status lines
     summary = resumed.stdout.strip().splitlines()[-4:]  # the terminal summary (this toy has no eval)

@@ -270,3 +270,15 @@ def test_compared_stages_get_accuracy_against_cpu_seconds_curves(tmp_path, tiny_
     assert "| lin pass@1 | lin pass@k | lin no-think | lin length | lin truncated |" in report
     assert "| rl | 2 | " in report and "| distill | 3 | " in report
     assert (run_dir / "plots" / "compute_curve.png").is_file() and "plots/compute_curve.png" in report
+    assert "- rl: not evaluated (`eval: false` for this stage)" in report
+    # every accuracy in report.md's evaluation table is report.json's, row by row
+    data = json.loads((run_dir / "report.json").read_text())
+    models = {"base": data["base"]["eval"], **{s["id"]: s["eval"] for s in data["stages"] if s["eval"]}}
+    table = report.split("## Evaluation")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    checked = 0
+    for model, suite, mode, acc, *_ in rows[1:]:
+        r = models[model]["suites"][suite][mode]
+        assert acc == f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}"
+        checked += 1
+    assert checked == 4  # base and distill, in both modes
