@@ -105,7 +105,8 @@ def on_policy_prompts(cfg: Config, seed: int, student: str):
     """Prompts with a mode drawn per prompt, so the student samples in both modes: flagged, and
     rendered as the generation engine renders them for that mode (a no-think prompt ends with the
     empty think block). TRL then tokenizes the text as is, so student and teacher score what the
-    evaluation samples; left to the flag alone, the student wrote think blocks in no-think mode."""
+    evaluation samples; with the flag alone, whether a no-think sample thinks was left to the
+    student's own flag-following, and the teacher scored that."""
     from datasets import Dataset
 
     from posttrain.generation import GenerationEngine
