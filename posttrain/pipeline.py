@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import yaml
 
 import stages
 from posttrain.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
-from posttrain.rundir import StageContext, archive, read_json, write_json
+from posttrain.rundir import StageContext, archive, cpu_seconds, read_json, write_json
 
 log = logging.getLogger("posttrain.pipeline")
 
@@ -178,13 +177,13 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
         else:
             log.info("%s [%s]: %s (run time so far %.0f s)", at, p.spec.stage, p.ctx.dir, time.time() - began)
             p.ctx.dir.mkdir(parents=True, exist_ok=True)
-            start, cpu, resumed = time.time(), _cpu_seconds(), p.ctx.last_checkpoint() is not None
+            start, cpu, resumed = time.time(), cpu_seconds(), p.ctx.last_checkpoint() is not None
             p.ctx.extra["cpu_start"] = cpu
             metrics = stages.get(p.spec.stage).run(p.ctx, p.config) or {}
             p.ctx.mark_complete({"config_hash": p.config_hash, "wall_time_s": round(time.time() - start, 2),
-                                 "cpu_time_s": round(_cpu_seconds() - cpu, 2), "resumed": resumed,
+                                 "cpu_time_s": round(cpu_seconds() - cpu, 2), "resumed": resumed,
                                  "metrics": metrics})
-            log.info("%s: finished in %.0f s wall, %.0f s CPU", at, time.time() - start, _cpu_seconds() - cpu)
+            log.info("%s: finished in %.0f s wall, %.0f s CPU", at, time.time() - start, cpu_seconds() - cpu)
         if evaluator and p.spec.eval:
             evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json", p.ctx.stage_id)
         if cfg.eval and p.ctx.extra.get("curve_points"):
@@ -222,12 +221,6 @@ def _curve(cfg: PipelineConfig, p: PlannedStage) -> list[dict]:
             shutil.rmtree(point["model"], ignore_errors=True)
     write_json(path, points)
     return points
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (user + system), all cores summed."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _evaluator(cfg: PipelineConfig, run_dir: Path):

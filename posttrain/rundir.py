@@ -34,6 +34,13 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system), all cores summed."""
+    import resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.is_file() else default
 

@@ -70,19 +70,14 @@ def curve_snapshots(ctx: StageContext):
     spent so far (data building included), for accuracy-against-compute curves; `curve.json` lists
     them and the final model is the last point. Set up by the pipeline (`compare_points`)."""
     import copy
-    import resource
     import time
 
     from transformers import TrainerCallback
 
     from posttrain.models import save
-    from posttrain.rundir import read_json, write_json
+    from posttrain.rundir import cpu_seconds, read_json, write_json
     points, start = ctx.extra["curve_points"], ctx.extra.get("cpu_start")
     curve_dir = ctx.extra["curve_dir"]
-
-    def cpu_seconds() -> float:
-        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
     class CurveSnapshots(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
