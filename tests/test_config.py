@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -145,7 +146,13 @@ def test_fresh_keeps_the_previous_run_and_starts_a_new_one(tmp_path, base, monke
     (out / "01_first").mkdir(parents=True)
     (out / "01_first" / "COMPLETE").write_text("{}")
     started = []
-    monkeypatch.setattr(pipeline, "run", lambda cfg, planned, from_stage=None: started.append(planned) or out)
+
+    def fake_run(cfg, planned, from_stage=None):  # what the CLI needs of a run: its report.json
+        started.append(planned)
+        out.mkdir(exist_ok=True)
+        (out / "report.json").write_text(json.dumps({"pipeline": "base", "run_dir": str(out), "base": {}, "stages": []}))
+        return out
+    monkeypatch.setattr(pipeline, "run", fake_run)
     assert main(["run", str(base), "--output-dir", str(out), "--fresh", "--dry-run"]) == 0
     assert (out / "01_first" / "COMPLETE").is_file()  # a dry run moves nothing
     assert main(["run", str(base), "--output-dir", str(out), "--fresh"]) == 0
