@@ -150,7 +150,8 @@ def test_fresh_keeps_the_previous_run_and_starts_a_new_one(tmp_path, base, monke
     def fake_run(cfg, planned, from_stage=None):  # what the CLI needs of a run: its report.json
         started.append(planned)
         out.mkdir(exist_ok=True)
-        (out / "report.json").write_text(json.dumps({"pipeline": "base", "run_dir": str(out), "base": {}, "stages": []}))
+        report = {"pipeline": "base", "run_dir": str(out), "base": {}, "stages": []}
+        (out / "report.json").write_text(json.dumps(report))
         return out
     monkeypatch.setattr(pipeline, "run", fake_run)
     assert main(["run", str(base), "--output-dir", str(out), "--fresh", "--dry-run"]) == 0
