@@ -189,7 +189,8 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
             config:
               student: layers=1
               prompts: {{families: {{arithmetic: 4}}}}
-              off_policy: {{max_new_tokens: 8, filter_by_reward: false, train: {{max_steps: 1, batch_size: 2}}}}
+              off_policy: {{max_new_tokens: 8, filter_by_reward: false, min_examples: 1,
+                           train: {{max_steps: 1, batch_size: 2}}}}
               on_policy: {{max_completion_length: 8, use_vllm: true,
                           train: {{max_steps: 1, batch_size: 2, trainer: {{vllm_gpu_memory_utilization: 0.15}}}}}}
         """))
