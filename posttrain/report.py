@@ -75,6 +75,15 @@ def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
     return out
 
 
+def _save(fig, path: Path) -> None:
+    """Write a figure as a PNG and free it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_budget_curve(curve: dict[str, Any], path: Path) -> None:
     """Think-mode accuracy (± s.e.) per suite against the thinking budget; 'none' is no budget."""
     import matplotlib
@@ -93,10 +102,7 @@ def plot_budget_curve(curve: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Accuracy vs thinking budget: {curve.get('stage') or curve['model']}", fontsize=9)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | None = None) -> list[str]:
@@ -334,10 +340,7 @@ def plot_compute_curve(report: dict[str, Any], ids: list[str], path: Path, mode:
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
