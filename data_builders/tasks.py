@@ -77,10 +77,14 @@ def load_tasks(spec: str | Path | dict[str, Any]) -> dict[str, TaskKind]:
         raise ConfigError(f"{where}: `tasks` must be a non-empty mapping name -> task kind")
     kinds = {}
     for name, body in table.items():
+        if body is None:  # `name: null` drops a kind a `defaults:` file defined
+            continue
         try:
             kinds[str(name)] = from_dict(TaskKind, body, f"tasks.{name}")
         except ValueError as err:
             raise ConfigError(f"{where}: tasks.{name}: {err}") from None
+    if not kinds:
+        raise ConfigError(f"{where}: every task kind is null: nothing to train or score")
     return kinds
 
 

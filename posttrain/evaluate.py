@@ -209,12 +209,10 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             results["suites"][name][mode] = r
             log.info("eval %s %s: accuracy %.3f pass@k %s", name, mode, r["accuracy"], r["pass_at_k"])
     if cfg.think_follow is not None:
-        from dataclasses import asdict
-
         from data_builders.flags import suite as tf_suite
         tf, old = cfg.think_follow, previous.get("think_follow")
         sha = plans_sha(tf_suite(tf.kinds, tf.n, tf.seed, tf.max_turns))
-        if _reusable(old, sha, {**asdict(tf), "eval_seed": seed}):
+        if _reusable(old, sha, tf.settings(seed)):
             results["think_follow"] = old
         else:
             results["think_follow"] = think_follow(get_engine(), tf, seed=seed)

@@ -238,13 +238,16 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path):
 
     def run_eval(model: str, path: Path, label: str) -> dict:
         """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest;
-        task kinds only for the models `eval.tasks.models` names (base or stage ids; default all)."""
+        task kinds and ThinkFollow only for the models their `models:` names (base or stage ids; default all)."""
         cached = read_json(path)
-        wanted = eval_cfg.tasks is not None and (not eval_cfg.tasks.models or label in eval_cfg.tasks.models)
-        results = evaluate(model, eval_cfg if wanted else replace(eval_cfg, tasks=None), backend=cfg.backend,
-                           seed=cfg.seed, previous=cached, resolve=resolve)
-        if not wanted and cached and cached.get("tasks"):
-            results["tasks"] = cached["tasks"]  # scored under an earlier config: kept
+        wanted = {part: getattr(eval_cfg, part) is not None and (not getattr(eval_cfg, part).models
+                                                                  or label in getattr(eval_cfg, part).models)
+                  for part in ("tasks", "think_follow")}
+        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes})
+        results = evaluate(model, this_cfg, backend=cfg.backend, seed=cfg.seed, previous=cached, resolve=resolve)
+        for part, yes in wanted.items():
+            if not yes and cached and cached.get(part):
+                results[part] = cached[part]  # scored under an earlier config: kept
         if cached is None or any(results.get(k) != cached.get(k) for k in ("suites", "think_follow", "tasks")):
             write_json(path, results)
         return results

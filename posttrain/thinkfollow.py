@@ -27,10 +27,15 @@ class ThinkFollowConfig:
     kinds: dict[str, float] = field(default_factory=lambda: {"reasoning": 0.5, "instruction": 0.2, "qa": 0.15,
                                                               "rewrite": 0.15})
     max_new_tokens: int = 96  # enough to see the block; a thinking turn may be cut off
+    models: list[str] | None = None  # in a pipeline: the models scored (`base`, stage ids); default all
 
     def __post_init__(self):
         from data_builders.flags import FlagMix
         FlagMix(kinds=self.kinds)  # the same checks as the builder's
+
+    def settings(self, seed: int) -> dict[str, Any]:
+        """What a score depends on (which models get one does not change it)."""
+        return {k: v for k, v in asdict(self).items() if k != "models"} | {"eval_seed": seed}
 
 
 def plans_sha(plans: list[dict[str, Any]]) -> str:
@@ -71,6 +76,6 @@ def think_follow(engine, cfg: ThinkFollowConfig, seed: int = 0, plans: list[dict
             "by_mode": {m: share(lambda t, m=m: t["mode"] == m) for m in MODES},
             "by_flag": {w or "none": share(lambda t, w=w: t["where"] == w) for w in ("user", "system", None)},
             "multi_turn": share(lambda t: id(t) in multi),
-            "items_sha": plans_sha(plans), "settings": {**asdict(cfg), "eval_seed": seed},
+            "items_sha": plans_sha(plans), "settings": cfg.settings(seed),
             "per_turn": [int(o) for _, o in turns],
             "examples": [{"messages": c, "follows": o} for c, o in zip(convs[:3], ok[:3], strict=True)]}

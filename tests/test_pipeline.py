@@ -143,3 +143,36 @@ def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
         config.num_hidden_layers = 10
         small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
     assert small <= full / 2, (small, full)
+
+
+def test_demo_covers_all_five_stages_with_the_kinds_it_names():
+    from data_builders.tasks import load_tasks
+    from posttrain import pipeline
+    cfg, planned = pipeline.load(REPO / "pipelines" / "demo.yaml")
+    assert {"cold_start", "reasoning_rl", "fusion", "reward_model", "general_rl", "distill"} <= \
+        {p.spec.stage for p in planned}
+    kinds = load_tasks(REPO / "pipelines" / "tasks_demo.yaml")
+    assert "tool_call_format" not in kinds and "shop_agent" not in kinds and "preference" in kinds
+
+
+def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeypatch):
+    import posttrain.evaluate as ev
+    from posttrain.pipeline import PipelineConfig, _evaluator
+    from posttrain.thinkfollow import ThinkFollowConfig
+    seen = {}
+
+    def fake_evaluate(model, cfg, **kw):
+        seen[model] = (cfg.think_follow is not None, cfg.tasks is not None)
+        return {"model": model, "suites": {}, **({"think_follow": {"score": 1.0}} if cfg.think_follow else {})}
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    cfg = PipelineConfig(name="t", stages=[], eval={
+        "suites": {"lin": {"family": "linear", "n": 2}}, "think_follow": {"n": 2, "models": ["fusion"]},
+        "tasks": {"spec": str(REPO / "pipelines" / "tasks.yaml"), "models": ["fusion"]}})
+    run_eval = _evaluator(cfg, tmp_path)
+    run_eval("a", tmp_path / "a.json", "base")
+    run_eval("b", tmp_path / "b.json", "fusion")
+    assert seen == {"a": (False, False), "b": (True, True)}
+    (tmp_path / "c.json").write_text(json.dumps({"suites": {}, "think_follow": {"score": 0.5}}))
+    assert run_eval("c", tmp_path / "c.json", "base")["think_follow"] == {"score": 0.5}  # an earlier score is kept
+    # which models are scored is not a setting of the score: earlier results stay reusable
+    assert ThinkFollowConfig(models=["fusion"]).settings(0) == ThinkFollowConfig().settings(0)

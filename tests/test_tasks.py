@@ -365,3 +365,12 @@ def test_model_refs_name_finished_stages_only(tmp_path):
     (tmp_path / "04_rm" / MARKER).write_text("{}")
     assert resolve_model_ref("@rm", tmp_path, "eval") == str(tmp_path / "04_rm" / "model")
     assert resolve_model_ref("some/path", None, "eval") == "some/path"
+
+
+def test_a_null_kind_drops_an_inherited_one(tmp_path):
+    spec = tmp_path / "tasks.yaml"
+    spec.write_text(f"defaults: {TASKS}\ntasks:\n  shop_agent: null\n  if_json: null\n")
+    kinds = load_tasks(spec)
+    assert "shop_agent" not in kinds and "if_json" not in kinds and "if_counts" in kinds
+    with pytest.raises(ConfigError, match="every task kind is null"):
+        load_tasks({"tasks": {"x": None}})
