@@ -208,12 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     """No wall of library chatter on the terminal (`-v` keeps it): vLLM's INFO lines, deprecation
-    FutureWarnings, and transformers' per-load tokenizer notice."""
+    FutureWarnings, transformers' per-load tokenizer notice and its weight-loading bars."""
     import os
     import warnings
+
+    from transformers.utils import logging as hf_logging
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("transformers.tokenization_utils_tokenizers").setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

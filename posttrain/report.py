@@ -10,6 +10,10 @@ from posttrain.rundir import read_json, write_json
 
 log = logging.getLogger("posttrain.report")
 CURVES = ("train/loss", "train/reward", "train/entropy", "train/completions/mean_length")
+# what the data builders made and dropped, per stage (cold-start filters and rejections per rule,
+# learnable-query selection, fusion mix, preference pairs, stage-4 mix, distillation kept/total)
+DATA_FILES = ("cold_start_data.json", "selection.json", "fusion_data.json", "pairs.json", "reward_model.json",
+              "general_rl_data.json", "off_policy/metrics.json")
 
 
 def collect(run_dir: Path, planned) -> dict[str, Any]:
@@ -23,7 +27,8 @@ def collect(run_dir: Path, planned) -> dict[str, Any]:
             "model": str(p.ctx.model_dir), "wall_time_s": info.get("wall_time_s"),
             "cpu_time_s": info.get("cpu_time_s"),
             "resumed": info.get("resumed"), "metrics": read_json(p.ctx.dir / "metrics.json", {}),
-            "eval": read_json(p.ctx.dir / "eval.json"), "curve": read_json(p.ctx.dir / "curve" / "curve.json")})
+            "eval": read_json(p.ctx.dir / "eval.json"), "curve": read_json(p.ctx.dir / "curve" / "curve.json"),
+            "data": {name: read_json(p.ctx.dir / name) for name in DATA_FILES if (p.ctx.dir / name).is_file()}})
     report["budget_curve"] = read_json(run_dir / "budget_curve.json")
     return report
 
@@ -40,6 +45,13 @@ def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def _curve_sources(ctx) -> list[tuple[str, Path]]:
+    """(name, TensorBoard dir) of a stage, or of each phase of a multi-phase stage (distill)."""
+    phases = [(f"{ctx.stage_id}_{d.name}", d / "tb") for d in sorted(ctx.dir.iterdir())
+              if (d / "tb").is_dir()] if ctx.dir.is_dir() else []
+    return [(ctx.stage_id, ctx.tb_dir)] if ctx.tb_dir.is_dir() or not phases else phases
+
+
 def _eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
     rows = []
     models = [("base", report["base"]["eval"])] + [(s["id"], s["eval"]) for s in report["stages"]]
@@ -51,20 +63,31 @@ def _eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
 
 
 def _gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
-    """Each stage's paired gain over the model it started from (when that was evaluated too): per
-    (stage, suite, mode) in accuracy, and per (stage, "think_follow", "") in ThinkFollow."""
+    """Each stage's paired gain over the model it started from, or over the nearest model before it
+    that has the measure: per (stage, suite, mode) in accuracy, per (stage, "think_follow", "") in
+    ThinkFollow."""
     from posttrain.evaluate import compare, compare_think_follow
     evals = {"base": report["base"]["eval"]} | {s["id"]: s["eval"] for s in report["stages"]}
     owner = {str(m): "base" for m in [(report["base"]["eval"] or {}).get("model")] if m} | {
         str(s["model"]): s["id"] for s in report["stages"] if s.get("model")}
+    inputs = {s["id"]: owner.get(str(s["input_model"])) for s in report["stages"]}
+
+    def nearest(sid: str, part: str) -> str | None:
+        ref = inputs[sid]
+        while ref and ref != "base" and not (evals[ref] or {}).get(part):
+            ref = inputs.get(ref)
+        return ref if ref and (evals[ref] or {}).get(part) else None
     out = {}
     for s in report["stages"]:
-        ref = owner.get(str(s["input_model"]))
-        if not (ref and evals[ref] and s["eval"]):
+        if not s["eval"]:
             continue
-        tf = compare_think_follow(evals[ref], s["eval"])
+        ref = nearest(s["id"], "think_follow")
+        tf = compare_think_follow(evals[ref], s["eval"]) if ref else None
         if tf:
             out[(s["id"], "think_follow", "")] = f"{100 * tf['diff']:+.1f} ± {100 * tf['se']:.1f} vs {ref}"
+        ref = nearest(s["id"], "suites")
+        if not ref:
+            continue
         try:
             gains = compare(evals[ref], s["eval"])
         except ValueError:  # evaluated on other items (or before per-item counts): no paired gain
@@ -112,8 +135,8 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     made = []
-    for p in planned:
-        scalars = _scalars(p.ctx.tb_dir)
+    for name, tb_dir in [source for p in planned for source in _curve_sources(p.ctx)]:
+        scalars = _scalars(tb_dir)
         tags = [t for t in CURVES if t in scalars] or sorted(t for t in scalars if t.startswith("train/"))[:4]
         if not tags:
             continue
@@ -124,12 +147,32 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("step")
             ax.set_ylabel(tag.rsplit("/", 1)[-1])
-        fig.suptitle(f"{p.ctx.stage_id}: training curves")
-        fig.tight_layout()
-        name = f"plots/{p.ctx.stage_id}_training.png"
-        fig.savefig(run_dir / name, dpi=90)
-        plt.close(fig)
-        made.append(name)
+        fig.suptitle(f"{name}: training curves")
+        _save(fig, run_dir / f"plots/{name}_training.png")
+        made.append(f"plots/{name}_training.png")
+        routed = sorted(t for t in scalars if t.startswith("train/routed/"))
+        if routed:  # the mean reward of each task kind and reward function (the `routed` reward's logs)
+            fig, ax = plt.subplots(figsize=(7, 3.5))
+            for tag in routed:
+                steps, values = zip(*sorted(scalars[tag]), strict=True)
+                ax.plot(steps, values, marker=".", label=tag.removeprefix("train/routed/"))
+            ax.set_xlabel("step")
+            ax.set_ylabel("mean reward")
+            ax.set_title(f"{name}: reward per task kind / reward function", fontsize=9)
+            ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            _save(fig, run_dir / f"plots/{name}_rewards.png")
+            made.append(f"plots/{name}_rewards.png")
+    for s in report["stages"]:
+        hist = ((s.get("data") or {}).get("selection.json") or {}).get("histogram")
+        if hist:  # learnable-query selection: the candidates' pass rates over k samples
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            ax.bar(list(hist), list(hist.values()), color=["tab:gray" if k in ("0.00", "1.00") else "tab:blue"
+                                                            for k in hist])
+            ax.set_xlabel("pass rate over k samples (gray: dropped, never or always solved)")
+            ax.set_ylabel("queries")
+            ax.set_title(f"{s['id']}: query pass rates before selection", fontsize=9)
+            _save(fig, run_dir / f"plots/{s['id']}_query_pass_rates.png")
+            made.append(f"plots/{s['id']}_query_pass_rates.png")
     rows = _eval_rows(report)
     if rows:
         series: dict[tuple[str, str], dict[str, float]] = {}
@@ -179,6 +222,7 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
             lines.append(f"| {label} | {suite} | {mode} | {_fmt(r.get('accuracy'))}{se} "
                          f"| {gains.get((label, suite, mode), '')} | {passk} "
                          f"| {_fmt(r.get('mean_length'))} |")
+    lines += _data_section(report)
     lines += _think_follow(report, _gains(report)) + _task_table(report) + _budget_table(report.get("budget_curve"))
     for extra in report.get("sections", []):
         lines += ["", extra]
@@ -187,6 +231,23 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _data_section(report: dict[str, Any]) -> list[str]:
+    """One line per data file of a stage (DATA_FILES): counts, filters, rejections per rule, mixes."""
+    rows = [(s["id"], name, d) for s in report["stages"] for name, d in (s.get("data") or {}).items() if d]
+    if not rows:
+        return []
+    return ["", "## Data", "", "What each stage's data builder kept and dropped (from the files in its directory).",
+            ""] + [f"- **{sid}** (`{name}`): {_describe(d)}" for sid, name, d in rows]
+
+
+def _describe(value: Any) -> str:
+    """A mapping of counts as one line: `key value, key (nested ...)`; lists are left out."""
+    if not isinstance(value, dict):
+        return _fmt(value)
+    return ", ".join(f"{k} ({_describe(v)})" if isinstance(v, dict) else f"{k} {_fmt(v)}"
+                     for k, v in value.items() if not isinstance(v, list))
 
 
 def notes(report: dict[str, Any], planned) -> list[str]:
@@ -199,7 +260,7 @@ def notes(report: dict[str, Any], planned) -> list[str]:
             out.append(f"{s['id']}: not finished, so no model, times or eval")
         elif report["base"].get("eval") and not s.get("eval"):
             out.append(f"{s['id']}: not evaluated (`eval: false` for this stage)")
-        if p.ctx.is_complete() and not _scalars(p.ctx.tb_dir):
+        if p.ctx.is_complete() and not any(_scalars(tb) for _, tb in _curve_sources(p.ctx)):
             out.append(f"{s['id']}: no training curves (no TensorBoard scalars in {p.ctx.tb_dir.name}/)")
     return out
 
@@ -359,8 +420,9 @@ def summary(report: dict[str, Any]) -> list[str]:
                                                              if "think" in base.get(suite, {}) else "")
                  for suite, r in (last["eval"].get("suites") or {}).items() if "think" in r]
         lines.append(f"{last['id']} think accuracy: {', '.join(cells) or 'not measured'}")
-        tf = (last["eval"].get("think_follow") or {}).get("score")
-        lines.append(f"{last['id']} ThinkFollow: {tf:.3f}" if tf is not None else "ThinkFollow: not measured")
+        follow = next((s for s in reversed(stages) if (s.get("eval") or {}).get("think_follow")), None)
+        lines.append(f"{follow['id']} ThinkFollow: {follow['eval']['think_follow']['score']:.3f}" if follow
+                     else "ThinkFollow: not measured")
     else:
         lines += ["eval: none (the pipeline has no `eval`)", ""]
     lines.append(f"report: {Path(report['run_dir']) / 'report.md'}")

@@ -119,8 +119,22 @@ def status_lines(ctx: StageContext):
     return StatusLines()
 
 
+def bar_only():
+    """transformers' progress bar without the dict of metrics it prints at every logging step (they
+    are in TensorBoard, and the status lines give the progress)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+    return BarOnly
+
+
 def train(ctx: StageContext, trainer) -> None:
     """Train, resuming from this stage's last checkpoint when a previous run was interrupted."""
+    from transformers.trainer_callback import ProgressCallback
+    if trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(bar_only())
     trainer.add_callback(status_lines(ctx))
     if ctx.extra.get("curve_points"):
         trainer.add_callback(curve_snapshots(ctx))
@@ -199,6 +213,11 @@ def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, w
         temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, entropy_coef=o.entropy_coef,
         use_adaptive_entropy=o.use_adaptive_entropy, entropy_target=o.entropy_target, use_vllm=o.use_vllm,
         vllm_mode=o.vllm_mode, mask_truncated_completions=False, log_completions=False)
+    per_step = args.generation_batch_size // o.num_generations
+    if len(dataset) < per_step:  # TRL would run zero steps on a dataset shorter than one batch, silently
+        raise ValueError(f"{ctx.stage_id}: {len(dataset)} training prompt(s), fewer than the {per_step} that one "
+                         f"GRPO step samples ({where}.batch_size x steps per generation / num_generations): "
+                         "give the stage more prompts or a smaller batch")
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=o.train.lora.peft_config() if o.train.lora else None,
                           **trainer_kwargs)

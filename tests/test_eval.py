@@ -134,6 +134,13 @@ def test_report_shows_each_stage_gain_over_its_input_model():
     text = markdown({"base": {"eval": result([0, 0, 0, 0])}, "stages": stages}, [], "t")
     assert "| sft | lin | think | 0.250 | +25.0 ± 14.4 vs base |" in text
     assert "| rl | lin | think | 0.500 |  |" in text  # other items: no paired gain
+    # a stage whose input was not evaluated is compared with the nearest evaluated model before it
+    stages[1]["eval"] = result([2, 0, 1, 1])
+    stages.append({"id": "fusion", "stage": "fusion", "input_model": "r/rl/model", "model": "r/fusion/model",
+                   "wall_time_s": 1.0, "metrics": {}, "eval": result([2, 2, 1, 1])})
+    stages[1]["eval"] = None
+    text = markdown({"base": {"eval": result([0, 0, 0, 0])}, "stages": stages}, [], "t")
+    assert "| fusion | lin | think | 0.750 | +50.0 ± 28.9 vs sft |" in text
 
 
 def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monkeypatch, capsys):
@@ -226,3 +233,5 @@ def test_terminal_summary_reads_the_last_evaluated_model():
     assert summary(report) == ["pipeline p: 2 stage(s), 16 s of stage wall time", "stages: a 10.0 s, b 5.5 s",
                                "a think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750",
                                "report: runs/p/report.md"]
+    report["stages"][1]["eval"] = {"suites": think}  # the last model has no ThinkFollow: the latest one that has
+    assert summary(report)[2:4] == ["b think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750"]

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import pipeline
 from posttrain.models import make_tiny_model
+from tests.conftest import REPO
 
 
 def run_pipeline(tmp_path, text: str):
@@ -282,3 +283,73 @@ def test_compared_stages_get_accuracy_against_cpu_seconds_curves(tmp_path, tiny_
         assert acc == f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}"
         checked += 1
     assert checked == 4  # base and distill, in both modes
+
+
+def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_path, tiny_model):
+    """pipelines/demo.yaml, every stage kind, shrunk to a tiny model: report.md has each stage's data
+    counts and training curves, and every plot it names exists."""
+    run_dir, planned = run_pipeline(tmp_path, f"""
+        defaults: {REPO / 'pipelines' / 'demo.yaml'}
+        model: {tiny_model}
+        output_dir: {tmp_path / 'run'}
+        eval:
+          suites: {{arithmetic: {{n: 2}}, linear: {{n: 2}}}}
+          max_new_tokens: 6
+          think_follow: {{n: 2, max_new_tokens: 6}}
+          tasks: {{n: 1, max_new_tokens: 6}}
+        budget_curve: {{budgets: [2]}}
+        stages:
+          - id: cold_start
+            config: {{data: {{families: {{arithmetic: 6, linear: 6}}}}, train: {{max_steps: 1, batch_size: 2}}}}
+          - id: reasoning_rl
+            config: {{queries: {{families: {{arithmetic: 4, linear: 4}}, band: [-1.0, 2.0], max_new_tokens: 6}},
+                      num_generations: 2, max_completion_length: 6, train: {{max_steps: 1, batch_size: 4}}}}
+          - id: fusion
+            config: {{data: {{examples: 12, direct_families: {{arithmetic: 4, linear: 4}}}},
+                      train: {{max_steps: 1, batch_size: 2}}}}
+          - id: reward_model
+            config: {{pairs: {{n: 10}}, train: {{max_steps: 1, batch_size: 2}}}}
+          - id: general_rl
+            config: {{examples: 12, held_out: 1, max_completion_length: 6, train: {{max_steps: 1, batch_size: 4}}}}
+          - id: distill
+            config: {{student: layers=1, prompts: {{families: {{arithmetic: 4, linear: 4}}}},
+                      off_policy: {{max_new_tokens: 6, filter_by_reward: false, min_examples: 1,
+                                    train: {{max_steps: 1, batch_size: 2}}}},
+                      on_policy: {{max_completion_length: 6, train: {{max_steps: 1, batch_size: 2}}}}}}
+        """)
+    report = (run_dir / "report.md").read_text()
+    data = report.split("## Data")[1].split("\n## ")[0]
+    for sid, name in [("cold_start", "cold_start_data.json"), ("reasoning_rl", "selection.json"),
+                      ("fusion", "fusion_data.json"), ("reward_model", "pairs.json"),
+                      ("general_rl", "general_rl_data.json"), ("distill", "off_policy/metrics.json")]:
+        assert f"- **{sid}** (`{name}`): " in data, sid
+    assert "response_rejections (wrong_answer 0" in data and "histogram (0.00 " in data
+    for name in ("cold_start", "reasoning_rl", "fusion", "reward_model", "general_rl", "distill_off_policy",
+                 "distill_on_policy"):  # a multi-phase stage: curves per phase
+        assert f"plots/{name}_training.png" in report, name
+    assert "plots/general_rl_rewards.png" in report and "plots/reasoning_rl_query_pass_rates.png" in report
+    plots = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert plots and all((run_dir / p).is_file() for p in plots)
+    evals = {p.ctx.stage_id: json.loads((p.ctx.dir / "eval.json").read_text()) for p in planned if p.spec.eval}
+    assert "think_follow" in evals["fusion"] and "think_follow" not in evals["distill"]  # eval.think_follow.models
+    assert "tasks" in evals["general_rl"] and "tasks" not in evals["cold_start"]
+
+
+def test_grpo_with_fewer_prompts_than_one_step_stops_with_a_clear_error(tmp_path, tiny_model):
+    """TRL runs zero steps on a dataset shorter than one batch and calls the stage done; the demo's first
+    draft did that with 1 learnable query."""
+    with pytest.raises(ValueError, match=r"rl: 1 training prompt\(s\), fewer than the 2 that one GRPO step"):
+        run_pipeline(tmp_path, f"""
+            name: few
+            model: {tiny_model}
+            output_dir: {tmp_path / 'run'}
+            stages:
+              - stage: reasoning_rl
+                id: rl
+                config:
+                  queries: {{families: {{arithmetic: 1}}, k: 2, band: [-1.0, 2.0], max_new_tokens: 4}}
+                  num_generations: 2
+                  max_completion_length: 4
+                  train: {{max_steps: 2, batch_size: 4}}
+            """)
+    assert not (tmp_path / "run" / "01_rl" / "COMPLETE").exists()
