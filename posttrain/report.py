@@ -132,6 +132,7 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     made = []
@@ -146,6 +147,7 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
             ax.plot(steps, values, marker=".")
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(tag.rsplit("/", 1)[-1])
         fig.suptitle(f"{name}: training curves")
         _save(fig, run_dir / f"plots/{name}_training.png")
@@ -157,6 +159,7 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
                 steps, values = zip(*sorted(scalars[tag]), strict=True)
                 ax.plot(steps, values, marker=".", label=tag.removeprefix("train/routed/"))
             ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("mean reward")
             ax.set_title(f"{name}: reward per task kind / reward function", fontsize=9)
             ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -168,7 +171,7 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
             fig, ax = plt.subplots(figsize=(5, 3.2))
             ax.bar(list(hist), list(hist.values()), color=["tab:gray" if k in ("0.00", "1.00") else "tab:blue"
                                                             for k in hist])
-            ax.set_xlabel("pass rate over k samples (gray: dropped, never or always solved)")
+            ax.set_xlabel("pass rate over k samples (gray: dropped)")
             ax.set_ylabel("queries")
             ax.set_title(f"{s['id']}: query pass rates before selection", fontsize=9)
             _save(fig, run_dir / f"plots/{s['id']}_query_pass_rates.png")
@@ -207,6 +210,10 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
              "|---|---|---|---:|---:|---:|---:|"]
     for s in report["stages"]:
         train = (s["metrics"] or {}).get("train", {})
+        phases = {k: v.get("global_step") for k, v in ((s["metrics"] or {}).get("phases") or {}).items()
+                  if isinstance(v, dict)}
+        if not train and phases:  # a multi-phase stage (distill): steps per phase
+            train = {"global_step": ", ".join(f"{k} {v}" for k, v in phases.items())}
         lines.append(f"| {s['id']} | {s['stage']} | {Path(s['input_model']).parent.name or s['input_model']} "
                      f"| {s['wall_time_s']} | {s.get('cpu_time_s')} | {train.get('global_step', '')} "
                      f"| {_fmt(train.get('final_loss'))} |")
