@@ -235,3 +235,24 @@ def test_terminal_summary_reads_the_last_evaluated_model():
                                "report: runs/p/report.md"]
     report["stages"][1]["eval"] = {"suites": think}  # the last model has no ThinkFollow: the latest one that has
     assert summary(report)[2:4] == ["b think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750"]
+
+
+def test_a_stage_without_eval_or_training_curves_leaves_a_note_not_a_failure(tmp_path):
+    from types import SimpleNamespace
+
+    from posttrain.report import _plots, markdown, notes
+    from posttrain.rundir import MARKER, StageContext
+    ctx = StageContext(stage_id="rm", dir=tmp_path / "01_rm", input_model="m")
+    ctx.dir.mkdir()
+    (ctx.dir / MARKER).write_text("{}")  # finished, but wrote no TensorBoard scalars
+    planned = [SimpleNamespace(ctx=ctx)]
+    result = {"suites": {"lin": {"think": {"accuracy": 0.5}}}}
+    report = {"base": {"eval": result}, "stages": [{"id": "rm", "stage": "reward_model", "input_model": "m",
+                                                    "wall_time_s": 1.0, "metrics": {}, "eval": None}]}
+    report["notes"] = notes(report, planned)
+    assert report["notes"] == ["rm: not evaluated (`eval: false` for this stage)",
+                               "rm: no training curves (no TensorBoard scalars in tb/)"]
+    plots = _plots(tmp_path, report, planned)
+    assert plots == ["plots/eval_accuracy.png"] and (tmp_path / plots[0]).is_file()  # only what has data
+    text = markdown(report, plots, "t")
+    assert "- rm: no training curves (no TensorBoard scalars in tb/)" in text
