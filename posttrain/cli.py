@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from posttrain.config import ConfigError
+from posttrain.rundir import LOCK, run_lock
 from posttrain.vllm_support import VLLMError
 
 
@@ -15,10 +16,11 @@ def _run(args) -> None:
     from posttrain import pipeline
     cfg, planned = pipeline.load(args.pipeline, args.output_dir, args.overrides)
     run_dir = planned[0].ctx.run_dir
-    if args.fresh and not args.dry_run and run_dir.is_dir() and any(run_dir.iterdir()):
+    if args.fresh and not args.dry_run and run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
         import time
         kept = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(kept)
+        with run_lock(run_dir):  # not from under a run that is still going
+            run_dir.rename(kept)
         print(f"--fresh: the previous run is kept in {kept}")
     print(pipeline.describe(cfg, planned))
     if args.dry_run:

@@ -19,7 +19,7 @@ import yaml
 
 import stages
 from posttrain.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
-from posttrain.rundir import StageContext, archive, cpu_seconds, read_json, write_json
+from posttrain.rundir import StageContext, archive, cpu_seconds, read_json, run_lock, write_json
 
 log = logging.getLogger("posttrain.pipeline")
 
@@ -147,7 +147,13 @@ def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
 
 
 def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None = None) -> Path:
-    """Run the planned stages, skipping finished ones; returns the run directory."""
+    """Run the planned stages, skipping finished ones; returns the run directory. One process at a
+    time per run directory (`rundir.run_lock`)."""
+    with run_lock(planned[0].ctx.run_dir):
+        return _run(cfg, planned, from_stage)
+
+
+def _run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None) -> Path:
     run_dir = planned[0].ctx.run_dir
     ids = [p.ctx.stage_id for p in planned]
     if from_stage is not None:

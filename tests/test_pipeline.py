@@ -176,3 +176,31 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     assert run_eval("c", tmp_path / "c.json", "base")["think_follow"] == {"score": 0.5}  # an earlier score is kept
     # which models are scored is not a setting of the score: earlier results stay reusable
     assert ThinkFollowConfig(models=["fusion"]).settings(0) == ThinkFollowConfig().settings(0)
+
+
+def test_a_second_run_on_the_same_directory_is_refused_while_the_first_holds_it(toy, tmp_path):
+    """Two `posttrain run` on one run directory at once: the second stops in one line and writes nothing."""
+    from posttrain import pipeline
+    from posttrain.rundir import run_lock
+    cfg, planned = pipeline.load(toy)
+    run_dir = planned[0].ctx.run_dir
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from posttrain.rundir import run_lock
+        with run_lock(Path({str(run_dir)!r})):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(toy)], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2
+        assert f"{run_dir}: in use by another posttrain run (pid {holder.pid})" in res.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(run_dir):  # a killed holder leaves no stale lock
+        pass
