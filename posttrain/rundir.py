@@ -157,9 +157,20 @@ class StageContext:
         return (self.dir / MARKER).is_file()
 
     def last_checkpoint(self) -> str | None:
-        """The newest TRL/transformers checkpoint of this stage, to resume from."""
-        from transformers.trainer_utils import get_last_checkpoint
-        return get_last_checkpoint(str(self.checkpoints_dir)) if self.checkpoints_dir.is_dir() else None
+        """The newest complete TRL/transformers checkpoint of this stage, to resume from. The Trainer
+        writes `trainer_state.json` last, so a checkpoint without it was cut short by a kill during
+        the save: it is skipped (and left in place) for the one before."""
+        import logging
+        if not self.checkpoints_dir.is_dir():
+            return None
+        found = sorted((d for d in self.checkpoints_dir.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
+                       key=lambda d: int(d.name.split("-")[-1]), reverse=True)
+        for d in found:
+            if (d / "trainer_state.json").is_file():
+                return str(d)
+            logging.getLogger("posttrain.rundir").warning("%s: %s was not finished (no trainer_state.json); "
+                                                          "skipping it", self.stage_id, d)
+        return None
 
     def trainer_args(self, **overrides: Any) -> dict[str, Any]:
         """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device. The

@@ -204,3 +204,17 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_holds_it(
         holder.wait()
     with run_lock(run_dir):  # a killed holder leaves no stale lock
         pass
+
+
+def test_a_checkpoint_cut_short_by_a_kill_during_save_is_skipped_on_resume(toy, tmp_path):
+    run = tmp_path / "run"
+    ckpts = run / "01_first" / "checkpoints"
+    killed = cli("run", str(toy), env={"KILL_AT_STEP": "4"}, script=KILLER)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (ckpts / "checkpoint-4" / "trainer_state.json").unlink()  # the Trainer writes it last: the save was cut
+    resumed = cli("run", str(toy))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint-4 was not finished" in resumed.stderr and "resuming from" in resumed.stderr
+    assert f"resuming from {ckpts / 'checkpoint-2'}" in resumed.stderr
+    done = json.loads((run / "01_first" / "COMPLETE").read_text())
+    assert done["resumed"] is True and done["metrics"]["global_step"] == 6
