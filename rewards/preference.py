@@ -32,9 +32,11 @@ def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrid
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.trainer_callback import ProgressCallback
     from trl import RewardConfig, RewardTrainer
 
     from posttrain.models import resolve_model
+    from posttrain.training import bar_only
 
     if isinstance(dataset, list):
         dataset = Dataset.from_list(dataset)
@@ -46,6 +48,8 @@ def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrid
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(output_dir=str(output_dir), **{**RM_DEFAULTS, **overrides})
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if trainer.pop_callback(ProgressCallback):  # the bar, without a printed dict at every logging step
+        trainer.add_callback(bar_only())
     trainer.train()
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
