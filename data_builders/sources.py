@@ -13,17 +13,50 @@ from pathlib import Path
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load(path: str, columns: dict[str, str] | None = None, task: str | None = None, domain: str | None = None):
+def check_lines(p: Path) -> None:
+    """A JSONL (or CSV) file read line by line before `datasets` does, so that a bad line is named:
+    undecodable bytes, invalid JSON, a line that is not an object, a column whose type changes."""
+    import json
+    kinds: dict[str, tuple[str, int]] = {}  # column -> (JSON type, first line)
+    for i, raw in enumerate(p.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{p}: line {i}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        if p.suffix != ".jsonl" or not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p}: line {i}: invalid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{p}: line {i}: expected a JSON object, got {type(row).__name__}")
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind, first = kinds.setdefault(key, (type(value).__name__, i))
+            if kind != type(value).__name__:
+                raise ValueError(f"{p}: line {i}: column {key!r} is {type(value).__name__}, "
+                                 f"but {kind} on line {first}")
+
+
+def read(p: Path, formats: dict[str, str] = FORMATS):
+    """A `datasets.Dataset` from a file (after `check_lines`) or a `save_to_disk` directory."""
     from datasets import load_dataset, load_from_disk
-    p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"dataset not found: {p}")
     if p.is_dir():
-        ds = load_from_disk(str(p))
-    elif p.suffix in FORMATS:
-        ds = load_dataset(FORMATS[p.suffix], data_files=str(p), split="train")
-    else:
-        raise ValueError(f"{p}: unsupported dataset type {p.suffix!r} (use {', '.join(FORMATS)} or a saved dir)")
+        return load_from_disk(str(p))
+    if p.suffix not in formats:
+        raise ValueError(f"{p}: unsupported dataset type {p.suffix!r} (use {', '.join(formats)} or a saved dir)")
+    if p.suffix in (".jsonl", ".csv"):
+        check_lines(p)
+    return load_dataset(formats[p.suffix], data_files=str(p), split="train")
+
+
+def load(path: str, columns: dict[str, str] | None = None, task: str | None = None, domain: str | None = None):
+    p = Path(path)
+    ds = read(p)
     for src, dst in (columns or {}).items():
         if src not in ds.column_names:
             raise ValueError(f"{p}: no column {src!r} to map to {dst!r} (has: {', '.join(ds.column_names)})")
@@ -32,6 +65,10 @@ def load(path: str, columns: dict[str, str] | None = None, task: str | None = No
         ds = ds.rename_column(src, dst)
     if "prompt" not in ds.column_names:
         raise ValueError(f"{p}: no 'prompt' column (has: {', '.join(ds.column_names)}); map one with columns:")
+    for i, prompt in enumerate(ds["prompt"]):
+        problem = _prompt_problem(prompt)
+        if problem:
+            raise ValueError(f"{p}: row {i}: column 'prompt' {problem}")
 
     def fix(row):
         out = {}
@@ -46,3 +83,24 @@ def load(path: str, columns: dict[str, str] | None = None, task: str | None = No
         if name not in ds.column_names:
             ds = ds.add_column(name, [value or ""] * len(ds))
     return ds.map(fix)
+
+
+def _prompt_problem(prompt) -> str | None:
+    """Why a prompt cannot be used (None if it can): text, or a list of {role, content} messages."""
+    if isinstance(prompt, str):
+        return None if prompt.strip() else "is empty"
+    if isinstance(prompt, list) and prompt:
+        bad = next((m for m in prompt if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                                              and isinstance(m.get("content"), str))), None)
+        return None if bad is None else f"has a message without text 'role' and 'content': {bad!r}"
+    return "is empty" if prompt in (None, []) else f"must be text or a list of messages, got {type(prompt).__name__}"
+
+
+def messages_problem(messages) -> str | None:
+    """Why a `messages` conversation cannot be trained on (None if it can)."""
+    problem = _prompt_problem(messages)
+    if problem or isinstance(messages, str):
+        return problem or "must be a list of messages, got str"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "has no assistant turn to learn from"
+    return None

@@ -25,22 +25,23 @@ def load_table(path: str):
     """A dataset from a JSONL/JSON/parquet file or a `save_to_disk` directory."""
     from pathlib import Path
 
-    from datasets import load_dataset, load_from_disk
+    from data_builders.sources import read
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"data: file not found: {p}")
-    if p.is_dir():
-        return load_from_disk(str(p))
-    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(p.suffix)
-    if kind is None:
-        raise ValueError(f"data: {p}: unsupported file type {p.suffix!r} (use .jsonl, .json or .parquet)")
-    return load_dataset(kind, data_files=str(p), split="train")
+    return read(p, {".jsonl": "json", ".json": "json", ".parquet": "parquet"})
 
 
 def load_messages(path: str):
+    """The `messages` column, every row checked before any model loads."""
+    from data_builders.sources import messages_problem
     ds = load_table(path)
     if "messages" not in ds.column_names:
         raise ValueError(f"data: {path}: no 'messages' column (has: {', '.join(ds.column_names)})")
+    for i, messages in enumerate(ds["messages"]):
+        problem = messages_problem(messages)
+        if problem:
+            raise ValueError(f"data: {path}: row {i}: column 'messages' {problem}")
     return ds.select_columns(["messages"])
 
 

@@ -41,3 +41,34 @@ def test_one_line_errors_name_file_and_column(tmp_path, qa):
         load(str(qa), columns={"quest": "prompt"})
     with pytest.raises(ValueError, match=r"qa.jsonl: no 'prompt' column"):
         load(str(qa))
+
+
+@pytest.mark.parametrize("lines,error", [
+    ([b'{"prompt": "a"}', b'{"prompt": "b"'], r"bad.jsonl: line 2: invalid JSON \(Expecting ',' delimiter"),
+    ([b'{"prompt": "a"}', b'{"prompt": "caf\xe9"}'], r"bad.jsonl: line 2: not UTF-8 text \(byte 15: invalid"),
+    ([b'{"prompt": "a"}', b'["prompt"]'], r"bad.jsonl: line 2: expected a JSON object, got list"),
+    ([b'{"prompt": "a"}', b'{"prompt": 3}'], r"bad.jsonl: line 2: column 'prompt' is int, but str on line 1"),
+    ([b'{"prompt": 3}'], r"bad.jsonl: row 0: column 'prompt' must be text or a list of messages, got int"),
+    ([b'{"prompt": "a"}', b'{"prompt": "  "}'], r"bad.jsonl: row 1: column 'prompt' is empty"),
+    ([b'{"prompt": [{"role": "user"}]}'], r"bad.jsonl: row 0: column 'prompt' has a message without text 'role'"),
+])
+def test_bad_rows_are_named_by_file_line_or_row_and_column(tmp_path, lines, error):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=error):
+        load(str(path))
+
+
+@pytest.mark.parametrize("messages,error", [
+    ([{"role": "user", "content": "hi"}], "row 1: column 'messages' has no assistant turn to learn from"),
+    ([], "row 1: column 'messages' is empty"),
+])
+def test_sft_rows_without_a_turn_to_learn_from_are_named(tmp_path, messages, error):
+    from stages.sft import load_messages
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": m}) for m in (good, messages)) + "\n")
+    with pytest.raises(ValueError, match=f"data: {path}: {error}"):
+        load_messages(str(path))
+    path.write_text(json.dumps({"messages": good}) + "\n")
+    assert len(load_messages(str(path))) == 1
