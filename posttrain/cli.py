@@ -238,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"posttrain {args.verb}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:
+        import errno
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        print(f"posttrain {args.verb}: error: no space left on the device{where}; free some and rerun "
+              "(finished stages and complete checkpoints are kept, and the stage resumes)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -218,3 +218,26 @@ def test_a_checkpoint_cut_short_by_a_kill_during_save_is_skipped_on_resume(toy, 
     assert f"resuming from {ckpts / 'checkpoint-2'}" in resumed.stderr
     done = json.loads((run / "01_first" / "COMPLETE").read_text())
     assert done["resumed"] is True and done["metrics"]["global_step"] == 6
+
+
+def test_no_space_left_while_saving_is_one_line_and_keeps_what_was_finished(toy, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from posttrain import rundir
+    from posttrain.cli import main
+    run = tmp_path / "run"
+    real = rundir.write_json
+
+    def full_disk(path, data):
+        if path.name == rundir.MARKER and path.parent.name == "02_second":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+    monkeypatch.setattr(rundir, "write_json", full_disk)
+    assert main(["run", str(toy)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: no space left on the device while writing {run / '02_second' / 'COMPLETE'}" in err
+    assert (run / "01_first" / "COMPLETE").is_file() and not (run / "02_second" / "COMPLETE").exists()
+    monkeypatch.setattr(rundir, "write_json", real)
+    assert main(["run", str(toy)]) == 0  # space again: the first stage is kept, the second redone
+    assert json.loads((run / "01_first" / "COMPLETE").read_text())["resumed"] is False
+    assert (run / "02_second" / "COMPLETE").is_file()
