@@ -34,10 +34,10 @@ def check_lines(p: Path) -> None:
         for key, value in row.items():
             if value is None:
                 continue
-            kind, first = kinds.setdefault(key, (type(value).__name__, i))
-            if kind != type(value).__name__:
-                raise ValueError(f"{p}: line {i}: column {key!r} is {type(value).__name__}, "
-                                 f"but {kind} on line {first}")
+            this = "number" if type(value) in (int, float) else type(value).__name__  # datasets widens int to float
+            kind, first = kinds.setdefault(key, (this, i))
+            if kind != this:
+                raise ValueError(f"{p}: line {i}: column {key!r} is {this}, but {kind} on line {first}")
 
 
 def read(p: Path, formats: dict[str, str] = FORMATS):

@@ -47,7 +47,7 @@ def test_one_line_errors_name_file_and_column(tmp_path, qa):
     ([b'{"prompt": "a"}', b'{"prompt": "b"'], r"bad.jsonl: line 2: invalid JSON \(Expecting ',' delimiter"),
     ([b'{"prompt": "a"}', b'{"prompt": "caf\xe9"}'], r"bad.jsonl: line 2: not UTF-8 text \(byte 15: invalid"),
     ([b'{"prompt": "a"}', b'["prompt"]'], r"bad.jsonl: line 2: expected a JSON object, got list"),
-    ([b'{"prompt": "a"}', b'{"prompt": 3}'], r"bad.jsonl: line 2: column 'prompt' is int, but str on line 1"),
+    ([b'{"prompt": "a"}', b'{"prompt": 3}'], r"bad.jsonl: line 2: column 'prompt' is number, but str on line 1"),
     ([b'{"prompt": 3}'], r"bad.jsonl: row 0: column 'prompt' must be text or a list of messages, got int"),
     ([b'{"prompt": "a"}', b'{"prompt": "  "}'], r"bad.jsonl: row 1: column 'prompt' is empty"),
     ([b'{"prompt": [{"role": "user"}]}'], r"bad.jsonl: row 0: column 'prompt' has a message without text 'role'"),
@@ -72,3 +72,9 @@ def test_sft_rows_without_a_turn_to_learn_from_are_named(tmp_path, messages, err
         load_messages(str(path))
     path.write_text(json.dumps({"messages": good}) + "\n")
     assert len(load_messages(str(path))) == 1
+
+
+def test_a_column_of_ints_and_floats_is_not_a_type_change(tmp_path):
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"prompt": "a", "w": 1}\n{"prompt": "b", "w": 1.5}\n')
+    assert load(str(path))["w"] == [1.0, 1.5]
