@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from posttrain.config import ConfigError
+from posttrain.launch import LaunchError
 from posttrain.rundir import LOCK, run_lock
 from posttrain.vllm_support import VLLMError
 
@@ -208,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(verbose: bool, quiet_rank: bool = False) -> None:
+    """Timestamped INFO lines (DEBUG with -v); a launched stage's ranks other than 0 warn only."""
+    logging.basicConfig(level=logging.WARNING if quiet_rank else logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not verbose:
+        _quiet_libraries()
+
+
 def _quiet_libraries() -> None:
     """No wall of library chatter on the terminal (`-v` keeps it): vLLM's INFO lines, deprecation
     FutureWarnings, transformers' per-load tokenizer notice and its weight-loading bars."""
@@ -228,13 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        _quiet_libraries()
+    setup_logging(args.verbose)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, VLLMError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, VLLMError, LaunchError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"posttrain {args.verb}: error: {message}", file=sys.stderr)
         return 2

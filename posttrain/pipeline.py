@@ -19,6 +19,7 @@ import yaml
 
 import stages
 from posttrain.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from posttrain.launch import LaunchConfig, machine_rank
 from posttrain.rundir import StageContext, archive, cpu_seconds, read_json, run_lock, write_json
 
 log = logging.getLogger("posttrain.pipeline")
@@ -32,6 +33,7 @@ class StageSpec:
     config: dict[str, Any] = field(default_factory=dict)
     eval: bool = True  # evaluate the stage's model with the pipeline's eval suites
     enabled: bool = True
+    launch: dict[str, Any] | None = None  # several processes: posttrain.launch.LaunchConfig
 
 
 @dataclass
@@ -55,6 +57,7 @@ class PlannedStage:
     spec: StageSpec
     config: Any  # the stage module's Config
     ctx: StageContext
+    launch: LaunchConfig | None = None  # not part of the hash: how a stage runs, not what it computes
 
     @property
     def config_hash(self) -> str:
@@ -104,7 +107,10 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
         stage_dir = run_dir / f"{i + 1:02d}_{sid}"
         ctx = StageContext(stage_id=sid, dir=stage_dir, input_model=model, seed=cfg.seed,
                            backend=cfg.backend, run_dir=run_dir, extra={"eval_suites": suites})
-        planned.append(PlannedStage(i, spec, stage_cfg, ctx))
+        launch = from_dict(LaunchConfig, spec.launch, f"{at}.launch") if spec.launch is not None else None
+        if launch is not None:
+            launch.check(f"{at}.launch")
+        planned.append(PlannedStage(i, spec, stage_cfg, ctx, launch))
         previous = outputs[sid] = str(ctx.model_dir)
     if not planned:
         raise ConfigError(f"{where}: stages: the pipeline has no enabled stage")
@@ -135,8 +141,13 @@ def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
     run_dir = planned[0].ctx.run_dir
     lines = [f"pipeline {cfg.name}: {len(planned)} stage(s) -> {run_dir}  (backend {cfg.backend}, seed {cfg.seed})"]
     for p in planned:
-        state = "done" if p.ctx.is_complete() else ("resume" if p.ctx.last_checkpoint() else "run")
-        lines.append(f"  {p.index + 1}. {p.ctx.stage_id:<16} [{p.spec.stage}] <- {p.ctx.input_model}  ({state})")
+        state = "done" if p.ctx.is_complete() else ("resume" if p.ctx.resumable() else "run")
+        where = ""
+        if p.launch is not None and p.launch.distributed:
+            where = f", {p.launch.num_processes} processes" + (f" x {p.launch.num_machines} machines"
+                                                              if p.launch.num_machines > 1 else "")
+            where += f" ({p.launch.config})" if p.launch.config else ""
+        lines.append(f"  {p.index + 1}. {p.ctx.stage_id:<16} [{p.spec.stage}] <- {p.ctx.input_model}  ({state}{where})")
     if cfg.eval:
         lines.append(f"  eval after: base, {', '.join(p.ctx.stage_id for p in planned if p.spec.eval)}")
     if cfg.budget_curve is not None:
@@ -148,7 +159,12 @@ def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
 
 def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None = None) -> Path:
     """Run the planned stages, skipping finished ones; returns the run directory. One process at a
-    time per run directory (`rundir.run_lock`)."""
+    time per run directory (`rundir.run_lock`). On a machine of rank > 0 (multi-machine stages) it
+    only joins the launched stages (posttrain.launch)."""
+    if machine_rank() > 0:
+        from posttrain.launch import follow
+        follow(cfg, planned, machine_rank())
+        return planned[0].ctx.run_dir
     with run_lock(planned[0].ctx.run_dir):
         return _run(cfg, planned, from_stage)
 
@@ -183,9 +199,13 @@ def _run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | Non
         else:
             log.info("%s [%s]: %s (run time so far %.0f s)", at, p.spec.stage, p.ctx.dir, time.time() - began)
             p.ctx.dir.mkdir(parents=True, exist_ok=True)
-            start, cpu, resumed = time.time(), cpu_seconds(), p.ctx.last_checkpoint() is not None
+            start, cpu, resumed = time.time(), cpu_seconds(), p.ctx.resumable()
             p.ctx.extra["cpu_start"] = cpu
-            metrics = stages.get(p.spec.stage).run(p.ctx, p.config) or {}
+            if p.launch is not None and p.launch.distributed:
+                from posttrain.launch import run_stage
+                metrics = run_stage(p.ctx, p.spec.stage, p.config, cfg, p.launch)
+            else:
+                metrics = stages.get(p.spec.stage).run(p.ctx, p.config) or {}
             p.ctx.mark_complete({"config_hash": p.config_hash, "wall_time_s": round(time.time() - start, 2),
                                  "cpu_time_s": round(cpu_seconds() - cpu, 2), "resumed": resumed,
                                  "metrics": metrics})

@@ -51,10 +51,30 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def distributed():
+    """accelerate's state when this process is one rank of a launched stage (posttrain.launch), else None."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        from accelerate import PartialState
+        return PartialState()
+    return None
+
+
+def is_main_process() -> bool:
+    state = distributed()
+    return state is None or state.is_main_process
+
+
+def wait_for_everyone() -> None:
+    state = distributed()
+    if state is not None:
+        state.wait_for_everyone()
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
 
@@ -172,6 +192,11 @@ class StageContext:
                                                           "skipping it", self.stage_id, d)
         return None
 
+    def resumable(self) -> bool:
+        """A complete checkpoint in this stage or one of its phases: a rerun resumes, not restarts."""
+        return any(self.dir.glob("checkpoints/checkpoint-*/trainer_state.json")) or \
+            any(self.dir.glob("*/checkpoints/checkpoint-*/trainer_state.json"))
+
     def trainer_args(self, **overrides: Any) -> dict[str, Any]:
         """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device. The
         stage's generation engines are closed first: training needs their memory, and an open
@@ -189,28 +214,42 @@ class StageContext:
 
     def dataset(self, name: str, build: Callable[[], Any]):
         """A dataset saved under data/NAME, built once: a resumed stage reuses it."""
-        from datasets import load_from_disk
         path = self.data_dir / name
+        state = distributed()
+        if state is not None:  # a launched stage: rank 0 builds and saves, the others then load it
+            with state.main_process_first():
+                return self._dataset(path, build)
+        return self._dataset(path, build)
+
+    def _dataset(self, path: Path, build: Callable[[], Any]):
+        from datasets import load_from_disk
         if (path / "dataset_info.json").is_file():
             return load_from_disk(str(path))
         ds = build()
-        tmp = self.data_dir / f".{name}.tmp"
+        tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         ds.save_to_disk(str(tmp))
         os.replace(tmp, path)
         return load_from_disk(str(path))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
         current = read_json(self.dir / "metrics.json", {})
         current.update(metrics)
         write_json(self.dir / "metrics.json", current)
 
     def mark_complete(self, info: dict[str, Any]) -> None:
-        """Last act of a stage: drop resume checkpoints, then write the marker."""
+        """Last act of a stage: drop resume checkpoints, then write the marker (rank 0 of a launched
+        stage, once every rank is past training)."""
+        wait_for_everyone()
+        if not is_main_process():
+            return wait_for_everyone()
         if not (self.model_dir / "config.json").is_file():
             raise RuntimeError(f"stage {self.stage_id} wrote no model to {self.model_dir}")
         shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
         write_json(self.dir / MARKER, {"finished_at": time.time(), **info})
+        wait_for_everyone()
 
     def completion_info(self) -> dict[str, Any]:
         return read_json(self.dir / MARKER, {})

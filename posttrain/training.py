@@ -11,6 +11,7 @@ from posttrain.config import check_trainer_overrides
 from posttrain.rundir import StageContext
 
 log = logging.getLogger("posttrain.training")
+SHARDED = ("DistributedType.FSDP", "DistributedType.DEEPSPEED")  # accelerate's sharded engines
 
 
 @dataclass
@@ -52,12 +53,21 @@ class TrainOptions:
 
 
 def finish(ctx: StageContext, trainer, tokenizer) -> dict[str, Any]:
-    """Save the trained model (LoRA merged) with the chat format and return the train metrics."""
+    """Save the trained model (LoRA merged) with the chat format and return the train metrics.
+    Launched on several processes: rank 0 saves; sharded weights (FSDP, ZeRO-3) are gathered by the
+    trainer's own `save_model` (the model was given the chat format when it was loaded)."""
     from posttrain.models import save
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    save(model, tokenizer, ctx.model_dir)
+    from posttrain.rundir import distributed, wait_for_everyone
+    state, model = distributed(), trainer.model
+    if state is not None and str(state.distributed_type) in SHARDED:
+        trainer.save_model(str(ctx.model_dir))
+        if state.is_main_process:
+            tokenizer.save_pretrained(str(ctx.model_dir))
+    elif state is None or state.is_main_process:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        save(model, tokenizer, ctx.model_dir)
+    wait_for_everyone()
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics = {"global_step": trainer.state.global_step,
                "final_loss": history[-1]["loss"] if history else None}
@@ -82,7 +92,7 @@ def curve_snapshots(ctx: StageContext):
     class CurveSnapshots(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
             steps = {round(state.max_steps * k / points) for k in range(1, points)}
-            if state.global_step not in steps or start is None:
+            if state.global_step not in steps or start is None or not state.is_world_process_zero:
                 return
             path = curve_dir / f"{ctx.stage_id}-step{state.global_step}"
             cpu = round(cpu_seconds() - start, 1)  # measured before the save, which is not training
@@ -138,6 +148,9 @@ def train(ctx: StageContext, trainer) -> None:
     trainer.add_callback(status_lines(ctx))
     if ctx.extra.get("curve_points"):
         trainer.add_callback(curve_snapshots(ctx))
+    if trainer.args.world_size > 1:
+        from posttrain.launch import rank_record
+        trainer.add_callback(rank_record(ctx))
     vllm = getattr(trainer.args, "use_vllm", False)
     if vllm:
         from posttrain.vllm_support import release, use_reload_sync

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from posttrain.chat import completion_text, prompt_messages
@@ -35,6 +36,28 @@ def prompt_of(row: Row) -> list[dict[str, Any]]:
         return [m for m in prompt_messages(prompt) if isinstance(m, dict)]
     except TypeError:
         return []
+
+
+def call_with_time_limit(fn: Any, seconds: float | None, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`, or TimeoutError when it has not returned within `seconds` (None: no limit).
+    It runs in a daemon thread, which a hung call leaves behind: Python cannot stop a thread."""
+    if seconds is None:
+        return fn(*args, **kwargs)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["error"] = err
+    worker = threading.Thread(target=target, daemon=True, name=f"reward-{getattr(fn, '__name__', 'call')}")
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def text_of(completion: Any) -> str:

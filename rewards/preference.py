@@ -29,6 +29,16 @@ RM_DEFAULTS: dict[str, Any] = dict(
 def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrides: Any) -> str:
     """Train a sequence-classification reward model (one logit) on preference pairs; returns the
     directory holding the model and its tokenizer. `overrides` are RewardConfig fields."""
+    trainer = reward_trainer(dataset, base_model_path, output_dir, **overrides)
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(output_dir))
+    return str(output_dir)
+
+
+def reward_trainer(dataset, base_model_path: str, output_dir: str, **overrides: Any):
+    """TRL's RewardTrainer over a one-logit head on `base_model_path`, checkpoints in `output_dir`."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -50,10 +60,7 @@ def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrid
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     if trainer.pop_callback(ProgressCallback):  # the bar, without a printed dict at every logging step
         trainer.add_callback(bar_only())
-    trainer.train()
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    return str(output_dir)
+    return trainer
 
 
 class PreferenceReward(Reward):

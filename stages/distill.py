@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
 from data_builders.rl_queries import DataSource, QuerySelection, candidates
 from posttrain.chat import MODES, split_think, with_flag
-from posttrain.rundir import StageContext
+from posttrain.rundir import StageContext, distributed, is_main_process
 from posttrain.training import TrainOptions, finish, sft, train
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,9 @@ def run(ctx: StageContext, cfg: Config) -> dict:
     teacher = ctx.resolve(cfg.teacher) if cfg.teacher else ctx.input_model
     spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
     init = ctx.dir / "student_init"  # a built student is cached here; an existing one is used in place
-    student = str(init) if (init / "config.json").is_file() else str(build_student(teacher, spec, init))
+    state = distributed()
+    with state.main_process_first() if state else nullcontext():  # launched: rank 0 builds it
+        student = str(init) if (init / "config.json").is_file() else str(build_student(teacher, spec, init))
     metrics = {}
     for name, phase in (("off_policy", cfg.off_policy), ("on_policy", cfg.on_policy)):
         if not phase.enabled:
@@ -164,6 +167,7 @@ def run(ctx: StageContext, cfg: Config) -> dict:
                 metrics[name] = on_policy(pctx, teacher, phase, prompts)
             pctx.mark_complete({})
         student = str(pctx.model_dir)
-    shutil.copytree(student, ctx.model_dir, dirs_exist_ok=True)
+    if is_main_process():
+        shutil.copytree(student, ctx.model_dir, dirs_exist_ok=True)
     ctx.write_metrics({"phases": metrics})
     return metrics

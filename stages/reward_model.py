@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_builders.pairs import PairsConfig, build_pairs
+from posttrain import training
 from posttrain.config import ExistingPath
-from posttrain.rundir import StageContext, write_json
+from posttrain.rundir import StageContext, is_main_process, wait_for_everyone, write_json
 from posttrain.training import TrainOptions
 
 
@@ -46,22 +47,28 @@ def _built(ctx: StageContext, cfg: PairsConfig):
 
 def run(ctx: StageContext, cfg: Config) -> dict:
     from rewards import get
-    from rewards.preference import train_reward_model
+    from rewards.preference import reward_trainer
     pairs = ctx.dataset("train", lambda: load_pairs(cfg.data) if cfg.data else _built(ctx, cfg.pairs))
     split = pairs.train_test_split(test_size=cfg.heldout_fraction, seed=ctx.seed) if len(pairs) >= 10 else None
     train = split["train"] if split else pairs
     overrides = ctx.trainer_args(max_steps=cfg.train.max_steps, learning_rate=cfg.train.learning_rate,
                                  per_device_train_batch_size=cfg.train.batch_size,
-                                 gradient_accumulation_steps=cfg.train.grad_accum, **cfg.train.trainer)
-    overrides.pop("output_dir")
-    train_reward_model(train, ctx.input_model, str(ctx.model_dir), **overrides)
-    metrics = {"pairs": len(train)}
+                                 gradient_accumulation_steps=cfg.train.grad_accum, save_steps=cfg.train.save_steps,
+                                 **cfg.train.trainer)
+    trainer = reward_trainer(train, ctx.input_model, **overrides)
+    training.train(ctx, trainer)  # resumes from the last checkpoint of an interrupted run
+    trainer.save_model(str(ctx.model_dir))
+    if is_main_process():
+        trainer.processing_class.save_pretrained(str(ctx.model_dir))
+    wait_for_everyone()
+    metrics = {"pairs": len(train), "global_step": trainer.state.global_step}
     if split:
         held = split["test"]
         score = get("preference", model=str(ctx.model_dir))
         cols = {"prompt": held["prompt"]} if "prompt" in held.column_names else {}
         chosen, rejected = score(held["chosen"], **cols), score(held["rejected"], **cols)
         metrics["heldout_accuracy"] = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(held)
-    write_json(ctx.dir / "reward_model.json", metrics)
+    if is_main_process():
+        write_json(ctx.dir / "reward_model.json", metrics)
     ctx.write_metrics(metrics)
     return metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,33 +10,7 @@ import textwrap
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import REPO
-
-# Runs the CLI, but kills its own process (SIGKILL: no cleanup) right after the stage's first
-# checkpoint is written, as a crash or an OOM kill would.
-KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import transformers
-    from posttrain import cli
-
-    class Kill(transformers.TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step >= int(os.environ["KILL_AT_STEP"]):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    original = transformers.Trainer.__init__
-    def patched(self, *a, **kw):
-        original(self, *a, **kw)
-        self.add_callback(Kill())
-    transformers.Trainer.__init__ = patched
-    sys.exit(cli.main(sys.argv[1:]))
-""")
-
-
-def cli(*args, env=None, script=None):
-    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "posttrain.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, **(env or {})})
+from tests.conftest import KILLER, REPO, cli
 
 
 @pytest.fixture

@@ -75,10 +75,35 @@ def test_all_none_is_none_and_a_broken_component_is_contained(caplog):
 
     routed = rewards.get("routed", table={"t": [{"name": "math"}]})
     assert routed(["\\boxed{1}"], task=["t"], answer=[None]) == [None]
-    routed.groups["t"] = [(broken, 1.0, "broken"), *routed.groups["t"]]
+    routed.groups["t"] = [(broken, 1.0, "broken", 1.0), *routed.groups["t"]]
     with caplog.at_level(logging.WARNING, logger="posttrain.rewards"):
         assert routed(["\\boxed{1}"], task=["t"], answer=["1"]) == [1.0]
     assert "boom" in caplog.text
+
+
+def flaky(completions, **kwargs):
+    """Hangs on a completion that says `hang`, raises on one that says `boom`, else scores 1."""
+    import time
+    if any("hang" in c for c in completions):
+        time.sleep(30)
+    if any("boom" in c for c in completions):
+        raise RuntimeError("judge endpoint returned 500")
+    return [1.0] * len(completions)
+
+
+def test_a_reward_that_hangs_or_raises_on_some_samples_scores_only_those_none(caplog):
+    import time
+    routed = rewards.get("routed", table={"t": [{"name": f"{__name__}:flaky", "time_limit": 0.3}]})
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="posttrain.rewards"):
+        scores = routed(["fine", "hang", "boom", "also fine"], task=["t"] * 4)
+    assert scores == [1.0, None, None, 1.0]
+    assert time.monotonic() - start < 5  # the batch gets 4 x 0.3 s, then the hung sample 0.3 s
+    assert "failed on a batch of 4 of task 't' (TimeoutError: no answer within 1.2 s)" in caplog.text
+    assert "failed on sample 1 of task 't' (TimeoutError: no answer within 0.3 s); it scores None" in caplog.text
+    assert "failed on sample 2 of task 't' (RuntimeError: judge endpoint returned 500)" in caplog.text
+    with pytest.raises(ValueError, match="time_limit"):
+        rewards.get("routed", table={"t": [{"name": "math", "time_limit": 0}]})
 
 
 def test_table_from_yaml_with_params_and_inline_params(tmp_path):
