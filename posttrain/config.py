@@ -23,6 +23,25 @@ class ConfigError(ValueError):
 ExistingPath = typing.NewType("ExistingPath", str)
 
 
+def is_placeholder(value: Any) -> bool:
+    """`<...>`: a value the user still has to set (a GPU recipe's model paths); `--dry-run` lists them
+    and a run refuses to start while any is left."""
+    return isinstance(value, str) and len(value) > 2 and value[0] == "<" and value[-1] == ">" and "\n" not in value
+
+
+def placeholders(data: Any, where: str = "") -> list[str]:
+    """The keys (`a.b[2].c`) whose values are placeholders, and the values."""
+    if is_placeholder(data):
+        return [f"{where}: {data}"]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in placeholders(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, list):  # a stage is named by its id, as overrides name it
+        return [p for i, v in enumerate(data)
+                for p in placeholders(v, f"{where}.{_stage_id(v)}" if isinstance(v, dict) and _stage_id(v)
+                                      else f"{where}[{i}]")]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------
 # YAML with inheritance
 
@@ -101,7 +120,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_id(entry: Any) -> Any:
-    return entry.get("id", entry.get("stage")) if isinstance(entry, dict) else None
+    return (entry.get("id") or entry.get("stage")) if isinstance(entry, dict) else None
 
 
 def _merge_stages(base: list[Any], override: list[Any]) -> list[Any]:
@@ -160,7 +179,7 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is ExistingPath:
         check_type(value, str, where)
-        if not Path(value).exists():
+        if not Path(value).exists() and not is_placeholder(value):
             raise ConfigError(f"{where}: file not found: {value}")
         return value
     if origin in (typing.Union, types.UnionType):

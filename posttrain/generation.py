@@ -57,6 +57,16 @@ class GenerationEngine:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.end_ids = {tokenizer.eos_token_id}
+        # A tokenizer may mark `<think>`/`</think>` special: decoding then keeps them and drops the rest.
+        tags = {tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE) if t in tokenizer.get_vocab()}
+        special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        self.drop_ids = special - tags if tags & special else None
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated ids: special tokens dropped, never the think tags (the parser needs them)."""
+        if self.drop_ids is None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode([t for t in ids if t not in self.drop_ids], skip_special_tokens=False)
 
     def render(self, messages: Messages, mode: str | None) -> list[int]:
         return self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
@@ -74,7 +84,7 @@ class GenerationEngine:
         budget = thinking_budget if thinking_budget and mode != "no_think" else None
         first = min(budget, max_new_tokens) if budget else max_new_tokens
         outs = self._sample(prefix, first, sampling, seed, logprobs, progress)
-        results = [Completion(prefill + self.tokenizer.decode(ids, skip_special_tokens=True), ids, lps, fin)
+        results = [Completion(prefill + self.decode(ids), ids, lps, fin)
                    for ids, lps, fin in outs]
         if budget:
             self._finish_budgeted(prefix, results, max_new_tokens - first, sampling, seed, logprobs)
@@ -117,7 +127,7 @@ class GenerationEngine:
         answers = self._sample(cont, remaining, sampling, seed, logprobs, False)
         for i, (ids, lps, fin) in zip(todo, answers, strict=True):
             c = results[i]
-            c.text += self.tokenizer.decode(ids, skip_special_tokens=True)
+            c.text += self.decode(ids)
             c.token_ids = c.token_ids + ids
             c.logprobs = None if c.logprobs is None else c.logprobs + (lps or [])
             c.finish_reason = fin
@@ -143,7 +153,7 @@ class GenerationEngine:
         budget = thinking_budget if thinking_budget and mode != "no_think" else None
         first = min(budget, max_new_tokens) if budget else max_new_tokens
         ids, finish = yield from self._stream(prefix, first, sampling, seed)
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self.decode(ids)
         if budget and finish == "length" and max_new_tokens > first:
             extra = []
             if self._still_thinking(prefix, text):
@@ -154,7 +164,7 @@ class GenerationEngine:
     def _stream(self, prefix, max_new_tokens, sampling, seed):
         """Yields text pieces, returns (generated_ids, finish_reason). Default: all at once."""
         [(ids, _, finish)] = self._sample([prefix], max_new_tokens, sampling, seed, False, False)
-        yield self.tokenizer.decode(ids, skip_special_tokens=True)
+        yield self.decode(ids)
         return ids, finish
 
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
@@ -191,7 +201,14 @@ class TransformersEngine(GenerationEngine):
         from threading import Thread
 
         from transformers import TextIteratorStreamer
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        drop = self.drop_ids
+
+        class Streamer(TextIteratorStreamer):
+            def put(self, value):  # as `decode`: think tags kept when the tokenizer marks them special
+                if drop is not None:
+                    value = torch.tensor([t for t in value.reshape(-1).tolist() if t not in drop], dtype=torch.long)
+                super().put(value)
+        streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=drop is None)
         out: dict[str, Any] = {}
 
         def work():

@@ -58,6 +58,12 @@ class LaunchConfig:
             raise ConfigError(f"{where}: num_processes and num_machines must be at least 1")
         if self.num_machines > 1 and not self.main_process_ip:
             raise ConfigError(f"{where}.main_process_ip: needed with num_machines={self.num_machines}")
+        if self.config is not None:  # accelerate's own reader: unknown keys and bad values are refused
+            from accelerate.commands.config.config_args import load_config_from_file
+            try:
+                load_config_from_file(self.config)
+            except (ValueError, TypeError, KeyError) as err:
+                raise ConfigError(f"{where}.config: {self.config}: {err}") from None
 
 
 def machine_rank() -> int:

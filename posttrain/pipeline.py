@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 import stages
-from posttrain.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from posttrain.config import ConfigError, apply_overrides, from_dict, is_placeholder, load_yaml, placeholders, to_dict
 from posttrain.launch import LaunchConfig, machine_rank
 from posttrain.rundir import StageContext, archive, cpu_seconds, read_json, run_lock, write_json
 
@@ -133,7 +133,7 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
 
 
 def _check_model(model: str, where: str) -> None:
-    if model != "default" and not (Path(model) / "config.json").is_file():
+    if model != "default" and not is_placeholder(model) and not (Path(model) / "config.json").is_file():
         raise ConfigError(f"{where}: model not found: {model} (an HF model dir, or `default`)")
 
 
@@ -150,6 +150,10 @@ def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
         lines.append(f"  {p.index + 1}. {p.ctx.stage_id:<16} [{p.spec.stage}] <- {p.ctx.input_model}  ({state}{where})")
     if cfg.eval:
         lines.append(f"  eval after: base, {', '.join(p.ctx.stage_id for p in planned if p.spec.eval)}")
+    unset = placeholders(to_dict(cfg))
+    if unset:
+        lines.append(f"  placeholders to set before a run ({len(unset)}), e.g. `KEY=VALUE` after the YAML:")
+        lines += [f"    {u}" for u in unset]
     if cfg.budget_curve is not None:
         curve = cfg.budget_curve
         lines.append(f"  budget curve: {curve.get('stage') or planned[-1].ctx.stage_id} at budgets "
@@ -161,6 +165,10 @@ def run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | None
     """Run the planned stages, skipping finished ones; returns the run directory. One process at a
     time per run directory (`rundir.run_lock`). On a machine of rank > 0 (multi-machine stages) it
     only joins the launched stages (posttrain.launch)."""
+    unset = placeholders(to_dict(cfg))
+    if unset:
+        raise ConfigError(f"{len(unset)} placeholder(s) not set: {'; '.join(unset)} (set each on the command line as "
+                          "KEY=VALUE, e.g. model=/path/to/Qwen3-1.7B-Base)")
     if machine_rank() > 0:
         from posttrain.launch import follow
         follow(cfg, planned, machine_rank())

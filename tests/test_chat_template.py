@@ -100,3 +100,42 @@ def test_split_think_and_completion_forms():
     conversational = [{"role": "assistant", "content": "a", "reasoning_content": "r"}]
     assert completion_text(conversational) == "<think>\nr\n</think>\n\na"
     assert "\n</think>\n\n" in BUDGET_STOP_TEXT and not BUDGET_STOP_TEXT.endswith(".")
+
+
+@pytest.mark.parametrize("special", [False, True], ids=["as_in_qwen3", "marked_special"])
+def test_a_tokenizer_with_think_tokens_keeps_them_as_single_ids(tmp_path, special):
+    """Qwen3's tokenizer has `<think>`/`</think>` as tokens (ids 151667/151668, not special): the format
+    keeps those ids, training masks cover them, and decoding keeps the tags (also when a tokenizer
+    marks them special, which would otherwise drop them)."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from posttrain.chat import TRAINING_CHAT_TEMPLATE
+    from posttrain.generation import GenerationEngine
+    from posttrain.models import apply_chat_format, default_tokenizer_dir
+    tok = AutoTokenizer.from_pretrained(default_tokenizer_dir())
+    tok.add_tokens([AddedToken(t, special=special, normalized=False) for t in ("<think>", "</think>")],
+                   special_tokens=special)
+    tok.save_pretrained(tmp_path)
+    tok = apply_chat_format(AutoTokenizer.from_pretrained(tmp_path))
+    think, close = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    assert (think, close) == (49152, 49153) and len(tok) == 49154  # kept, not re-added or split
+
+    msgs = [{"role": "user", "content": "q /no_think"}, {"role": "assistant", "content": "r", "reasoning_content": ""}]
+    gen = tok.apply_chat_template(msgs[:1], add_generation_prompt=True, enable_thinking=False, return_dict=False)
+    assert gen[-4:] == [think, *tok.encode("\n\n", add_special_tokens=False), close,
+                        *tok.encode("\n\n", add_special_tokens=False)][-4:]
+    assert think in gen and close in gen
+    for reasoning in ("", "x is 2"):  # the non-thinking and the thinking training format
+        msgs[-1]["reasoning_content"] = reasoning
+        out = tok.apply_chat_template(msgs, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+        ids, mask = out["input_ids"], out["assistant_masks"]
+        trained = [t for t, m in zip(ids, mask, strict=True) if m]
+        assert trained[0] == think and close in trained and tok.eos_token_id in trained  # think block in the loss
+
+    engine = GenerationEngine(tok)
+    ids = [think, *tok.encode("x is 2", add_special_tokens=False), close,
+           *tok.encode("\n\nr", add_special_tokens=False), tok.eos_token_id]
+    assert engine.decode(ids) == "<think>x is 2</think>\n\nr"
+    assert split_think(engine.decode(ids)) == ("x is 2", "r")

@@ -109,10 +109,13 @@ def test_launch_command_lines(tmp_path, monkeypatch):
     ("{num_processes: 2, num_machines: 2}", "launch.main_process_ip: needed with num_machines=2"),
     ("{num_processes: 2, config: nowhere.yaml}", "nowhere.yaml"),
     ("{processes: 2}", "processes"),
+    ("{num_processes: 2, config: BAD}", "unknown keys (['bogus_key'])"),
 ])
 def test_bad_launch_settings_are_refused_at_plan_time(tmp_path, tiny_model, chat_jsonl, launch, error):
     from posttrain import pipeline
     from posttrain.config import ConfigError
+    (tmp_path / "bad.yaml").write_text("distributed_type: FSDP\nbogus_key: 3\n")
+    launch = launch.replace("BAD", str(tmp_path / "bad.yaml"))
     path = _yaml(tmp_path / "p.yaml", f"""
         name: bad
         model: {tiny_model}

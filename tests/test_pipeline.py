@@ -87,6 +87,31 @@ def test_every_shipped_pipeline_plans(name):
     assert planned and all(p.ctx.input_model for p in planned)
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "pipelines" / "gpu").glob("*.yaml")))
+def test_every_gpu_recipe_dry_runs_and_names_its_placeholders(name, tmp_path, capsys):
+    """The GPU recipes plan here (every key, every accelerate config checked); their model paths
+    are placeholders, listed by --dry-run under the keys that set them, and a run refuses them."""
+    from posttrain.cli import main
+    path, out = REPO / "pipelines" / "gpu" / name, str(tmp_path / "run")
+    assert main(["run", str(path), "--dry-run", "--output-dir", out]) == 0
+    dry = capsys.readouterr().out
+    assert "placeholders to set before a run" in dry and "    model: <" in dry
+    assert "processes (pipelines/accelerate/" in dry  # stages launched on 8 GPUs each
+    assert "[0]" not in dry  # stages named by id, as overrides name them
+    assert main(["run", str(path), "--output-dir", out]) == 2
+    err = capsys.readouterr().err
+    assert "placeholder(s) not set: " in err and "model: <" in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_gpu_recipes_use_every_shipped_accelerate_config():
+    configs = {p.name for p in (REPO / "pipelines" / "accelerate").glob("*.yaml")}
+    used = " ".join(p.read_text() for p in (REPO / "pipelines" / "gpu").glob("*.yaml"))
+    assert configs == {"ddp.yaml", "fsdp2.yaml", "zero2.yaml", "zero3.yaml", "multi_node.yaml"}
+    assert all(f"pipelines/accelerate/{c}" in used for c in configs)
+    assert "pipelines/gpu/qwen3_multi_node.yaml" in (REPO / "pipelines" / "accelerate" / "slurm.sbatch").read_text()
+
+
 def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
     """The old set-up's flaw: a stage-2 teacher never learned /no_think, yet the student sampled
     half its prompts in no-think mode. Every distillation branch now learns from the stage-4 model,
