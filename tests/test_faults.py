@@ -26,6 +26,30 @@ def _yaml(path: Path, text: str) -> Path:
     return path
 
 
+# One stage of each trainer kind on the tiny model, checkpointing at step 2 of 4.
+STAGES = {
+    "reasoning_rl": """
+          - stage: reasoning_rl
+            config:
+              queries: {families: {arithmetic: 8}, k: 2, band: [-1.0, 2.0], max_new_tokens: 8}
+              num_generations: 4
+              max_completion_length: 8
+              train: {max_steps: 4, save_steps: 2, batch_size: 4}""",
+    "distill": """
+          - stage: distill
+            config:
+              student: layers=1
+              prompts: {families: {arithmetic: 8}}
+              off_policy: {max_new_tokens: 8, filter_by_reward: false, min_examples: 8,
+                           train: {max_steps: 4, save_steps: 2, batch_size: 4}}
+              on_policy: {max_completion_length: 8, train: {max_steps: 4, save_steps: 2, batch_size: 2}}""",
+    "reward_model": """
+          - stage: reward_model
+            eval: false
+            config: {data: PAIRS, heldout_fraction: 0.25, train: {max_steps: 4, save_steps: 2, batch_size: 4}}""",
+}
+
+
 def _ranks_alive(job: Path) -> list[int]:
     """PIDs of processes whose command line names this launch job (the ranks and their launcher)."""
     pids = []
@@ -83,6 +107,27 @@ def test_one_stage_on_two_processes_trains_in_sync_and_resumes_after_a_kill(tmp_
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert any((a != b).any() for a, b in zip(trained.parameters(), base.parameters(), strict=True))
     assert not (stage / "checkpoints").exists() and (run / "report.md").is_file()
+
+
+def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_model):
+    """The other trainers under a launch: TRL's GRPO (each rank samples its share of the groups) and
+    distillation's two phases (rank 0 builds the student and writes each phase's marker)."""
+    run = tmp_path / "run"
+    path = _yaml(tmp_path / "p.yaml", f"""
+        name: ddp2
+        model: {tiny_model}
+        output_dir: {run}
+        stages:""" + STAGES["reasoning_rl"] + "\n            launch: {num_processes: 2}\n"
+                 + STAGES["distill"] + "\n            launch: {num_processes: 2}\n")
+    done = cli("run", str(path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rl = json.loads((run / "01_reasoning_rl" / "COMPLETE").read_text())["metrics"]
+    assert rl["global_step"] == 4 and rl["launch"]["train"] == {"ranks_trained": 2, "weights_agree": True}
+    distill = json.loads((run / "02_distill" / "COMPLETE").read_text())["metrics"]
+    for phase in ("off_policy", "on_policy"):
+        assert distill["launch"][phase] == {"ranks_trained": 2, "weights_agree": True}
+        assert (run / "02_distill" / phase / "COMPLETE").is_file()
+    assert AutoModelForCausalLM.from_pretrained(run / "02_distill" / "model").config.num_hidden_layers == 1
 
 
 def test_launch_command_lines(tmp_path, monkeypatch):
@@ -162,29 +207,6 @@ def test_a_second_machine_joins_each_multi_machine_stage_after_the_stages_before
     assert pipeline.run(cfg, planned) == planned[0].ctx.run_dir
     assert len(started) == 1 and "--node_rank=1" in started[0] and "--nnodes=2" in started[0]
     assert not (planned[0].ctx.run_dir / ".lock").exists()  # the runner's lock is rank 0's
-
-
-STAGES = {
-    "reasoning_rl": """
-          - stage: reasoning_rl
-            config:
-              queries: {families: {arithmetic: 8}, k: 2, band: [-1.0, 2.0], max_new_tokens: 8}
-              num_generations: 4
-              max_completion_length: 8
-              train: {max_steps: 4, save_steps: 2, batch_size: 4}""",
-    "distill": """
-          - stage: distill
-            config:
-              student: layers=1
-              prompts: {families: {arithmetic: 8}}
-              off_policy: {max_new_tokens: 8, filter_by_reward: false, min_examples: 8,
-                           train: {max_steps: 4, save_steps: 2, batch_size: 4}}
-              on_policy: {max_completion_length: 8, train: {max_steps: 4, save_steps: 2, batch_size: 2}}""",
-    "reward_model": """
-          - stage: reward_model
-            eval: false
-            config: {data: PAIRS, heldout_fraction: 0.25, train: {max_steps: 4, save_steps: 2, batch_size: 4}}""",
-}
 
 
 @pytest.mark.parametrize("kind, phase", [("reasoning_rl", ""), ("distill", "off_policy"), ("distill", "on_policy"),
