@@ -3,12 +3,15 @@
     posttrain bench generate --model default --prompts 16 --batch-size 16 --max-new-tokens 64
     posttrain bench generate --backend vllm --prompts 32 --max-new-tokens 128
     posttrain bench grpo --paths transformers paged vllm
+    posttrain bench student --teacher runs/X/05_general_rl/model --data runs/X/06_off_policy/off_policy/data/train
 
 `generate` compares batched sampling (the engine's default path) with one-prompt-at-a-time sampling;
 with `--backend vllm` it compares the vLLM engine (bf16 eager, bf16 compiled, float32 eager: start
 time and tokens/s) with the transformers engine on the same prompts and sampling settings. `grpo`
 times GRPO steps of TRL's GRPOTrainer with each rollout path (transformers `generate`, TRL's paged
-transformers generation, colocated vLLM) on the same prompts. The last line printed is the headline ratio.
+transformers generation, colocated vLLM) on the same prompts. `student` scores student constructions
+(which teacher layers a student keeps) by the NLL of the teacher's answers against the teacher's own.
+The last line printed is the headline ratio.
 """
 
 from __future__ import annotations
@@ -120,6 +123,46 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
     return results
 
 
+def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict:
+    """How much of the teacher each student construction keeps before any training: the mean
+    negative log-likelihood per assistant token (think block included, as SFT trains it) of the
+    teacher's own answers (an off-policy `data/train` dir, or any `messages` file), for the teacher
+    and for each `layers=N[,pick=P]` spec."""
+    import tempfile
+
+    import torch
+
+    from posttrain.chat import TRAINING_CHAT_TEMPLATE
+    from posttrain.models import build_student, load_model, load_tokenizer, params_on_disk, resolve_model
+    from stages.sft import load_messages
+    tok = load_tokenizer(teacher)
+    rows = load_messages(data)["messages"][:limit]
+    encoded = [tok.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
+                                       return_assistant_tokens_mask=True) for m in rows]
+
+    def nll(model_dir) -> float:
+        model, _ = load_model(model_dir)
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for e in encoded:
+                ids = torch.tensor([e["input_ids"]], device=model.device)
+                logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+                picked = -logps.gather(-1, ids[0, 1:, None])[:, 0]
+                mask = torch.tensor(e["assistant_masks"][1:], device=model.device, dtype=torch.bool)
+                total, count = total + picked[mask].sum().item(), count + int(mask.sum())
+        return total / max(1, count)
+    base = nll(teacher)
+    results = {"examples": len(rows), "teacher": {"params_m": round(params_on_disk(resolve_model(teacher)) / 1e6, 1),
+                                                 "nll": round(base, 4)}}
+    for spec in specs:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_student(teacher, spec, tmp)
+            value = nll(tmp)
+            results[spec] = {"params_m": round(params_on_disk(tmp) / 1e6, 1), "nll": round(value, 4),
+                             "nll_over_teacher": round(value / base, 3)}
+    return results
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks, reported as ratios to a baseline in the same run")
     kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -153,3 +196,18 @@ def add_parser(sub) -> None:
         fastest = min(a.paths, key=lambda k: result[k]["median_step_s"])
         print(f"fastest: {fastest}, {result[fastest]['speedup_vs_' + a.paths[0]]:.2f}x the step rate of {a.paths[0]}")
     r.set_defaults(func=show_grpo)
+
+    t = kinds.add_parser("student", help="student constructions: NLL of the teacher's answers before training")
+    t.add_argument("--teacher", required=True)
+    t.add_argument("--data", required=True, help="the teacher's answers: an off-policy data/train dir or a "
+                                                 "messages file")
+    t.add_argument("--specs", nargs="+", default=["layers=10,pick=even", "layers=10,pick=first",
+                                                  "layers=10,pick=ends"])
+    t.add_argument("--limit", type=int, default=64, help="examples scored")
+
+    def show_student(a):
+        result = bench_student(a.teacher, a.data, a.specs, a.limit)
+        print(json.dumps(result, indent=2))
+        best = min(a.specs, key=lambda k: result[k]["nll"])
+        print(f"lowest NLL: {best}, {result[best]['nll_over_teacher']:.2f}x the teacher's")
+    t.set_defaults(func=show_student)

@@ -191,12 +191,22 @@ def num_params(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# which N of the teacher's T layers a `layers=N` student keeps
+PICKS = {
+    "even": lambda n, t: [round(i * (t - 1) / max(1, n - 1)) for i in range(n)],
+    "first": lambda n, t: [*range(n - 1), t - 1] if n > 1 else [t - 1],
+    "ends": lambda n, t: [*range((n + 1) // 2), *range(t - n // 2, t)],
+}
+
+
 def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.PathLike) -> Path:
     """A student for `teacher` from SPEC, sharing its tokenizer and chat format.
 
-    SPEC is an existing model dir (used as is, after a vocabulary check), `layers=N` (N of the
-    teacher's layers, evenly spaced, initialised from the teacher's weights), or `scratch:layers=N`
-    with optional `,hidden=H` (a smaller configuration of the same architecture, random init).
+    SPEC is an existing model dir (used as is, after a vocabulary check), `layers=N[,pick=P]` (N of
+    the teacher's layers, initialised from its weights; P says which: `even` (evenly spaced, the
+    default), `first` (the first N-1 and the last, as in deep-layer pruning) or `ends` (the first
+    and last N/2)), or `scratch:layers=N` with optional `,hidden=H` (a smaller configuration of the
+    same architecture, random init).
     """
     teacher_dir = resolve_model(teacher)
     tok = AutoTokenizer.from_pretrained(teacher_dir)
@@ -208,10 +218,14 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
         return Path(spec)
     scratch = spec.startswith("scratch:")
     try:
-        opts = {k: int(v) for k, v in (part.split("=") for part in spec.removeprefix("scratch:").split(","))}
+        opts = dict(part.split("=") for part in spec.removeprefix("scratch:").split(","))
+        pick = opts.pop("pick", "even")
+        opts = {k: int(v) for k, v in opts.items()}
     except ValueError:
-        raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N' or "
+        raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N[,pick=even|first|ends]' or "
                          "'scratch:layers=N[,hidden=H]'") from None
+    if pick not in PICKS or scratch and pick != "even":
+        raise ValueError(f"student spec {spec!r}: pick must be one of {', '.join(PICKS)} (and only with layers=N)")
     unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers"})
     if unknown or "layers" not in opts:
         raise ValueError(f"student spec {spec!r}: unknown or missing keys {sorted(unknown) or ['layers']}")
@@ -230,7 +244,7 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     else:
         teacher_model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
-        keep = [round(i * (n_teacher - 1) / max(1, opts["layers"] - 1)) for i in range(opts["layers"])]
+        keep = PICKS[pick](opts["layers"], n_teacher)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         state = {}
         for name, tensor in teacher_model.state_dict().items():

@@ -23,3 +23,20 @@ def test_grpo_bench_times_each_rollout_path_on_the_same_steps(tiny_model):
     assert result["transformers"]["speedup_vs_transformers"] == 1.0
     assert result["paged"]["speedup_vs_transformers"] == pytest.approx(
         result["transformers"]["median_step_s"] / result["paged"]["median_step_s"], rel=0.1)
+
+
+def test_student_bench_scores_constructions_against_the_teacher(tmp_path, chat_jsonl, capsys):
+    """A student that keeps every layer is the teacher (same NLL); ones keeping different layers differ."""
+    from posttrain.models import PICKS, make_tiny_model
+    assert PICKS["first"](3, 6) == [0, 1, 5] and PICKS["even"](3, 6) == [0, 2, 5]
+    assert PICKS["ends"](4, 6) == [0, 1, 4, 5] and PICKS["even"](3, 7) == [0, 3, 6]
+    teacher = make_tiny_model(tmp_path / "teacher", layers=6)
+    cli.main(["bench", "student", "--teacher", str(teacher), "--data", str(chat_jsonl), "--limit", "6",
+              "--specs", "layers=6", "layers=3,pick=first", "layers=3,pick=even"])
+    out = capsys.readouterr().out
+    result = bench.json.loads(out[out.index("\n{") + 1:out.rindex("}") + 1])  # after build_student's lines
+    assert result["examples"] == 6
+    assert result["layers=6"]["nll"] == pytest.approx(result["teacher"]["nll"], rel=1e-4)
+    assert result["layers=6"]["params_m"] == result["teacher"]["params_m"] > result["layers=3,pick=first"]["params_m"]
+    assert result["layers=3,pick=first"]["nll"] != result["layers=3,pick=even"]["nll"]  # different layers kept
+    assert out.strip().splitlines()[-1].startswith("lowest NLL: ")

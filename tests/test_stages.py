@@ -153,7 +153,8 @@ def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path
 
 
 @pytest.mark.parametrize("spec,error", [("layers=99", "layers must be in"), ("depth=2", "unknown or missing"),
-                                        ("scratch:layers=1,hidden=7", "multiple of")])
+                                        ("scratch:layers=1,hidden=7", "multiple of"),
+                                        ("layers=2,pick=middle", "pick must be one of even, first, ends")])
 def test_bad_student_specs(tmp_path, tiny_model, spec, error):
     from posttrain.models import build_student
     with pytest.raises(ValueError, match=error):

@@ -301,7 +301,8 @@ def test_tool_task_runs_real_tool_calls_inside_a_grpo_step(tmp_path, tiny_model,
                     "max_completion_length: 96, train: {max_steps: 2, batch_size: 8}}\n")
     _, stage, metrics = run_one_stage(path)
     assert metrics["global_step"] == 2  # every row of the 8 was rolled out
-    assert any("flaky failed on task 'rag'" in r.getMessage() for r in caplog.records)
+    assert any("flaky failed on a batch of" in r.getMessage() and "of task 'rag'" in r.getMessage()
+               for r in caplog.records)
     rows = {r["prompt"][-1]["content"]: json.loads(r["store"]) for r in stage.dataset("train", None) if r["store"]}
     answered = [t for t in seen if "<tool_response>" in t]
     assert answered, "no tool call was executed"
