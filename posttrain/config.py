@@ -233,5 +233,11 @@ def check_trainer_overrides(config_cls: type, overrides: dict[str, Any], where: 
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass (nested) as plain data, for snapshots and hashing."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    """A dataclass (nested, or in dicts and lists) as plain data, for snapshots, hashing and job files."""
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    return obj

@@ -165,6 +165,28 @@ def rank_record(ctx: StageContext):
     return RankRecord()
 
 
+def read_job(path: Path) -> tuple[Any, Any, StageContext]:
+    """The stage module, its config and its context, as the runner planned them (`write_job`)."""
+    import stages
+    from posttrain import generation
+    from posttrain.config import from_dict
+    from posttrain.evaluate import EvalConfig
+    from posttrain.rundir import cpu_seconds
+    job = json.loads(Path(path).read_text())
+    generation.VLLM_SETTINGS.update(job["vllm"])
+    generation.PIPELINE_BACKEND[0] = job["backend"]
+    c = job["ctx"]
+    extra = dict(c["extra"], cpu_start=cpu_seconds())
+    if "eval_suites" in extra:
+        extra["eval_suites"] = from_dict(EvalConfig, {"suites": extra["eval_suites"]}, f"{path}: eval suites").suites
+    if "curve_dir" in extra:
+        extra["curve_dir"] = Path(extra["curve_dir"])
+    ctx = StageContext(stage_id=c["stage_id"], dir=Path(c["dir"]), input_model=c["input_model"], seed=c["seed"],
+                       backend=c["backend"], run_dir=Path(c["run_dir"]) if c["run_dir"] else None, extra=extra)
+    module = stages.get(job["stage"])
+    return module, from_dict(module.Config, job["config"], f"{path}: config"), ctx
+
+
 def main(argv: list[str] | None = None) -> int:
     """One rank: rebuild the stage from the job file and run it."""
     from datetime import timedelta
@@ -172,13 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
-    import stages
-    from posttrain import generation
     from posttrain.cli import setup_logging
-    from posttrain.config import from_dict
-    from posttrain.evaluate import EvalConfig
-    from posttrain.rundir import cpu_seconds
-    job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     # data building on rank 0 can take long while the others wait at the barrier
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))
     setup_logging(verbose=False, quiet_rank=not state.is_main_process)
@@ -187,24 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         # CPU is `cpu:RANK`, a location torch cannot restore to: such storage stays on the CPU
         torch.serialization.register_package(5, lambda obj: None,
                                              lambda storage, where: storage if where.startswith("cpu:") else None)
-    generation.VLLM_SETTINGS.update(job["vllm"])
-    generation.PIPELINE_BACKEND[0] = job["backend"]
-    c = job["ctx"]
-    extra = dict(c["extra"], cpu_start=cpu_seconds())
-    if "eval_suites" in extra:
-        extra["eval_suites"] = from_dict(EvalConfig, {"suites": extra["eval_suites"]}, "launch job").suites
-    if "curve_dir" in extra:
-        extra["curve_dir"] = Path(extra["curve_dir"])
-    ctx = StageContext(stage_id=c["stage_id"], dir=Path(c["dir"]), input_model=c["input_model"], seed=c["seed"],
-                       backend=c["backend"], run_dir=Path(c["run_dir"]) if c["run_dir"] else None, extra=extra)
-    module = stages.get(job["stage"])
-    metrics = module.run(ctx, from_dict(module.Config, job["config"], f"{ctx.dir / JOB}: config")) or {}
+    module, config, ctx = read_job(Path((argv or sys.argv[1:])[0]))
+    metrics = module.run(ctx, config) or {}
     state.wait_for_everyone()
     if state.is_main_process:
         info = {"processes": state.num_processes, "distributed_type": str(state.distributed_type)}
         for d in sorted(ctx.dir.rglob(RANKS)):  # one per trained phase
             ranks = [read_json(p) for p in sorted(d.glob("rank*.json"))]
-            phase = str(d.parent.relative_to(ctx.dir)).replace(".", "") or "train"
+            phase = "train" if d.parent == ctx.dir else str(d.parent.relative_to(ctx.dir))
             # data-parallel ranks hold the same weights; sharded ones (FSDP, ZeRO) their own shards
             info[phase] = {"ranks_trained": len(ranks), "weights_agree": len({r["weights_sha256"] for r in ranks}) == 1}
         write_json(ctx.dir / RESULT, {"metrics": metrics, "launch": info})

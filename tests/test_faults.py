@@ -130,6 +130,23 @@ def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_m
     assert AutoModelForCausalLM.from_pretrained(run / "02_distill" / "model").config.num_hidden_layers == 1
 
 
+def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path):
+    """The ranks see the stage as the runner planned it: config, eval suites (cold start keeps their
+    items out of its data), accuracy-vs-compute curve settings, engine."""
+    from posttrain import generation, pipeline
+    from posttrain.launch import read_job, write_job
+    cfg, planned = pipeline.load(REPO / "pipelines" / "table21.yaml", output_dir=str(tmp_path / "run"))
+    for p in (planned[0], next(p for p in planned if p.ctx.stage_id == "rl_branch")):
+        p.ctx.dir.mkdir(parents=True)
+        module, config, ctx = read_job(write_job(p.ctx, p.spec.stage, p.config, cfg))
+        assert module.__name__ == f"stages.{p.spec.stage}" and config == p.config
+        assert (ctx.stage_id, ctx.dir, ctx.input_model, ctx.seed, ctx.run_dir) == \
+            (p.ctx.stage_id, p.ctx.dir, p.ctx.input_model, p.ctx.seed, p.ctx.run_dir)
+        assert {k: v for k, v in ctx.extra.items() if k != "cpu_start"} == p.ctx.extra
+    assert ctx.extra["curve_points"] == 3 and ctx.extra["curve_dir"] == p.ctx.dir / "curve"
+    assert generation.PIPELINE_BACKEND[0] == cfg.backend
+
+
 def test_launch_command_lines(tmp_path, monkeypatch):
     import torch
 
