@@ -58,6 +58,8 @@ class LaunchConfig:
             raise ConfigError(f"{where}: num_processes and num_machines must be at least 1")
         if self.num_machines > 1 and not self.main_process_ip:
             raise ConfigError(f"{where}.main_process_ip: needed with num_machines={self.num_machines}")
+        if self.config is not None and self.launcher == "torchrun":
+            raise ConfigError(f"{where}.config: an accelerate config needs launcher `accelerate` or `auto`")
         if self.config is not None:  # accelerate's own reader: unknown keys and bad values are refused
             from accelerate.commands.config.config_args import load_config_from_file
             try:
@@ -207,12 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     metrics = module.run(ctx, config) or {}
     state.wait_for_everyone()
     if state.is_main_process:
-        info = {"processes": state.num_processes, "distributed_type": str(state.distributed_type)}
+        from posttrain.training import SHARDED
+        kind = str(state.distributed_type)
+        info = {"processes": state.num_processes, "distributed_type": kind}
         for d in sorted(ctx.dir.rglob(RANKS)):  # one per trained phase
             ranks = [read_json(p) for p in sorted(d.glob("rank*.json"))]
             phase = "train" if d.parent == ctx.dir else str(d.parent.relative_to(ctx.dir))
-            # data-parallel ranks hold the same weights; sharded ones (FSDP, ZeRO) their own shards
-            info[phase] = {"ranks_trained": len(ranks), "weights_agree": len({r["weights_sha256"] for r in ranks}) == 1}
+            # data-parallel ranks hold the same weights; sharded ones (FSDP, ZeRO) only their shards
+            agree = None if kind in SHARDED else len({r["weights_sha256"] for r in ranks}) == 1
+            info[phase] = {"ranks_trained": len(ranks), "weights_agree": agree}
         write_json(ctx.dir / RESULT, {"metrics": metrics, "launch": info})
     state.destroy_process_group()
     return 0

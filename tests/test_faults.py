@@ -171,6 +171,7 @@ def test_launch_command_lines(tmp_path, monkeypatch):
     ("{num_processes: 2, num_machines: 2}", "launch.main_process_ip: needed with num_machines=2"),
     ("{num_processes: 2, config: nowhere.yaml}", "nowhere.yaml"),
     ("{processes: 2}", "processes"),
+    ("{num_processes: 2, launcher: torchrun, config: BAD}", "needs launcher `accelerate` or `auto`"),
     ("{num_processes: 2, config: BAD}", "unknown keys (['bogus_key'])"),
 ])
 def test_bad_launch_settings_are_refused_at_plan_time(tmp_path, tiny_model, chat_jsonl, launch, error):
