@@ -115,11 +115,12 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
             use_reload_sync(trainer)
             setup = time.perf_counter() - start
             trainer.train()
-        results[path] = {"setup_s": round(setup, 1), "step_s": [round(t, 1) for t in clock.times],
-                         "median_step_s": round(statistics.median(clock.times[1:] or clock.times), 1)}
-    base = results[paths[0]]["median_step_s"]
-    for path in paths:
-        results[path]["speedup_vs_" + paths[0]] = round(base / results[path]["median_step_s"], 2)
+        median = statistics.median(clock.times[1:] or clock.times)
+        results[path] = {"setup_s": round(setup, 1), "step_s": [round(t, 3) for t in clock.times],
+                         "median_step_s": round(median, 3), "_median": median}
+    base = results[paths[0]]["_median"]
+    for path in paths:  # the ratio of unrounded medians (a tiny model's step rounds to 0.0 s at 0.1 s)
+        results[path]["speedup_vs_" + paths[0]] = round(base / results[path].pop("_median"), 3)
     return results
 
 
