@@ -210,13 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     state.wait_for_everyone()
     if state.is_main_process:
         from posttrain.training import SHARDED
-        kind = str(state.distributed_type)
-        info = {"processes": state.num_processes, "distributed_type": kind}
+        info = {"processes": state.num_processes, "distributed_type": str(state.distributed_type)}
         for d in sorted(ctx.dir.rglob(RANKS)):  # one per trained phase
             ranks = [read_json(p) for p in sorted(d.glob("rank*.json"))]
             phase = "train" if d.parent == ctx.dir else str(d.parent.relative_to(ctx.dir))
             # data-parallel ranks hold the same weights; sharded ones (FSDP, ZeRO) only their shards
-            agree = None if kind in SHARDED else len({r["weights_sha256"] for r in ranks}) == 1
+            agree = None if state.distributed_type.name in SHARDED else len({r["weights_sha256"] for r in ranks}) == 1
             info[phase] = {"ranks_trained": len(ranks), "weights_agree": agree}
         write_json(ctx.dir / RESULT, {"metrics": metrics, "launch": info})
     state.destroy_process_group()

@@ -11,7 +11,7 @@ from posttrain.config import check_trainer_overrides
 from posttrain.rundir import StageContext
 
 log = logging.getLogger("posttrain.training")
-SHARDED = ("DistributedType.FSDP", "DistributedType.DEEPSPEED")  # accelerate's sharded engines
+SHARDED = ("FSDP", "DEEPSPEED")  # accelerate's DistributedType members that shard the weights
 
 
 @dataclass
@@ -59,7 +59,7 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict[str, Any]:
     from posttrain.models import save
     from posttrain.rundir import distributed, wait_for_everyone
     state, model = distributed(), trainer.model
-    if state is not None and str(state.distributed_type) in SHARDED:
+    if state is not None and state.distributed_type.name in SHARDED:
         trainer.save_model(str(ctx.model_dir))
         if state.is_main_process:
             tokenizer.save_pretrained(str(ctx.model_dir))
