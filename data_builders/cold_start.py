@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_builders.rl_queries import DataSource
+from data_builders.rl_queries import DataSource, eval_texts
 from posttrain.chat import split_think
 from posttrain.rundir import StageContext, write_json
 
@@ -36,15 +36,6 @@ class ColdStartData:
     keep_per_query: int = 1
     max_new_tokens: int = 512
     rules: list[str] | None = None  # subset of the six rules; default all
-
-
-def eval_texts(ctx: StageContext) -> list[str]:
-    """User texts of the pipeline's eval suites (passed in by the runner), for overlap filtering."""
-    from posttrain.evaluate import load_suite
-    texts = []
-    for name, suite in (ctx.extra.get("eval_suites") or {}).items():
-        texts += [row["prompt"][-1]["content"] for row in load_suite(name, suite)]
-    return texts
 
 
 def _responses(ctx: StageContext, cfg: ColdStartData, rows: list[dict]) -> list[list[str]]:

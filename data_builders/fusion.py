@@ -85,7 +85,7 @@ def thinking_responses(ctx: StageContext, cfg: FusionData, rows: list[dict], sta
     from datasets import Dataset
 
     from data_builders import filters
-    from data_builders.cold_start import eval_texts
+    from data_builders.rl_queries import eval_texts
     from posttrain.generation import load_engine
 
     def sample() -> Dataset:
@@ -143,8 +143,8 @@ def build(ctx: StageContext, cfg: FusionData):
         thinking = thinking_responses(ctx, cfg, rows, stats)
         extra = list(generate_mix(cfg.direct_families, seed=cfg.seed, knobs=cfg.knobs)) if cfg.direct_families else []
         if extra:  # as in stage 1: nothing near an eval item
-            from data_builders.cold_start import eval_texts
             from data_builders.filters import NearDuplicateIndex
+            from data_builders.rl_queries import eval_texts
             index = NearDuplicateIndex(eval_texts(ctx))
             fresh = [r for r in extra if not index.is_near_duplicate(r["prompt"][-1]["content"])]
             stats["direct_families"] = {"items": len(extra), "near_duplicate_of_eval": len(extra) - len(fresh)}

@@ -55,6 +55,27 @@ def candidates(cfg: QuerySelection):
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
+def unseen(ctx: StageContext, pool, stage_ids: list[str]):
+    """`pool` without the prompts that the named earlier stages trained on or that the pipeline's
+    eval suites ask (exact match after whitespace folding), and how many of each were dropped."""
+    used, held = used_prompts(ctx, stage_ids), {_norm(t) for t in eval_texts(ctx)}
+    keys = [_norm(p[-1]["content"]) for p in pool["prompt"]]
+    counts = {"excluded_as_used": sum(k in used for k in keys),
+              "excluded_as_eval": sum(k in held and k not in used for k in keys)}
+    if counts["excluded_as_eval"]:
+        log.info("%s: dropped %d candidate prompts that the eval suites ask", ctx.stage_id, counts["excluded_as_eval"])
+    return pool.select([i for i, k in enumerate(keys) if k not in used and k not in held]), counts
+
+
+def eval_texts(ctx: StageContext) -> list[str]:
+    """User texts of the pipeline's eval suites (passed in by the runner), for overlap filtering."""
+    from posttrain.evaluate import load_suite
+    texts = []
+    for name, suite in (ctx.extra.get("eval_suites") or {}).items():
+        texts += [row["prompt"][-1]["content"] for row in load_suite(name, suite)]
+    return texts
+
+
 def used_prompts(ctx: StageContext, stage_ids: list[str]) -> set[str]:
     """User texts of earlier stages' training data in this run (exact match after whitespace folding)."""
     from datasets import load_from_disk
@@ -81,11 +102,7 @@ def select_queries(ctx: StageContext, cfg: QuerySelection):
     from data_builders.filters import learnable, pass_rate_histogram
     from posttrain.evaluate import grade
     from posttrain.generation import load_engine
-    pool = candidates(cfg)
-    used = used_prompts(ctx, cfg.exclude_stages)
-    fresh = [i for i, p in enumerate(pool["prompt"]) if _norm(p[-1]["content"]) not in used]
-    excluded = len(pool) - len(fresh)
-    pool = pool.select(fresh)
+    pool, excluded = unseen(ctx, candidates(cfg), cfg.exclude_stages)
     engine = load_engine(ctx.input_model, backend=ctx.backend, batch_size=cfg.batch_size)
     outs = engine.generate(pool["prompt"], n=cfg.k, mode="think", max_new_tokens=cfg.max_new_tokens,
                            seed=ctx.seed, progress=True)
@@ -96,7 +113,7 @@ def select_queries(ctx: StageContext, cfg: QuerySelection):
     keep = learnable(rates, low=low, high=high)
     keep = sorted(keep, key=lambda i: rates[i])[:cfg.max_queries]  # hardest learnable first
     selected = pool.select(sorted(keep)).add_column("pass_rate", [rates[i] for i in sorted(keep)])
-    stats = {"candidates": len(rows), "excluded_as_used": excluded,
+    stats = {"candidates": len(rows), **excluded,
              "k": cfg.k, "band": cfg.band, "kept": len(selected),
              "always_right": sum(r == 1.0 for r in rates), "always_wrong": sum(r == 0.0 for r in rates),
              "histogram": pass_rate_histogram(rates, bins=cfg.k + 1),

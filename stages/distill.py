@@ -18,7 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_builders.rl_queries import DataSource, QuerySelection, candidates
+from data_builders.rl_queries import DataSource, QuerySelection, candidates, unseen
 from posttrain.chat import MODES, split_think, with_flag
 from posttrain.rundir import StageContext, distributed, is_main_process
 from posttrain.training import TrainOptions, finish, sft, train
@@ -72,7 +72,7 @@ def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
 
     from posttrain.evaluate import grade
     from posttrain.generation import load_engine
-    rows = list(prompt_set(cfg))
+    rows = list(prompt_set(ctx, cfg))
     engine = load_engine(teacher, backend=ctx.backend)
     out = []
     for mode in cfg.off_policy.modes:
@@ -97,12 +97,14 @@ def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
     return Dataset.from_list(out)
 
 
-def prompt_set(cfg: Config):
-    return candidates(QuerySelection(families=cfg.prompts.families, knobs=cfg.prompts.knobs,
+def prompt_set(ctx: StageContext, cfg: Config):
+    """The prompts, less any that the pipeline's eval suites ask."""
+    pool = candidates(QuerySelection(families=cfg.prompts.families, knobs=cfg.prompts.knobs,
                                      data=cfg.prompts.data, seed=cfg.prompts.seed))
+    return unseen(ctx, pool, [])[0]
 
 
-def on_policy_prompts(cfg: Config, seed: int, student: str):
+def on_policy_prompts(ctx: StageContext, cfg: Config):
     """Prompts with a mode drawn per prompt, so the student samples in both modes: flagged, and
     rendered as the generation engine renders them for that mode (a no-think prompt ends with the
     empty think block). TRL then tokenizes the text as is, so student and teacher score what the
@@ -112,8 +114,8 @@ def on_policy_prompts(cfg: Config, seed: int, student: str):
 
     from posttrain.generation import GenerationEngine
     from posttrain.models import load_tokenizer
-    engine, rng, rows = GenerationEngine(load_tokenizer(student)), random.Random(seed), []
-    for r in prompt_set(cfg):
+    engine, rng, rows = GenerationEngine(load_tokenizer(ctx.input_model)), random.Random(ctx.seed), []
+    for r in prompt_set(ctx, cfg):
         mode = "think" if rng.random() < cfg.on_policy.think_fraction else "no_think"
         messages = with_flag(r["prompt"], mode)
         rows.append({"prompt": engine.tokenizer.decode(engine.render(messages, mode)), "messages": messages,
@@ -163,7 +165,7 @@ def run(ctx: StageContext, cfg: Config) -> dict:
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:
-                prompts = pctx.dataset("prompts", lambda pctx=pctx: on_policy_prompts(cfg, ctx.seed, pctx.input_model))
+                prompts = pctx.dataset("prompts", lambda pctx=pctx: on_policy_prompts(pctx, cfg))
                 metrics[name] = on_policy(pctx, teacher, phase, prompts)
             pctx.mark_complete({})
         student = str(pctx.model_dir)

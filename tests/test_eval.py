@@ -98,6 +98,31 @@ def test_query_selection_excludes_prompts_used_in_stage_one(tmp_path, monkeypatc
     assert json.loads((ctx.dir / "selection.json").read_text())["excluded_as_used"] == 1
 
 
+def test_training_prompts_never_include_the_eval_suites_items(tmp_path, monkeypatch):
+    """The synthetic linear family repeats itself: 800 distillation prompts (seed 5) held 6 asking
+    eval_large items. Stage-2 queries and distillation prompts now drop what the eval asks."""
+    from data_builders import rl_queries
+    from data_builders.synthetic import generate
+    from posttrain.evaluate import SuiteConfig
+    from posttrain.rundir import StageContext
+    from stages.distill import Config, Prompts, prompt_set
+    suite = SuiteConfig(family="linear", n=64, seed=10001)
+    held = {r["prompt"][-1]["content"] for r in generate("linear", 64, seed=10001)}
+    pool = generate("linear", 800, seed=5)
+    assert sum(p[-1]["content"] in held for p in pool["prompt"]) == 6  # the overlap that was trained on
+    ctx = StageContext(stage_id="distill", dir=tmp_path / "d", input_model="unused",
+                       extra={"eval_suites": {"lin": suite}})
+    prompts = prompt_set(ctx, Config(prompts=Prompts(families={"linear": 800}, seed=5)))
+    assert len(prompts) == 794 and not any(p[-1]["content"] in held for p in prompts["prompt"])
+    right = {p[-1]["content"]: (a, 1) for p, a in zip(pool["prompt"], pool["answer"], strict=True)}
+    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
+    cfg = rl_queries.QuerySelection(families={"linear": 800}, seed=5, k=2, exclude_stages=[])
+    selected = rl_queries.select_queries(ctx, cfg)  # each query right once in 2: all learnable
+    assert len(selected) == 794 and not any(p[-1]["content"] in held for p in selected["prompt"])
+    stats = json.loads((ctx.dir / "selection.json").read_text())
+    assert stats["candidates"] == 794 and stats["excluded_as_eval"] == 6 and stats["excluded_as_used"] == 0
+
+
 def test_report_shows_accuracy_with_its_standard_error():
     from posttrain.report import markdown
     result = {"suites": {"lin": {"think": {"accuracy": 0.5, "accuracy_se": 0.125, "pass_at_k": {"1": 0.5},
@@ -235,6 +260,9 @@ def test_terminal_summary_reads_the_last_evaluated_model():
                                "report: runs/p/report.md"]
     report["stages"][1]["eval"] = {"suites": think}  # the last model has no ThinkFollow: the latest one that has
     assert summary(report)[2:4] == ["b think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750"]
+    for stage in report["stages"]:  # suites, but no stage evaluated: not "the pipeline has no eval"
+        stage["eval"] = None
+    assert summary(report)[2] == "eval: none (no stage has `eval: true`)"
 
 
 def test_a_stage_without_eval_or_training_curves_leaves_a_note_not_a_failure(tmp_path):

@@ -198,12 +198,12 @@ def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_tu
     student = build_student(teacher, "layers=1", tmp_path / "student")
     tok = load_tokenizer(student)
     eot = tok.convert_tokens_to_ids("<|im_end|>")
-    prompts = on_policy_prompts(Config(prompts=Prompts(families={"arithmetic": 6})), seed=0, student=str(student))
+    ctx = StageContext(stage_id="distill", dir=tmp_path / "stage", input_model=str(student))
+    prompts = on_policy_prompts(ctx, Config(prompts=Prompts(families={"arithmetic": 6})))
     assert sorted(set(prompts["mode"])) == ["no_think", "think"]
     # A strong bias on end-of-turn makes random-model samples end at varied lengths before the cap.
     cfg = OnPolicy(max_completion_length=12, train=TrainOptions(
         max_steps=1, batch_size=6, trainer={"generation_kwargs": {"sequence_bias": [[[eot], 10.0]]}}))
-    ctx = StageContext(stage_id="distill", dir=tmp_path / "stage", input_model=str(student))
     trainer = on_policy_trainer(ctx, str(teacher), cfg, prompts)
     assert eot in trainer.eos_token_ids
     seen = {"student": [], "teacher": []}  # the student's calls: sampling first, then the loss forward
