@@ -26,10 +26,7 @@ def load_table(path: str):
     from pathlib import Path
 
     from data_builders.sources import read
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"data: file not found: {p}")
-    return read(p, {".jsonl": "json", ".json": "json", ".parquet": "parquet"})
+    return read(Path(path), {".jsonl": "json", ".json": "json", ".parquet": "parquet"})
 
 
 def load_messages(path: str):
