@@ -431,7 +431,8 @@ def summary(report: dict[str, Any]) -> list[str]:
         lines.append(f"{follow['id']} ThinkFollow: {follow['eval']['think_follow']['score']:.3f}" if follow
                      else "ThinkFollow: not measured")
     else:
-        lines += ["eval: none (the pipeline has no `eval`)", ""]
+        lines += ["eval: none " + ("(no stage has `eval: true`)" if report["base"].get("eval")
+                                   else "(the pipeline has no `eval`)"), ""]
     lines.append(f"report: {Path(report['run_dir']) / 'report.md'}")
     return [line for line in lines if line]
 
