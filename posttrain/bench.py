@@ -100,7 +100,7 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
                               zip(_prompts(prompts * steps), ["0"] * (prompts * steps), strict=True)])
     knobs = {"transformers": {}, "paged": {"use_transformers_paged": True},
              "vllm": {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}}
-    results = {}
+    results, medians = {}, {}
     for path in paths:
         model_obj, tokenizer = load_model(model, train=True)
         clock = Clock()
@@ -115,12 +115,11 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
             use_reload_sync(trainer)
             setup = time.perf_counter() - start
             trainer.train()
-        median = statistics.median(clock.times[1:] or clock.times)
+        medians[path] = statistics.median(clock.times[1:] or clock.times)
         results[path] = {"setup_s": round(setup, 1), "step_s": [round(t, 3) for t in clock.times],
-                         "median_step_s": round(median, 3), "_median": median}
-    base = results[paths[0]]["_median"]
+                         "median_step_s": round(medians[path], 3)}
     for path in paths:  # the ratio of unrounded medians (a tiny model's step rounds to 0.0 s at 0.1 s)
-        results[path]["speedup_vs_" + paths[0]] = round(base / results[path].pop("_median"), 3)
+        results[path]["speedup_vs_" + paths[0]] = round(medians[paths[0]] / medians[path], 3)
     return results
 
 
