@@ -127,16 +127,19 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
     """How much of the teacher each student construction keeps before any training: the mean
     negative log-likelihood per assistant token (think block included, as SFT trains it) of the
     teacher's own answers (an off-policy `data/train` dir, or any `messages` file), for the teacher
-    and for each `layers=N[,pick=P]` spec."""
+    and for each `layers=N[,pick=P][,mlp=M]` spec."""
     import tempfile
 
     import torch
 
     from posttrain.chat import TRAINING_CHAT_TEMPLATE
     from posttrain.models import build_student, load_model, load_tokenizer, params_on_disk, resolve_model
+    from stages.distill import calibration
     from stages.sft import load_messages
     tok = load_tokenizer(teacher)
-    rows = load_messages(data)["messages"][:limit]
+    everything = list(load_messages(data)["messages"])
+    rows = everything[:limit]  # scored; a width-pruned (`mlp=M`) student is ranked on the others
+    calibration_ids = calibration(tok, everything[limit:] or rows)
     encoded = [tok.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
                                        return_assistant_tokens_mask=True) for m in rows]
 
@@ -156,7 +159,7 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
                                                  "nll": round(base, 4)}}
     for spec in specs:
         with tempfile.TemporaryDirectory() as tmp:
-            build_student(teacher, spec, tmp)
+            build_student(teacher, spec, tmp, calibration_ids)
             value = nll(tmp)
             results[spec] = {"params_m": round(params_on_disk(tmp) / 1e6, 1), "nll": round(value, 4),
                              "nll_over_teacher": round(value / base, 3)}

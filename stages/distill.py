@@ -6,7 +6,8 @@ On-policy: the student samples (a random mode per prompt) and its logits are pul
 teacher's on those samples — TRL's DistillationTrainer, reverse KL by default.
 
 The stage's input model is the teacher unless `teacher` names another; `student` is a model dir,
-`@STAGE_ID`, or a spec to build one (`layers=N`, `scratch:layers=N,hidden=H`).
+`@STAGE_ID`, or a spec to build one: `layers=N` (N of the teacher's layers), `mlp=M` (width pruning:
+the M neurons of each MLP most active on the teacher's answers) or `scratch:layers=N,hidden=H`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from data_builders.rl_queries import DataSource, QuerySelection, candidates, unseen
@@ -146,15 +148,37 @@ def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
     return finish(ctx, trainer, trainer.processing_class)
 
 
+def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
+    """Token ids of up to N conversations spread over CONVERSATIONS, rendered as SFT trains on them."""
+    from posttrain.chat import TRAINING_CHAT_TEMPLATE
+    conversations = list(conversations)
+    return [tokenizer.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
+                                          add_generation_prompt=m[-1]["role"] != "assistant")["input_ids"]
+            for m in conversations[::max(1, len(conversations) // n)][:n]]
+
+
+def make_student(ctx: StageContext, teacher: str, spec: str, conversations) -> str:
+    """The student, built from SPEC into student_init once (rank 0 first when launched); a width-pruned
+    one (`mlp=M`) keeps the neurons most active on CONVERSATIONS: the teacher's answers, or the
+    prompts when the stage has no off-policy phase."""
+    from posttrain.models import build_student, load_tokenizer
+    init = ctx.dir / "student_init"
+    state = distributed()
+    with state.main_process_first() if state else nullcontext():
+        if (init / "config.json").is_file():
+            return str(init)
+        return str(build_student(teacher, spec, init, calibration(load_tokenizer(teacher), conversations)))
+
+
 def run(ctx: StageContext, cfg: Config) -> dict:
-    from posttrain.models import build_student
+    from posttrain.models import resolve_model, student_spec
     teacher = ctx.resolve(cfg.teacher) if cfg.teacher else ctx.input_model
     spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
-    init = ctx.dir / "student_init"  # a built student is cached here; an existing one is used in place
-    state = distributed()
-    with state.main_process_first() if state else nullcontext():  # launched: rank 0 builds it
-        student = str(init) if (init / "config.json").is_file() else str(build_student(teacher, spec, init))
-    metrics = {}
+    if not (Path(spec) / "config.json").is_file():  # a bad spec fails now, not after the teacher's answers
+        student_spec(resolve_model(teacher), spec)
+    if not (cfg.off_policy.enabled or cfg.on_policy.enabled):
+        raise ValueError(f"stages.{ctx.stage_id}.config: off_policy and on_policy are both disabled; nothing to do")
+    student, metrics = None, {}
     for name, phase in (("off_policy", cfg.off_policy), ("on_policy", cfg.on_policy)):
         if not phase.enabled:
             continue
@@ -162,9 +186,12 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         if not pctx.is_complete():
             if name == "off_policy":
                 data = pctx.dataset("train", lambda pctx=pctx: teacher_outputs(pctx, teacher, cfg))
+                pctx.input_model = student or make_student(ctx, teacher, spec, data["messages"])
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:
+                pctx.input_model = student or make_student(ctx, teacher, spec,
+                                                           [r["prompt"] for r in prompt_set(ctx, cfg)])
                 prompts = pctx.dataset("prompts", lambda pctx=pctx: on_policy_prompts(pctx, cfg))
                 metrics[name] = on_policy(pctx, teacher, phase, prompts)
             pctx.mark_complete({})

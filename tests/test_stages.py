@@ -80,7 +80,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
         stages:
           - stage: distill
             config:
-              student: layers=2
+              student: layers=2,mlp=32
               prompts: {{families: {{arithmetic: 6}}}}
               off_policy: {{max_new_tokens: 8, filter_by_reward: false, min_examples: 12,
                            train: {{max_steps: 2, batch_size: 4}}}}
@@ -88,7 +88,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
         """)
     stage = planned[0].ctx
     student = AutoModelForCausalLM.from_pretrained(stage.model_dir)
-    assert student.config.num_hidden_layers == 2
+    assert student.config.num_hidden_layers == 2 and student.config.intermediate_size == 32
     s_tok, t_tok = AutoTokenizer.from_pretrained(stage.model_dir), AutoTokenizer.from_pretrained(teacher)
     assert s_tok.get_vocab() == t_tok.get_vocab() and s_tok.chat_template == t_tok.chat_template
     from datasets import load_from_disk
@@ -96,6 +96,15 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     assert sorted(set(off["mode"])) == ["no_think", "think"]
     assert all(m[0]["content"].endswith("/no_think" if mode == "no_think" else "/think")
                for m, mode in zip(off["messages"], off["mode"], strict=True))
+    # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts
+    from posttrain.models import mlp_importance
+    from stages.distill import calibration
+    init = AutoModelForCausalLM.from_pretrained(stage.dir / "student_init")
+    ranked = mlp_importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, off["messages"]))
+    kept = [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
+    gates = AutoModelForCausalLM.from_pretrained(teacher).model.layers
+    for layer, source, rows in zip(init.model.layers, (gates[0], gates[3]), kept, strict=True):
+        assert torch.equal(layer.mlp.gate_proj.weight, source.mlp.gate_proj.weight[rows])
     on = load_from_disk(str(stage.dir / "on_policy" / "data" / "prompts"))
     assert sorted(set(on["mode"])) == ["no_think", "think"]
     for phase in ("off_policy", "on_policy"):
@@ -154,11 +163,69 @@ def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path
 
 @pytest.mark.parametrize("spec,error", [("layers=99", "layers must be in"), ("depth=2", "unknown or missing"),
                                         ("scratch:layers=1,hidden=7", "multiple of"),
-                                        ("layers=2,pick=middle", "pick must be one of even, first, ends")])
+                                        ("layers=2,pick=middle", "pick must be one of even, first, ends"),
+                                        ("layers=2,mlp=999", r"mlp must be in 1\.\.128"),
+                                        ("layers=2,mlp=8", "needs calibration sequences"),
+                                        ("scratch:layers=1,mlp=8", "unknown or missing keys")])
 def test_bad_student_specs(tmp_path, tiny_model, spec, error):
     from posttrain.models import build_student
     with pytest.raises(ValueError, match=error):
         build_student(tiny_model, spec, tmp_path / "s")
+
+
+def test_a_bad_student_spec_stops_the_stage_before_the_teacher_answers(tmp_path, tiny_model):
+    with pytest.raises(ValueError, match=r"'layers=1,mlp=999': mlp must be in"):
+        run_pipeline(tmp_path, f"""
+            name: ds
+            model: {tiny_model}
+            output_dir: {tmp_path / 'run'}
+            stages:
+              - stage: distill
+                config: {{student: "layers=1,mlp=999", prompts: {{families: {{arithmetic: 6}}}}}}
+            """)
+    assert not list((tmp_path / "run").glob("01_distill/**/data"))
+
+
+def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model, monkeypatch):
+    """`mlp=M` keeps each layer's M most active MLP neurons (on the calibration sequences): keeping
+    all of them is the teacher exactly; in a teacher whose neurons 40..55 fire 8x harder, those are
+    the ones kept, and they stay closer to the teacher than the M least active would."""
+    from posttrain import models
+    from posttrain.models import build_student, load_tokenizer
+    from stages.distill import calibration
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
+    loud = torch.arange(40, 56)
+    with torch.no_grad():
+        for layer in teacher.model.layers:
+            layer.mlp.up_proj.weight[loud] *= 8
+    tok = load_tokenizer(tiny_model)
+    tiny_model = models.save(teacher, tok, tmp_path / "teacher")
+    conversations = [[{"role": "user", "content": f"What is {i} + {i * 7}?"},
+                      {"role": "assistant", "content": f"{i} + {i * 7} = {i * 8}."}] for i in range(12)]
+    ids = calibration(tok, conversations)
+    assert len(ids) == 12 and ids[0][-2] == tok.convert_tokens_to_ids("<|im_end|>")
+    batch = torch.tensor([ids[0]])
+    with torch.inference_mode():
+        expected = torch.log_softmax(teacher(batch).logits, -1)
+
+    def divergence(spec, name):
+        student = AutoModelForCausalLM.from_pretrained(build_student(tiny_model, spec, tmp_path / name, ids))
+        with torch.inference_mode():
+            logps = torch.log_softmax(student(batch).logits, -1)
+        return student, torch.nn.functional.kl_div(logps, expected, log_target=True, reduction="batchmean").item()
+
+    whole, none = divergence("layers=2,mlp=128", "all")
+    assert none < 1e-6
+    top, kept = divergence("layers=2,mlp=16", "top")
+    assert top.config.intermediate_size == 16 and models.num_params(top) < models.num_params(whole)
+    for student_layer, layer in zip(top.model.layers, teacher.model.layers, strict=True):
+        assert torch.equal(student_layer.mlp.up_proj.weight, layer.mlp.up_proj.weight[loud])
+        assert torch.equal(student_layer.mlp.down_proj.weight, layer.mlp.down_proj.weight[:, loud])
+    importance = models.mlp_importance
+    monkeypatch.setattr(models, "mlp_importance", lambda model, seqs: [-s for s in importance(model, seqs)])
+    _, dropped = divergence("layers=2,mlp=16", "bottom")
+    print("KL to the teacher, 16 of 128 neurons kept: most active", kept, "least active", dropped)
+    assert 0 < kept < dropped / 2
 
 
 def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model):
