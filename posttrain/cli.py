@@ -93,13 +93,20 @@ def _eval(args) -> None:
                         f"{where} (--thinking-budget)")
     if args.budgets:
         return _budget_curve(args, cfg, where)
-    baseline = None
-    if args.baseline:  # read before the (long) eval, so a bad path fails at once
-        try:
-            baseline = json.loads(Path(args.baseline).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--baseline {args.baseline}: {err}") from None
-    results = evaluate(args.model, cfg, backend=args.backend, seed=args.seed)
+    baseline, previous = None, None
+    for flag, path in (("--baseline", args.baseline), ("--reuse", args.reuse)):
+        if path:  # read before the (long) eval, so a bad path fails at once
+            try:
+                loaded = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{flag} {path}: {err}") from None
+            if flag == "--baseline":
+                baseline = loaded
+            elif Path(str(loaded.get("model"))).resolve() != Path(args.model).resolve():
+                raise ValueError(f"--reuse {path}: holds results of model {loaded.get('model')}, not {args.model}")
+            else:
+                previous = loaded
+    results = evaluate(args.model, cfg, backend=args.backend, seed=args.seed, previous=previous)
     problem = None
     if baseline is not None:
         try:
@@ -177,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher model dir, or `default` (the embedded model); default: the most "
                    "advanced model (general_rl, fusion, reasoning_rl) of the newest finished run under --runs-dir")
     p.add_argument("--runs-dir", default="runs", help="where to look for that teacher (default: runs)")
-    p.add_argument("--student", help="student model dir, or a spec: layers=N | scratch:layers=N,hidden=H")
+    p.add_argument("--student", help="student model dir, or a spec: layers=N[,pick=P][,mlp=M] | "
+                                     "scratch:layers=N,hidden=H")
     p.add_argument("--config", help="distill stage YAML (pipelines/stages/distill.yaml)")
     p.add_argument("--output-dir")
     p.add_argument("--dry-run", action="store_true")
@@ -190,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="also write the JSON here")
     p.add_argument("--baseline", help="an earlier eval JSON on the same suites: print the paired accuracy gain")
+    p.add_argument("--reuse", help="an earlier eval JSON of this model (e.g. a stage's eval.json): keep its "
+                                   "results made on the same items and settings instead of sampling again")
     p.add_argument("--thinking-budget", type=int, help="stop thinking after N tokens, then answer (think mode)")
     p.add_argument("--budgets", type=int, nargs="+", metavar="N",
                    help="instead: think-mode accuracy at each budget and with none (JSON; --output also gets a PNG)")

@@ -190,6 +190,27 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
     assert json.loads(out.read_text())["vs_baseline"]["suites"]["lin"]["think"]["diff"] == pytest.approx(0.25)
 
 
+def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny_model, monkeypatch, capsys):
+    """`--reuse STAGE/eval.json` turns a pipeline's stored eval into a paired comparison; results of
+    another model are refused by name."""
+    import posttrain.generation
+    from posttrain.cli import main
+    (tmp_path / "eval.yaml").write_text("eval: {suites: {lin: {family: linear, n: 2}}, modes: [think], samples: 2, "
+                                        "pass_k: [1, 2], max_new_tokens: 4}\n")
+    args = ["eval", "--model", str(tiny_model), "--config", str(tmp_path / "eval.yaml")]
+    assert main(args + ["--output", str(tmp_path / "stage.json")]) == 0
+    capsys.readouterr()
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled again")
+    monkeypatch.setattr(posttrain.generation, "load_engine", no_sampling)
+    reuse = ["--reuse", str(tmp_path / "stage.json")]
+    assert main(args + reuse + ["--baseline", str(tmp_path / "stage.json")]) == 0
+    assert "lin think: +0.0 ± 0.0 points" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "other"), "--config", str(tmp_path / "eval.yaml")] + reuse) == 2
+    assert f"--reuse {tmp_path / 'stage.json'}: holds results of model {tiny_model}" in capsys.readouterr().err
+
+
 def test_evaluate_reuses_what_an_earlier_result_holds():
     from data_builders.synthetic import generate
     rows = list(generate("linear", 3, seed=7))
