@@ -16,7 +16,7 @@ help:
 	@echo "make lint      ruff (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml [ARGS=\"stages.ID.config.train.max_steps=10 seed=3\"]"
 	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml, ARGS=\"train.max_steps=10\")"
-	@echo "make distill [TEACHER=dir] [STUDENT=layers=10]   (default teacher: newest run's best model)"
+	@echo "make distill [TEACHER=dir] [STUDENT=layers=30,mlp=232]   (default teacher: newest run's best model)"
 
 # torch goes in first, pinned, so nothing below pulls a CUDA build.
 install: .venv/.installed

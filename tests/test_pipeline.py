@@ -121,7 +121,8 @@ def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
     by_id = {p.ctx.stage_id: p for p in planned}
     teacher = str(by_id["general_rl"].ctx.model_dir)
     student = str(by_id["off_policy"].ctx.model_dir)
-    assert by_id["off_policy"].ctx.input_model == teacher and by_id["off_policy"].config.student == "layers=10"
+    spec = by_id["off_policy"].config.student
+    assert by_id["off_policy"].ctx.input_model == teacher and spec == "layers=30,mlp=232"
     for sid in cfg.compare:
         p = by_id[sid]
         if p.spec.stage == "distill":
@@ -138,7 +139,8 @@ def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))
     with torch.device("meta"):
         full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
-        config.num_hidden_layers = 10
+        keys = dict(part.split("=") for part in spec.split(","))
+        config.num_hidden_layers, config.intermediate_size = int(keys["layers"]), int(keys["mlp"])
         small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
     assert small <= full / 2, (small, full)
 
