@@ -204,8 +204,8 @@ def add_parser(sub) -> None:
     t.add_argument("--teacher", required=True)
     t.add_argument("--data", required=True, help="the teacher's answers: an off-policy data/train dir or a "
                                                  "messages file")
-    t.add_argument("--specs", nargs="+", default=["layers=10,pick=even", "layers=10,pick=first",
-                                                  "layers=10,pick=ends"])
+    t.add_argument("--specs", nargs="+", default=["layers=10,pick=even", "layers=10,pick=ends",
+                                                  "layers=30,mlp=232"])  # depth vs width at half the default
     t.add_argument("--limit", type=int, default=64, help="examples scored")
 
     def show_student(a):
