@@ -133,8 +133,7 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
     import torch
 
     from posttrain.chat import TRAINING_CHAT_TEMPLATE
-    from posttrain.models import build_student, load_model, load_tokenizer, params_on_disk, resolve_model
-    from stages.distill import calibration
+    from posttrain.models import build_student, calibration, load_model, load_tokenizer, params_on_disk, resolve_model
     from stages.sft import load_messages
     tok = load_tokenizer(teacher)
     everything = list(load_messages(data)["messages"])

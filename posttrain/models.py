@@ -199,6 +199,16 @@ PICKS = {
 }
 
 
+def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
+    """Token ids of up to N conversations spread over CONVERSATIONS, rendered as SFT trains on them
+    (the sequences `mlp_importance` ranks neurons on)."""
+    from posttrain.chat import TRAINING_CHAT_TEMPLATE
+    conversations = list(conversations)
+    return [tokenizer.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
+                                          add_generation_prompt=m[-1]["role"] != "assistant")["input_ids"]
+            for m in conversations[::max(1, len(conversations) // n)][:n]]
+
+
 def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
     """Each layer's MLP neurons ranked as Minitron ranks them: the mean absolute activation (the
     input of `down_proj`) over every token of the calibration sequences."""

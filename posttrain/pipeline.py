@@ -61,8 +61,29 @@ class PlannedStage:
 
     @property
     def config_hash(self) -> str:
-        blob = json.dumps([self.spec.stage, to_dict(self.config), self.ctx.input_model], sort_keys=True, default=str)
+        return self._hash(_model_key(self.ctx.input_model, self.ctx.run_dir))
+
+    def finished_with_this_config(self) -> bool:
+        recorded = self.ctx.completion_info().get("config_hash")
+        model = self.ctx.input_model  # markers written before models were keyed by place held the path as spelled
+        return recorded in {self.config_hash, self._hash(model), self._hash(str(Path(model).absolute()))}
+
+    def _hash(self, model: str) -> str:
+        blob = json.dumps([self.spec.stage, to_dict(self.config), model], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _model_key(model: str, run_dir: Path) -> str:
+    """The input model as the config hash sees it: a model inside this run by its place in the run
+    dir, any other path resolved; so a finished stage is recognised however the output dir is
+    spelled (relative or absolute) and after the run dir moves."""
+    if model == "default" or is_placeholder(model):
+        return model
+    path = Path(model).resolve()
+    try:
+        return "<run>/" + path.relative_to(Path(run_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def load(path: str | Path, output_dir: str | None = None,
@@ -187,7 +208,7 @@ def _run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | Non
         if moved:
             log.warning("moved earlier outputs of %s onwards to %s", from_stage, moved)
     for p in planned:  # refuse to mix a finished stage with a changed config before any work
-        if p.ctx.is_complete() and p.ctx.completion_info().get("config_hash") != p.config_hash:
+        if p.ctx.is_complete() and not p.finished_with_this_config():
             raise ConfigError(f"stage {p.ctx.stage_id}: finished in {p.ctx.dir} with a different config; "
                               f"rerun with --from {p.ctx.stage_id} or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -148,26 +148,18 @@ def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
     return finish(ctx, trainer, trainer.processing_class)
 
 
-def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
-    """Token ids of up to N conversations spread over CONVERSATIONS, rendered as SFT trains on them."""
-    from posttrain.chat import TRAINING_CHAT_TEMPLATE
-    conversations = list(conversations)
-    return [tokenizer.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
-                                          add_generation_prompt=m[-1]["role"] != "assistant")["input_ids"]
-            for m in conversations[::max(1, len(conversations) // n)][:n]]
-
-
 def make_student(ctx: StageContext, teacher: str, spec: str, conversations) -> str:
     """The student, built from SPEC into student_init once (rank 0 first when launched); a width-pruned
     one (`mlp=M`) keeps the neurons most active on CONVERSATIONS: the teacher's answers, or the
     prompts when the stage has no off-policy phase."""
-    from posttrain.models import build_student, load_tokenizer
+    from posttrain.models import build_student, calibration, load_tokenizer
     init = ctx.dir / "student_init"
     state = distributed()
     with state.main_process_first() if state else nullcontext():
         if (init / "config.json").is_file():
             return str(init)
-        return str(build_student(teacher, spec, init, calibration(load_tokenizer(teacher), conversations)))
+        ids = calibration(load_tokenizer(teacher), conversations) if "mlp=" in spec else None
+        return str(build_student(teacher, spec, init, ids))
 
 
 def run(ctx: StageContext, cfg: Config) -> dict:

@@ -79,6 +79,33 @@ def test_changed_config_of_finished_stage_is_refused(toy, tmp_path):
     assert "stage second: finished" in res.stderr and "--from second" in res.stderr
 
 
+def test_finished_stages_are_recognised_however_the_run_dir_is_spelled(toy, tmp_path):
+    """The config hash keys a stage's input model by its place in the run dir: a run started with an
+    absolute output dir resumes under a relative one and after the run dir moves (these used to be
+    refused as a changed config); a marker written with the path as spelled is still honoured."""
+    import os
+    import shutil
+
+    from posttrain import pipeline
+    assert cli("run", str(toy)).returncode == 0
+    relative = os.path.relpath(tmp_path / "run", REPO)
+    again = cli("run", str(toy), "--output-dir", relative)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("done in an earlier run") == 2
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    moved = cli("run", str(toy), "--output-dir", str(tmp_path / "moved"))
+    assert moved.returncode == 0 and moved.stderr.count("done in an earlier run") == 2, moved.stderr[-2000:]
+
+    _, planned = pipeline.load(toy, str(tmp_path / "moved"))
+    second = planned[1]
+    marker = second.ctx.dir / "COMPLETE"
+    info = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**info, "config_hash": second._hash(second.ctx.input_model)}))
+    assert second.finished_with_this_config()  # an older marker
+    marker.write_text(json.dumps({**info, "config_hash": second._hash("elsewhere/model")}))
+    assert not second.finished_with_this_config()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "pipelines").glob("*.yaml")
                                         if "stages:" in p.read_text()))
 def test_every_shipped_pipeline_plans(name):

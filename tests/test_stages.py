@@ -97,8 +97,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     assert all(m[0]["content"].endswith("/no_think" if mode == "no_think" else "/think")
                for m, mode in zip(off["messages"], off["mode"], strict=True))
     # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts
-    from posttrain.models import mlp_importance
-    from stages.distill import calibration
+    from posttrain.models import calibration, mlp_importance
     init = AutoModelForCausalLM.from_pretrained(stage.dir / "student_init")
     ranked = mlp_importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, off["messages"]))
     kept = [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
@@ -111,22 +110,26 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
         assert (stage.dir / phase / "COMPLETE").is_file()
 
 
-def test_distill_stops_when_the_filter_keeps_too_few_teacher_answers(tmp_path, tiny_model):
-    """A teacher that does not know the prompts (a random model: every answer wrong) is an error
-    naming the count and the key, not 40 epochs of SFT on a handful of examples."""
-    with pytest.raises(ValueError, match=r"kept 0 of 12 answers .* off_policy.min_examples=4"):
+@pytest.mark.parametrize("config,error,left", [
+    # a teacher that does not know the prompts (a random model: every answer wrong) is an error naming
+    # the count and the key, not 40 epochs of SFT on a handful of examples
+    ("{student: layers=1, prompts: {families: {arithmetic: 6}}, off_policy: {max_new_tokens: 8, min_examples: 4}}",
+     r"kept 0 of 12 answers .* off_policy.min_examples=4", "COMPLETE"),
+    # a bad student spec fails before the teacher generates anything
+    ('{student: "layers=1,mlp=999", prompts: {families: {arithmetic: 6}}}',
+     r"'layers=1,mlp=999': mlp must be in", "data"),
+])
+def test_distill_stops_with_a_clear_error(tmp_path, tiny_model, config, error, left):
+    with pytest.raises(ValueError, match=error):
         run_pipeline(tmp_path, f"""
             name: ds
             model: {tiny_model}
             output_dir: {tmp_path / 'run'}
             stages:
               - stage: distill
-                config:
-                  student: layers=1
-                  prompts: {{families: {{arithmetic: 6}}}}
-                  off_policy: {{max_new_tokens: 8, min_examples: 4}}
+                config: {config}
             """)
-    assert not list((tmp_path / "run").glob("01_distill/**/COMPLETE"))
+    assert not list((tmp_path / "run").glob(f"01_distill/**/{left}"))
 
 
 def _stage_dir(run_dir, name: str, kind: str, finished_at: float | None) -> None:
@@ -173,26 +176,12 @@ def test_bad_student_specs(tmp_path, tiny_model, spec, error):
         build_student(tiny_model, spec, tmp_path / "s")
 
 
-def test_a_bad_student_spec_stops_the_stage_before_the_teacher_answers(tmp_path, tiny_model):
-    with pytest.raises(ValueError, match=r"'layers=1,mlp=999': mlp must be in"):
-        run_pipeline(tmp_path, f"""
-            name: ds
-            model: {tiny_model}
-            output_dir: {tmp_path / 'run'}
-            stages:
-              - stage: distill
-                config: {{student: "layers=1,mlp=999", prompts: {{families: {{arithmetic: 6}}}}}}
-            """)
-    assert not list((tmp_path / "run").glob("01_distill/**/data"))
-
-
 def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model, monkeypatch):
     """`mlp=M` keeps each layer's M most active MLP neurons (on the calibration sequences): keeping
     all of them is the teacher exactly; in a teacher whose neurons 40..55 fire 8x harder, those are
     the ones kept, and they stay closer to the teacher than the M least active would."""
     from posttrain import models
-    from posttrain.models import build_student, load_tokenizer
-    from stages.distill import calibration
+    from posttrain.models import build_student, calibration, load_tokenizer
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
     loud = torch.arange(40, 56)
     with torch.no_grad():
