@@ -169,8 +169,9 @@ def _plots(run_dir: Path, report: dict[str, Any], planned, compare: list[str] | 
         hist = ((s.get("data") or {}).get("selection.json") or {}).get("histogram")
         if hist:  # learnable-query selection: the candidates' pass rates over k samples
             fig, ax = plt.subplots(figsize=(5, 3.2))
-            ax.bar(list(hist), list(hist.values()), color=["tab:gray" if k in ("0.00", "1.00") else "tab:blue"
-                                                            for k in hist])
+            ax.bar(range(len(hist)), list(hist.values()), color=["tab:gray" if k in ("0.00", "1.00") else "tab:blue"
+                                                                  for k in hist])
+            ax.set_xticks(range(len(hist)), list(hist))  # the rates as labels: numeric strings, not a category axis
             ax.set_xlabel("pass rate over k samples (gray: dropped)")
             ax.set_ylabel("queries")
             ax.set_title(f"{s['id']}: query pass rates before selection", fontsize=9)
@@ -372,6 +373,7 @@ def comparison(report: dict[str, Any], ids: list[str], mode: str = "think") -> s
             cells += [_fmt(r.get("accuracy")), f"{_fmt(ks.get(top))} (k={top})" if top else "",
                       _fmt(other.get("accuracy")), _fmt(r.get("mean_length")), _fmt(r.get("truncated"))]
         lines.append(f"| {i} | {s.get('cpu_time_s')} | {s.get('wall_time_s')} | " + " | ".join(cells) + " |")
+    lines += _paired_rows(stages, ids, suites, mode)
     curves = [(i, point) for i in ids for point in stages[i].get("curve") or []]
     if curves:
         lines += ["", f"Accuracy against compute ({mode} pass@1; CPU seconds since the stage began, its data "
@@ -382,6 +384,28 @@ def comparison(report: dict[str, Any], ids: list[str], mode: str = "think") -> s
                    for suite in suites]
             lines.append(f"| {i} | {point.get('step')} | {point.get('cpu_time_s')} | " + " | ".join(acc) + " |")
     return "\n".join(lines)
+
+
+def _paired_rows(stages: dict[str, Any], ids: list[str], suites: list[str], mode: str) -> list[str]:
+    """Each later compared stage minus the first on the same items, in points ± s.e. (pass@1 and the
+    other mode's accuracy); none where either was not evaluated or was scored on other items."""
+    from posttrain.evaluate import compare
+    first, rows = stages[ids[0]].get("eval"), []
+    other = "no_think" if mode == "think" else "think"
+    for i in ids[1:]:
+        try:
+            gains = compare(first, stages[i]["eval"]) if first and stages[i].get("eval") else None
+        except ValueError:
+            gains = None
+        if not gains:
+            continue
+        cells = []
+        for suite in suites:
+            g = gains.get(suite) or {}
+            diff = {m: f"{100 * g[m]['diff']:+.1f} ± {100 * g[m]['se']:.1f}" for m in g}
+            cells += [diff.get(mode, ""), "", diff.get(other, ""), "", ""]  # pass@1, -, other mode, -, -
+        rows.append(f"| {i} − {ids[0]}, paired (points ± s.e.) | | | " + " | ".join(cells) + " |")
+    return rows
 
 
 def plot_compute_curve(report: dict[str, Any], ids: list[str], path: Path, mode: str = "think") -> bool:

@@ -168,6 +168,22 @@ def test_report_shows_each_stage_gain_over_its_input_model():
     assert "| fusion | lin | think | 0.750 | +50.0 ± 28.9 vs sft |" in text
 
 
+def test_comparison_pairs_each_branch_with_the_first_on_the_same_items():
+    """Table 21's comparison carries each branch minus the first, paired item by item, in both modes;
+    a branch scored on other items gets no paired row rather than an unpaired one."""
+    from posttrain.report import comparison
+
+    def stage(sid, think, no_think, sha="s"):
+        modes = {m: {"accuracy": sum(c) / 8, "samples": 2, "correct_per_item": c, "items_sha": sha}
+                 for m, c in (("think", think), ("no_think", no_think))}
+        return {"id": sid, "cpu_time_s": 1.0, "wall_time_s": 1.0, "eval": {"suites": {"lin": modes}}}
+    stages = [stage("rl", [0, 0, 1, 1], [1, 1, 1, 1]), stage("opd", [2, 0, 1, 1], [1, 1, 1, 1]),
+              stage("other", [2, 2, 2, 2], [2, 2, 2, 2], sha="x")]
+    text = comparison({"stages": stages}, ["rl", "opd", "other"])
+    assert "| opd − rl, paired (points ± s.e.) | | | +25.0 ± 25.0 |  | +0.0 ± 0.0 |  |  |" in text
+    assert "other − rl" not in text
+
+
 def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monkeypatch, capsys):
     import posttrain.evaluate
     from posttrain.cli import main
