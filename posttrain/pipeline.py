@@ -64,6 +64,7 @@ class PlannedStage:
         return self._hash(_model_key(self.ctx.input_model, self.ctx.run_dir))
 
     def finished_with_this_config(self) -> bool:
+        """Whether the stage's completion marker was written under this config and input model."""
         recorded = self.ctx.completion_info().get("config_hash")
         model = self.ctx.input_model  # markers written before models were keyed by place held the path as spelled
         return recorded in {self.config_hash, self._hash(model), self._hash(str(Path(model).absolute()))}
@@ -76,8 +77,8 @@ class PlannedStage:
 def _model_key(model: str, run_dir: Path) -> str:
     """The input model as the config hash sees it: a model inside this run by its place in the run
     dir, any other path resolved; so a finished stage is recognised however the output dir is
-    spelled (relative or absolute) and after the run dir moves."""
-    if model == "default" or is_placeholder(model):
+    spelled (relative or absolute) and after the run dir moves. A name that is no path is kept as is."""
+    if model == "default" or is_placeholder(model) or not Path(model).exists():
         return model
     path = Path(model).resolve()
     try:
