@@ -162,12 +162,12 @@ def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from posttrain.models import resolve_model
+    from posttrain.models import resolve_model, student_spec
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))
     with torch.device("meta"):
         full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
-        keys = dict(part.split("=") for part in spec.split(","))
-        config.num_hidden_layers, config.intermediate_size = int(keys["layers"]), int(keys["mlp"])
+        opts = student_spec(resolve_model(cfg.model), spec)[2]  # the project's own parser of the spec
+        config.num_hidden_layers, config.intermediate_size = opts["layers"], opts["mlp"]
         small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
     assert small <= full / 2, (small, full)
 
