@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from data_builders import direct
 from data_builders.flags import REASONING, FlagMix, script, user_text
+from data_builders.rl_queries import eval_asks
 from posttrain.rundir import StageContext, write_json
 
 log = logging.getLogger("posttrain.fusion")
@@ -136,10 +137,13 @@ def build(ctx: StageContext, cfg: FusionData):
     need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in cfg.kinds}
     stats: dict[str, Any] = {"conversations": len(plans)}
     pools: dict[tuple[str, str], list[tuple[dict, str | None, str]]] = {}
+    asked = eval_asks(ctx)  # eval and ThinkFollow items never reach the mix
     if need.get(REASONING):
         from data_builders.synthetic import generate_mix
         rows, source = reasoning_queries(ctx, cfg)
-        stats["reasoning_queries_from"] = source
+        fresh = [r for r in rows if not asked(r["prompt"][-1]["content"])]
+        stats["reasoning_queries_from"], stats["dropped_as_held_out"] = source, {REASONING: len(rows) - len(fresh)}
+        rows = fresh
         thinking = thinking_responses(ctx, cfg, rows, stats)
         extra = list(generate_mix(cfg.direct_families, seed=cfg.seed, knobs=cfg.knobs)) if cfg.direct_families else []
         if extra:  # as in stage 1: nothing near an eval item
@@ -162,7 +166,9 @@ def build(ctx: StageContext, cfg: FusionData):
                 answer = answer if cfg.think_answer == "sampled" else solution
                 pools[(REASONING, "think")].append((row, reasoning, answer))
     for kind in (k for k in cfg.kinds if k != REASONING and need[k]):
-        items = direct.generate(kind, max(need[kind], 1), seed=cfg.seed)
+        drawn = direct.generate(kind, max(need[kind], 1), seed=cfg.seed)
+        items = [i for i in drawn if not asked(i["prompt"][-1]["content"])]
+        stats.setdefault("dropped_as_held_out", {})[kind] = len(drawn) - len(items)
         ok = _checked(items, [i["response"] for i in items])
         stats.setdefault("no_think_solver_rejected", {})[kind] = ok.count(False)
         pools[(kind, "think")] = [(i, i["reasoning"], i["response"]) for i, g in zip(items, ok, strict=True) if g]

@@ -68,12 +68,25 @@ def unseen(ctx: StageContext, pool, stage_ids: list[str]):
 
 
 def eval_texts(ctx: StageContext) -> list[str]:
-    """User texts of the pipeline's eval suites (passed in by the runner), for overlap filtering."""
+    """User texts of the pipeline's eval suites and of its ThinkFollow suite (passed in by the runner),
+    for overlap filtering."""
     from posttrain.evaluate import load_suite
     texts = []
     for name, suite in (ctx.extra.get("eval_suites") or {}).items():
         texts += [row["prompt"][-1]["content"] for row in load_suite(name, suite)]
+    follow = ctx.extra.get("think_follow")
+    if follow is not None:
+        from data_builders.flags import suite as think_follow_suite
+        plans = think_follow_suite(follow.kinds, follow.n, follow.seed, follow.max_turns)
+        texts += [turn["prompt"] for plan in plans for turn in plan["turns"]]
     return texts
+
+
+def eval_asks(ctx: StageContext):
+    """A test `text -> bool`: whether a user text is one the pipeline evaluates on (`eval_texts`), exactly
+    after whitespace folding and without a trailing mode flag."""
+    held = {_norm(t) for t in eval_texts(ctx)}
+    return lambda text: _norm(text) in held
 
 
 def used_prompts(ctx: StageContext, stage_ids: list[str]) -> set[str]:

@@ -156,15 +156,20 @@ def rank_record(ctx: StageContext):
 
     class RankRecord(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            digest = hashlib.sha256()
-            for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-                local = param.to_local() if hasattr(param, "to_local") else param  # an FSDP2 shard
-                digest.update(name.encode())
-                digest.update(local.detach().float().cpu().numpy().tobytes())
             write_json(ctx.dir / RANKS / f"rank{args.process_index}.json",
                        {"rank": args.process_index, "world_size": args.world_size, "global_step": state.global_step,
-                        "weights_sha256": digest.hexdigest()})
+                        "weights_sha256": weights_digest(model)})
     return RankRecord()
+
+
+def weights_digest(model) -> str:
+    """sha256 over a model's parameters by name (this rank's shard of a sharded one)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        local = param.to_local() if hasattr(param, "to_local") else param  # an FSDP2 shard
+        digest.update(name.encode())
+        digest.update(local.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_job(path: Path) -> tuple[Any, Any, StageContext]:
@@ -180,7 +185,9 @@ def read_job(path: Path) -> tuple[Any, Any, StageContext]:
     c = job["ctx"]
     extra = dict(c["extra"], cpu_start=cpu_seconds())
     if "eval_suites" in extra:
-        extra["eval_suites"] = from_dict(EvalConfig, {"suites": extra["eval_suites"]}, f"{path}: eval suites").suites
+        held = from_dict(EvalConfig, {"suites": extra["eval_suites"], "think_follow": extra.get("think_follow")},
+                         f"{path}: eval suites")
+        extra.update(eval_suites=held.suites, think_follow=held.think_follow)
     if "curve_dir" in extra:
         extra["curve_dir"] = Path(extra["curve_dir"])
     ctx = StageContext(stage_id=c["stage_id"], dir=Path(c["dir"]), input_model=c["input_model"], seed=c["seed"],

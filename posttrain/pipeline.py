@@ -98,10 +98,11 @@ def load(path: str | Path, output_dir: str | None = None,
 
 def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list[PlannedStage]:
     run_dir = Path(output_dir or cfg.output_dir or Path("runs") / cfg.name)
-    suites = {}
+    held_out: dict[str, Any] = {"eval_suites": {}}  # what the stages keep out of their training data
     if cfg.eval is not None:
         from posttrain.evaluate import EvalConfig
-        suites = from_dict(EvalConfig, cfg.eval, f"{where}: eval").suites
+        eval_cfg = from_dict(EvalConfig, cfg.eval, f"{where}: eval")
+        held_out = {"eval_suites": eval_cfg.suites, "think_follow": eval_cfg.think_follow}
     _check_model(cfg.model, f"{where}: model")
     planned: list[PlannedStage] = []
     previous = cfg.model
@@ -128,7 +129,7 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
                 model = spec.model
         stage_dir = run_dir / f"{i + 1:02d}_{sid}"
         ctx = StageContext(stage_id=sid, dir=stage_dir, input_model=model, seed=cfg.seed,
-                           backend=cfg.backend, run_dir=run_dir, extra={"eval_suites": suites})
+                           backend=cfg.backend, run_dir=run_dir, extra=dict(held_out))
         launch = from_dict(LaunchConfig, spec.launch, f"{at}.launch") if spec.launch is not None else None
         if launch is not None:
             launch.check(f"{at}.launch")

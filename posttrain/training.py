@@ -163,9 +163,9 @@ def train(ctx: StageContext, trainer) -> None:
         release(trainer)
 
 
-def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,
-        packing: bool = False) -> dict[str, Any]:
-    """Supervised fine-tuning with TRL's SFTTrainer, loss on what the assistant says.
+def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,
+                packing: bool = False):
+    """TRL's SFTTrainer on `dataset`, with the loss on what the assistant says.
 
     `messages` conversations: assistant-only loss; TRL swaps the Qwen3 template for its
     generation-tagged training variant, which renders every assistant turn with its think block
@@ -183,10 +183,16 @@ def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_lengt
     args = options.args(ctx, SFTConfig, where, assistant_only_loss=conversations,
                         completion_only_loss=None if conversations else True, max_length=max_length,
                         packing=packing, padding_free=packing, dataset_num_proc=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=options.lora.peft_config() if options.lora else None)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=options.lora.peft_config() if options.lora else None)
+
+
+def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,
+        packing: bool = False) -> dict[str, Any]:
+    """Supervised fine-tuning (`sft_trainer`), resumed if interrupted; saves the model."""
+    trainer = sft_trainer(ctx, dataset, options, where, max_length, packing)
     train(ctx, trainer)
-    return finish(ctx, trainer, tokenizer)
+    return finish(ctx, trainer, trainer.processing_class)
 
 
 @dataclass
@@ -211,10 +217,10 @@ class GRPOOptions:
     train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-6, batch_size=8))
 
 
-def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,
-         **trainer_kwargs: Any) -> dict[str, Any]:
-    """GRPO with TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns);
-    `trainer_kwargs` go to the trainer (e.g. `environment_factory` for tools that run)."""
+def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,
+                 **trainer_kwargs: Any):
+    """TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns); `trainer_kwargs`
+    go to the trainer (e.g. `environment_factory` for tools that run)."""
     from trl import GRPOConfig, GRPOTrainer
 
     from posttrain.models import load_model
@@ -231,8 +237,14 @@ def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, w
         raise ValueError(f"{ctx.stage_id}: {len(dataset)} training prompt(s), fewer than the {per_step} that one "
                          f"GRPO step samples ({where}.batch_size x steps per generation / num_generations): "
                          "give the stage more prompts or a smaller batch")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=o.train.lora.peft_config() if o.train.lora else None,
-                          **trainer_kwargs)
+    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                       processing_class=tokenizer, peft_config=o.train.lora.peft_config() if o.train.lora else None,
+                       **trainer_kwargs)
+
+
+def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,
+         **trainer_kwargs: Any) -> dict[str, Any]:
+    """GRPO (`grpo_trainer`), resumed if interrupted; saves the model."""
+    trainer = grpo_trainer(ctx, options, dataset, reward_funcs, where, **trainer_kwargs)
     train(ctx, trainer)
-    return finish(ctx, trainer, tokenizer)
+    return finish(ctx, trainer, trainer.processing_class)

@@ -107,6 +107,35 @@ def set_limits(cpu_s: int, memory_mb: int, nproc: int, nofile: int, fsize_mb: in
         resource.setrlimit(which, value)
 
 
+def nproc_limit(nproc: int, private_uid: bool) -> int:
+    """RLIMIT_NPROC for a run: `nproc` for a private UID. Without one the kernel counts every task of the
+    calling user (a trainer's threads included) against it, so the run gets `nproc` on top of what that
+    user already has (capped at the hard limit); concurrent runs of the same user share that headroom."""
+    if private_uid:
+        return nproc
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    wanted = task_count(os.getuid()) + nproc
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def task_count(uid: int) -> int:
+    """Tasks (threads of every process, zombies included) whose real UID is `uid`: what RLIMIT_NPROC counts."""
+    return sum(int(fields.get(b"Threads", b"1")) for _, owner, fields in _processes(b"Threads:") if owner == uid)
+
+
+def _processes(*keys: bytes):
+    """(pid, real UID, {field: value}) of every process in /proc, with the status fields `keys` named."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f if line.startswith((b"Uid:", *keys)))
+            yield int(entry), int(fields[b"Uid"].split()[0]), fields
+        except (OSError, ValueError, KeyError):
+            continue
+
+
 def kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -116,20 +145,9 @@ def kill_group(pgid: int) -> None:
 
 def live_pids(uid: int | None = None) -> list[int]:
     """Processes (not zombies) running under `uid`, or under any sandbox UID when None."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status", "rb") as f:
-                fields = dict(line.split(b":", 1) for line in f if line.startswith((b"State:", b"Uid:")))
-            owner = int(fields[b"Uid"].split()[0])
-        except (OSError, ValueError, KeyError):
-            continue
-        dead = fields.get(b"State", b"").strip().startswith((b"Z", b"X"))
-        if not dead and (owner == uid if uid is not None else owner >= UID_BASE):
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, owner, fields in _processes(b"State:")
+            if not fields.get(b"State", b"").strip().startswith((b"Z", b"X"))
+            and (owner == uid if uid is not None else owner >= UID_BASE)]
 
 
 def sweep_uid(uid: int, rounds: int = 50) -> int:

@@ -18,6 +18,16 @@ Limits: only the standard library is importable (`-S`); code under test runs as 
 code; its records carry a per-run nonce the harness reads from stdin before the tested code runs,
 so blind forgery fails, but a program that digs the nonce out of the harness's memory could forge
 its tally: the sandbox contains hostile code, it does not make a score tamper-proof against it.
+
+The audit hook is a tripwire, not a boundary (PEP 578): code can get past it, e.g. by replacing
+`sys.audit` before `subprocess.run`, or with `_posixsubprocess.fork_exec` or `os.open(..., dir_fd=)`.
+What then holds is the private UID (files, signals) and the namespaces (network, processes). So:
+- root without namespaces: the network is guarded by the audit hook alone;
+- not root (no private UID; the run is root of a user namespace, the calling user outside it): the
+  files the calling user can write are guarded by the audit hook alone; the namespaces, rlimits,
+  empty environment, wall/output limits and work dir still hold;
+- not root and no namespaces: the caller's own processes (`os.kill`), their environments
+  (`/proc/PID/environ`) and the network are guarded by the audit hook alone as well.
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ class Limits:
     timeout: float = 5.0  # wall-clock seconds
     memory_mb: int = 512  # address space
     max_output: int = 1 << 20  # bytes of stdout + stderr
-    nproc: int = 32  # processes + threads of the run's UID
+    nproc: int = 32  # processes + threads of the run's UID (without a private UID: on top of the caller's)
     nofile: int = 64
     fsize_mb: int = 16
     stderr_tail: int = 4000  # characters of stderr kept in the result
@@ -114,8 +124,8 @@ def _run(mode: str, files: dict[str, str], total: int, lim: Limits) -> SandboxRe
             os.chmod(workdir, 0o700)
         cmd = [*prefix, iso.sandbox_python(drop), "-I", "-S", "-B", str(CHILD), mode, str(uid), str(write_fd),
                "1" if lim.audit else "0"]
-        preexec = functools.partial(iso.set_limits, math.ceil(lim.timeout) + 1, lim.memory_mb, lim.nproc,
-                                    lim.nofile, lim.fsize_mb)
+        preexec = functools.partial(iso.set_limits, math.ceil(lim.timeout) + 1, lim.memory_mb,
+                                    iso.nproc_limit(lim.nproc, bool(uid)), lim.nofile, lim.fsize_mb)
         proc = subprocess.Popen(cmd, cwd=workdir, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,),
                                 start_new_session=True, preexec_fn=preexec)

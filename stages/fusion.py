@@ -47,8 +47,12 @@ def per_turn(conversations):
     return Dataset.from_list(rows)
 
 
+def training_data(conversations, history: str):
+    """What SFT sees: whole conversations (`training_template`) or one example per turn (`inference`)."""
+    return conversations.select_columns(["messages"]) if history == "training_template" else per_turn(conversations)
+
+
 def run(ctx: StageContext, cfg: Config) -> dict:
     conversations = ctx.dataset("train", lambda: build(ctx, cfg.data))
-    data = (conversations.select_columns(["messages"]) if cfg.history == "training_template"
-            else per_turn(conversations))
-    return sft(ctx, data, cfg.train, where=f"stages.{ctx.stage_id}.config.train", max_length=cfg.max_length)
+    return sft(ctx, training_data(conversations, cfg.history), cfg.train, where=f"stages.{ctx.stage_id}.config.train",
+               max_length=cfg.max_length)

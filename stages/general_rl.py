@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from data_builders.rl_queries import eval_asks
 from data_builders.tasks import build_mix, items, load_tasks, routing_table
 from posttrain.config import ExistingPath
 from posttrain.rundir import StageContext, write_json
@@ -43,10 +44,12 @@ def build(ctx: StageContext, cfg: Config):
     kinds = load_tasks(cfg.tasks)
     held = [r for name, kind in kinds.items() for mode in ("think", "no_think")
             for r in items(name, kind, cfg.held_out, ctx.seed, split="eval", mode=mode)] if cfg.held_out else []
-    rows = build_mix(kinds, cfg.examples, ctx.seed, held_out=held)
+    mix, asked = build_mix(kinds, cfg.examples, ctx.seed, held_out=held), eval_asks(ctx)
+    rows = [r for r in mix if not any(asked(m["content"]) for m in r["prompt"] if m["role"] == "user")]
     per_kind = Counter(r["task"] for r in rows)
     write_json(ctx.dir / "general_rl_data.json", {
-        "examples": len(rows), "dropped_as_held_out": cfg.examples - len(rows),
+        "examples": len(rows), "dropped_as_held_out": cfg.examples - len(mix),
+        "dropped_as_eval": len(mix) - len(rows),  # the pipeline's eval and ThinkFollow items
         "per_kind": dict(sorted(per_kind.items())),
         "areas": dict(Counter(kinds[r["task"]].area for r in rows)),
         "think_share": sum(r["mode"] == "think" for r in rows) / max(len(rows), 1),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,27 +19,79 @@ from posttrain.models import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Runs the CLI, but kills its own process (SIGKILL: no cleanup) right after the stage's first
-# checkpoint is written, as a crash or an OOM kill would (KILL_AT_STEP; KILL_IN: only in a
-# trainer whose output dir has that text, e.g. one phase of a stage).
+# Runs the CLI with every trainer instrumented (environment variables):
+# - RECORD=FILE: each training run appends JSON lines: where it trains, the step it begins at and a
+#   digest of its weights then (after a resume: the checkpoint's), and every step it runs;
+# - KILL_AT_STEP=N: SIGKILL (no cleanup, as a crash or an OOM kill) right after the first checkpoint at
+#   step >= N is written, in a trainer whose output dir contains KILL_IN (e.g. one phase of a stage);
+# - KILL_SAVING=TEXT: SIGKILL while a dataset whose path contains TEXT is being saved (written, not
+#   yet moved into place).
 KILLER = textwrap.dedent("""
-    import os, signal, sys
-    import transformers
+    import json, os, signal, sys
+    import datasets, transformers
     from posttrain import cli
+    from posttrain.launch import weights_digest
 
-    class Kill(transformers.TrainerCallback):
+    def record(**entry):
+        if os.environ.get("RECORD"):
+            with open(os.environ["RECORD"], "a") as f:
+                f.write(json.dumps(entry) + "\\n")
+
+    class Instrument(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            record(dir=args.output_dir, begin=state.global_step, weights=weights_digest(model))
+
+        def on_step_end(self, args, state, control, **kw):
+            record(dir=args.output_dir, step=state.global_step)
+
         def on_save(self, args, state, control, **kw):
-            step, where = int(os.environ["KILL_AT_STEP"]), os.environ.get("KILL_IN", "")
-            if state.global_step >= step and where in args.output_dir:
+            step, where = int(os.environ.get("KILL_AT_STEP", "0")), os.environ.get("KILL_IN", "")
+            if step and state.global_step >= step and where in args.output_dir:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     original = transformers.Trainer.__init__
     def patched(self, *a, **kw):
         original(self, *a, **kw)
-        self.add_callback(Kill())
+        self.add_callback(Instrument())
     transformers.Trainer.__init__ = patched
+
+    save = datasets.Dataset.save_to_disk
+    def saving(self, path, *a, **kw):
+        save(self, path, *a, **kw)
+        if os.environ.get("KILL_SAVING") and os.environ["KILL_SAVING"] in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+    datasets.Dataset.save_to_disk = saving
     sys.exit(cli.main(sys.argv[1:]))
 """)
+
+
+def checkpoint_digest(path) -> str:
+    """The digest each launched rank records (`posttrain.launch.weights_digest`) of a saved model dir or
+    checkpoint (a causal LM, or a reward model with its head)."""
+    import transformers
+
+    from posttrain.launch import weights_digest
+    architecture = transformers.AutoConfig.from_pretrained(path).architectures[0]
+    return weights_digest(getattr(transformers, architecture).from_pretrained(path))
+
+
+def records(path: Path, where: Path | str) -> list[dict]:
+    """The RECORD lines of the training runs whose output dir is `where`."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [r for r in lines if Path(r["dir"]) == Path(where)]
+
+
+def untouched(directory: Path) -> dict[str, tuple[int, int]]:
+    """Each file under `directory` with its inode and modification time: equal before and after a
+    rerun when the rerun reused the files rather than writing them again."""
+    return {str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def longer(completions, **columns) -> list[float]:
+    """A reward with variance on a random model (its completions differ in length): GRPO moves."""
+    from posttrain.chat import completion_text
+    return [len(completion_text(c)) / 100 for c in completions]
 
 
 def cli(*args, env=None, script=None):
@@ -74,3 +130,40 @@ def chat_jsonl(tmp_path) -> Path:
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory outside the sandbox's work dir that the sandbox user can traverse (pytest's tmp_path sits
+    under a 0700 directory), for canaries and secrets the sandbox must not reach."""
+    path = Path(tempfile.mkdtemp(prefix="posttrain-sbx-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def listen():
+    """A listener on 127.0.0.1 that records each connection it accepts: (port, received, stop, server)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.settimeout(1)
+            try:
+                received.append(conn.recv(1024) or b"<connected>")
+            except OSError:
+                received.append(b"<connected>")
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], received, stop, server

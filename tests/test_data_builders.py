@@ -113,3 +113,57 @@ def test_solver_traces_pass_all_six_rules(family):
         response = f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}"
         kept, counts = filters.apply_response_filters([response], r, {})
         assert kept == [response], counts
+
+
+def test_cold_start_rejects_each_bad_response_by_its_rule(tmp_path, monkeypatch):
+    """The cold-start builder on a responder that answers every query with one good response and six
+    bad ones, each breaking one rule: each rule's count is the number of queries, only the good
+    responses are kept, a query the model solves without CoT is dropped, and a query with no good
+    response is set aside (pass@N = 0), not silently lost."""
+    from data_builders import cold_start
+    from posttrain import generation
+    from posttrain.evaluate import SuiteConfig
+    from posttrain.generation import Completion
+    from posttrain.rundir import StageContext
+    eval_item = generate("linear", 1, seed=10001)[0]["prompt"][0]["content"]
+    rows = {r["prompt"][0]["content"]: r for r in generate("arithmetic", 10, seed=1)}
+    picked = {}  # the first query asked without CoT is answered right; the first asked with CoT, never well
+
+    def responses(row):
+        think, answer = row["reasoning"], row["response"]
+        block = lambda reasoning, said=answer: f"<think>\n{reasoning}\n</think>\n\n{said}"  # noqa: E731
+        bad = [block(think, "The answer is \\boxed{-1}."),  # wrong_answer
+               block(think + "\nLet me add it all up once more.\n" * 3),  # repetition
+               block(f"I guess it is {row['answer']}."),  # guesswork
+               block(think + "\nTherefore the answer is 123456."),  # inconsistent_summary
+               block(think + " 我们再仔细地检查一遍这个计算的每一个步骤吧好的没有问题的"),  # language_mixing
+               block(eval_item + f" x = {row['answer']}", f"\\boxed{{{row['answer']}}}")]  # eval_overlap
+        return bad if row is picked["hopeless"] else [*bad, block(think)]
+
+    class Responder:
+        def generate(self, prompts, n=1, mode="think", **kw):
+            asked = [rows[p[0]["content"]] for p in prompts]
+            if mode == "no_think":
+                picked.setdefault("solved", asked[0])
+                return [[Completion(f"\\boxed{{{r['answer']}}}" if r is picked["solved"] else "no idea")] * n
+                        for r in asked]
+            picked.setdefault("hopeless", asked[0])
+            return [[Completion(t) for t in responses(r)] for r in asked]
+    monkeypatch.setattr(generation, "load_engine", lambda *a, **kw: Responder())
+    ctx = StageContext(stage_id="cold_start", dir=tmp_path / "cs", input_model="unused",
+                       extra={"eval_suites": {"linear": SuiteConfig(family="linear", n=1, seed=10001)}})
+    cfg = cold_start.ColdStartData(families={"arithmetic": 10}, validation_fraction=0.2, responder="input",
+                                   no_cot_k=2, near_duplicate_threshold=0.6)
+    data = cold_start.build(ctx, cfg)
+    report = json.loads((ctx.dir / "cold_start_data.json").read_text())
+    assert report["query_filters"] == {"unverifiable": 0, "near_duplicate_of_eval": 0, "solved_without_cot": 1}
+    assert report["queries_after_filters"] == 7  # 10 - 2 held out for validation - 1 solved without CoT
+    assert report["response_rejections"] == {rule: 7 for rule in filters.RESPONSE_FILTERS}
+    assert report["examples"] == len(data) == 6 and report["set_aside_pass_at_n_zero"] == 1
+    for messages in data["messages"]:  # the good response: the solver's trace, then its answer
+        row = rows[messages[0]["content"]]
+        assert (messages[-1]["reasoning_content"], messages[-1]["content"]) == (row["reasoning"], row["response"])
+    questions = {m[0]["content"] for m in data["messages"]}
+    assert picked["solved"]["prompt"][0]["content"] not in questions
+    set_aside = json.loads((ctx.dir / "set_aside.json").read_text())
+    assert [s["prompt"] for s in set_aside] == [picked["hopeless"]["prompt"]]

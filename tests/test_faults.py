@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import KILLER, REPO, cli
+from tests.conftest import KILLER, REPO, checkpoint_digest, cli, records, untouched
 
 
 def _yaml(path: Path, text: str) -> Path:
@@ -26,15 +26,38 @@ def _yaml(path: Path, text: str) -> Path:
     return path
 
 
-# One stage of each trainer kind on the tiny model, checkpointing at step 2 of 4.
+# One stage of each kind on the tiny model, checkpointing at step 2 of 4. GRPO is rewarded by completion
+# length, which varies on a random model (a math reward would be 0 everywhere: nothing would train).
 STAGES = {
     "reasoning_rl": """
           - stage: reasoning_rl
             config:
               queries: {families: {arithmetic: 8}, k: 2, band: [-1.0, 2.0], max_new_tokens: 8}
+              rewards: {math: [{name: "tests.conftest:longer"}]}
               num_generations: 4
               max_completion_length: 8
-              train: {max_steps: 4, save_steps: 2, batch_size: 4}""",
+              train: {max_steps: 4, save_steps: 2, batch_size: 4, learning_rate: 1.0e-3}""",
+    "cold_start": """
+          - stage: cold_start
+            config:
+              data: {families: {arithmetic: 8, linear: 8}, no_cot_k: 1}
+              max_length: 256
+              train: {max_steps: 4, save_steps: 2, batch_size: 2}""",
+    "fusion": """
+          - stage: fusion
+            config:
+              data: {examples: 12, responder: trace, families: {arithmetic: 6, linear: 6}}
+              max_length: 512
+              train: {max_steps: 4, save_steps: 2, batch_size: 2}""",
+    "general_rl": """
+          - stage: general_rl
+            config:
+              tasks: TASKS
+              examples: 8
+              held_out: 1
+              num_generations: 2
+              max_completion_length: 8
+              train: {max_steps: 4, save_steps: 2, batch_size: 4, learning_rate: 1.0e-3}""",
     "distill": """
           - stage: distill
             config:
@@ -110,8 +133,9 @@ def test_one_stage_on_two_processes_trains_in_sync_and_resumes_after_a_kill(tmp_
 
 
 def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_model):
-    """The other trainers under a launch: TRL's GRPO (each rank samples its share of the groups) and
-    distillation's two phases (rank 0 builds the student and writes each phase's marker)."""
+    """The other trainers under a launch: TRL's GRPO (each rank samples its share of the groups, on a
+    reward with variance, so the weights move) and distillation's two phases (rank 0 builds the student
+    and writes each phase's marker)."""
     run = tmp_path / "run"
     path = _yaml(tmp_path / "p.yaml", f"""
         name: ddp2
@@ -123,6 +147,11 @@ def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_m
     assert done.returncode == 0, done.stderr[-3000:]
     rl = json.loads((run / "01_reasoning_rl" / "COMPLETE").read_text())["metrics"]
     assert rl["global_step"] == 4 and rl["launch"]["train"] == {"ranks_trained": 2, "weights_agree": True}
+    # the ranks agree on weights that training moved: each rank's final weights are the saved model's
+    trained = checkpoint_digest(run / "01_reasoning_rl" / "model")
+    assert trained != checkpoint_digest(tiny_model)
+    assert {json.loads((run / "01_reasoning_rl" / "ranks" / f"rank{r}.json").read_text())["weights_sha256"]
+            for r in (0, 1)} == {trained}
     distill = json.loads((run / "02_distill" / "COMPLETE").read_text())["metrics"]
     for phase in ("off_policy", "on_policy"):
         assert distill["launch"][phase] == {"ranks_trained": 2, "weights_agree": True}
@@ -130,12 +159,16 @@ def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_m
     assert AutoModelForCausalLM.from_pretrained(run / "02_distill" / "model").config.num_hidden_layers == 1
 
 
-def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path):
+def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path, monkeypatch):
     """The ranks see the stage as the runner planned it: config, eval suites (cold start keeps their
-    items out of its data), accuracy-vs-compute curve settings, engine."""
+    items out of its data), accuracy-vs-compute curve settings, and the run's engine (not the
+    default one a fresh process starts with)."""
     from posttrain import generation, pipeline
     from posttrain.launch import read_job, write_job
-    cfg, planned = pipeline.load(REPO / "pipelines" / "table21.yaml", output_dir=str(tmp_path / "run"))
+    monkeypatch.setattr(generation, "VLLM_SETTINGS", {})  # what a rank's fresh process holds
+    monkeypatch.setattr(generation, "PIPELINE_BACKEND", ["transformers"])
+    cfg, planned = pipeline.load(REPO / "pipelines" / "table21.yaml", output_dir=str(tmp_path / "run"),
+                                 overrides=["backend=vllm", "vllm.max_model_len=1024"])
     for p in (planned[0], next(p for p in planned if p.ctx.stage_id == "rl_branch")):
         p.ctx.dir.mkdir(parents=True)
         module, config, ctx = read_job(write_job(p.ctx, p.spec.stage, p.config, cfg))
@@ -144,7 +177,7 @@ def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path):
             (p.ctx.stage_id, p.ctx.dir, p.ctx.input_model, p.ctx.seed, p.ctx.run_dir)
         assert {k: v for k, v in ctx.extra.items() if k != "cpu_start"} == p.ctx.extra
     assert ctx.extra["curve_points"] == 3 and ctx.extra["curve_dir"] == p.ctx.dir / "curve"
-    assert generation.PIPELINE_BACKEND[0] == cfg.backend
+    assert generation.PIPELINE_BACKEND == ["vllm"] and generation.VLLM_SETTINGS == {"max_model_len": 1024}
 
 
 def test_launch_command_lines(tmp_path, monkeypatch):
@@ -227,38 +260,77 @@ def test_a_second_machine_joins_each_multi_machine_stage_after_the_stages_before
     assert not (planned[0].ctx.run_dir / ".lock").exists()  # the runner's lock is rank 0's
 
 
-@pytest.mark.parametrize("kind, phase", [("reasoning_rl", ""), ("distill", "off_policy"), ("distill", "on_policy"),
-                                         ("reward_model", "")])
-def test_a_stage_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model, kind, phase):
-    """SIGKILL right after the first checkpoint of a GRPO stage, each distillation phase and the reward
-    model (SFT: test_pipeline.py); the rerun resumes there, and only then is the stage marked done."""
+def _one_stage(tmp_path: Path, kind: str, tiny_model: Path) -> Path:
+    """A one-stage pipeline YAML of STAGES[kind], with the files it needs."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps({"chosen": f"a fine answer {i}", "rejected": "zzz"}) for i in range(24)))
-    path = _yaml(tmp_path / "p.yaml", f"""
+    tasks = _yaml(tmp_path / "tasks.yaml", """
+        tasks:
+          echo: {area: instruction, source: instruction, params: {families: [keyword]},
+                 rewards: [{name: "tests.conftest:longer"}]}
+        """)
+    return _yaml(tmp_path / "p.yaml", f"""
         name: kill
         model: {tiny_model}
         output_dir: {tmp_path / 'run'}
-        stages:""" + STAGES[kind].replace("PAIRS", str(pairs)) + "\n")
+        stages:""" + STAGES[kind].replace("PAIRS", str(pairs)).replace("TASKS", str(tasks)) + "\n")
+
+
+@pytest.mark.parametrize("kind, phase", [("cold_start", ""), ("reasoning_rl", ""), ("fusion", ""),
+                                         ("general_rl", ""), ("distill", "off_policy"), ("distill", "on_policy"),
+                                         ("reward_model", "")])
+def test_a_stage_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model, kind, phase):
+    """SIGKILL right after the first checkpoint of each stage kind and each distillation phase: the rerun
+    starts training at that checkpoint's step with its weights (which training had moved), runs only
+    the steps left, reuses the data the stage saved (finished phases too), and only then is the stage
+    marked done."""
+    path, log = _one_stage(tmp_path, kind, tiny_model), tmp_path / "record.jsonl"
     stage = tmp_path / "run" / f"01_{kind}"
     where = stage / phase if phase else stage
-    killed = cli("run", str(path), env={"KILL_AT_STEP": "2", "KILL_IN": str(where / "checkpoints")}, script=KILLER)
+    killed = cli("run", str(path), env={"KILL_AT_STEP": "2", "KILL_IN": str(where / "checkpoints"),
+                                        "RECORD": str(log)}, script=KILLER)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert (where / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    checkpoint = where / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "trainer_state.json").is_file()
     assert not (stage / "COMPLETE").exists() and not (where / "COMPLETE").exists()
+    weights, saved = checkpoint_digest(checkpoint), untouched(stage)
+    before = records(log, where / "checkpoints")
+    assert [r["step"] for r in before if "step" in r] == [1, 2] and before[0]["weights"] != weights
     if phase == "on_policy":
         assert (stage / "off_policy" / "COMPLETE").is_file()  # the finished phase is kept, not redone
-        off_policy_model = (stage / "off_policy" / "model" / "model.safetensors").stat().st_mtime
 
-    resumed = cli("run", str(path))
+    resumed = cli("run", str(path), env={"RECORD": str(log)}, script=KILLER)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {where / 'checkpoints' / 'checkpoint-2'}" in resumed.stderr
+    assert f"resuming from {checkpoint}" in resumed.stderr
+    after = records(log, where / "checkpoints")[len(before):]
+    assert after[0]["begin"] == 2 and after[0]["weights"] == weights  # the checkpoint's weights, not the input's
+    assert [r["step"] for r in after if "step" in r] == [3, 4]
+    if phase == "off_policy":  # the next phase trains from the resumed phase's model, from step 0
+        assert records(log, stage / "on_policy" / "checkpoints")[0]["begin"] == 0
+    for name, stamp in saved.items():  # data and finished phases: reused, not written again
+        if "/data/" in f"/{name}" or name.startswith("off_policy/") and phase == "on_policy":
+            assert untouched(stage).get(name) == stamp, name
     assert json.loads((stage / "COMPLETE").read_text())["resumed"] is True
     assert not (where / "checkpoints").exists()
-    if phase == "on_policy":
-        assert (stage / "off_policy" / "model" / "model.safetensors").stat().st_mtime == off_policy_model
     metrics = json.loads((where / "metrics.json").read_text())
     assert metrics.get("train", metrics)["global_step"] == 4
     assert (stage / "model" / "config.json").is_file()
+
+
+def test_a_stage_killed_while_saving_its_data_builds_it_again(tmp_path, tiny_model):
+    """SIGKILL while the cold start's training set is being written: nothing half-written is taken for
+    data on the rerun; the set is built again, whole, and the stage completes."""
+    path = _one_stage(tmp_path, "cold_start", tiny_model)
+    data = tmp_path / "run" / "01_cold_start" / "data"
+    killed = cli("run", str(path), env={"KILL_SAVING": ".train.tmp"}, script=KILLER)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (data / ".train.tmp" / "dataset_info.json").is_file() and not (data / "train").exists()
+    resumed = cli("run", str(path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    from datasets import load_from_disk
+    built = json.loads((data.parent / "cold_start_data.json").read_text())["examples"]
+    assert len(load_from_disk(str(data / "train"))) == built > 0 and not (data / ".train.tmp").exists()
+    assert json.loads((data.parent / "COMPLETE").read_text())["metrics"]["global_step"] == 4
 
 
 calls: list[int] = []

@@ -178,33 +178,33 @@ def test_rejection_sampling_sets_aside_and_fails_clearly(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("history", ["inference", "training_template"])
 def test_loss_mask_covers_the_empty_block_and_the_thinking(mix, tiny_model, tmp_path, history):
-    """What TRL will train on: the labels of each assistant turn, empty think block included."""
-    from trl import SFTConfig, SFTTrainer
-
-    from posttrain.models import load_model
-    from stages.fusion import per_turn
+    """What the stage's own trainer trains on: the labels its data collator gives each assistant
+    turn, empty think block included, and nothing of the prompts."""
+    from posttrain.training import sft_trainer
+    from stages.fusion import Config, training_data
     _, _, ds = mix
     idx = next(i for i, r in enumerate(ds) if len(r["modes"]) > 1 and set(r["modes"]) == {"think", "no_think"})
     conv = ds[idx]
-    data = ds.select_columns(["messages"]) if history == "training_template" else per_turn(ds)
-    model, tok = load_model(tiny_model)
-    args = SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_length=2048,
-                     assistant_only_loss=history == "training_template")
-    trained = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok).train_dataset
+    cfg = Config(history=history, max_length=2048)
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "fusion", input_model=str(tiny_model))
+    trainer = sft_trainer(ctx, training_data(ds, cfg.history), cfg.train, "stages.fusion.config.train",
+                          max_length=cfg.max_length)
+    tok, trained = trainer.processing_class, trainer.train_dataset
     if history == "training_template":  # one example per conversation
-        examples = [trained[idx]]
+        rows = [idx]
     else:  # one example per assistant turn
         first = sum(len(m) for m in ds["modes"][:idx])
-        examples = [trained[first + k] for k in range(len(conv["modes"]))]
-    labelled = "".join(tok.decode([i for i, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != -100])
-                       for e in examples)
+        rows = list(range(first, first + len(conv["modes"])))
+    batch = trainer.data_collator([trained[i] for i in rows])  # what a training step gets
+    labelled = "".join(tok.decode([t for t in labels.tolist() if t != -100]) for labels in batch["labels"])
     for turn in (m for m in conv["messages"] if m["role"] == "assistant"):
         block = EMPTY_THINK if not turn["reasoning_content"] else f"<think>\n{turn['reasoning_content']}\n</think>\n\n"
         assert block + turn["content"] + "<|im_end|>" in labelled
     users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
     assert not any(u in labelled for u in users)  # prompts are never trained on
+    assert "<|im_start|>assistant" not in labelled and "<|im_start|>user" not in labelled
     if history == "inference":  # the last turn's context shows earlier turns as inference does
-        context = tok.decode(examples[-1]["input_ids"])
+        context = tok.decode(trained[rows[-1]]["input_ids"])
         for turn in [m for m in conv["messages"] if m["role"] == "assistant"][:-1]:
             assert turn["content"] in context
             assert not turn["reasoning_content"] or turn["reasoning_content"] not in context
@@ -254,3 +254,27 @@ def test_budget_curve_config_errors(tmp_path, tiny_model, bad, error):
                     "stages: [{stage: fusion}]\n")
     with pytest.raises(ConfigError, match=error):
         pipeline.load(path)
+
+
+def test_think_follow_items_never_reach_the_fusion_mix(tmp_path, tiny_model):
+    """hybrid.yaml's fusion data shares no user turn with the ThinkFollow suite the pipeline scores it on:
+    the direct kinds draw from small pools (65 QA questions), so without the exclusion a 400-conversation
+    mix held a third of the suite's prompts."""
+    from dataclasses import replace
+
+    from data_builders.flags import suite
+    from posttrain import pipeline
+    from tests.conftest import REPO
+    cfg, planned = pipeline.load(REPO / "pipelines" / "hybrid.yaml", output_dir=str(tmp_path / "run"),
+                                 overrides=[f"model={tiny_model}"])
+    stage = next(p for p in planned if p.spec.stage == "fusion")
+    from posttrain.thinkfollow import ThinkFollowConfig
+    follow = ThinkFollowConfig(**cfg.eval["think_follow"])
+    asked = {t["prompt"] for p in suite(follow.kinds, follow.n, follow.seed, follow.max_turns) for t in p["turns"]}
+    data = build(stage.ctx, replace(stage.config.data, examples=400, responder="trace", queries_from="none",
+                                    direct_families={}))
+    users = {m["content"].removesuffix(" /no_think").removesuffix(" /think") for conv in data["messages"]
+             for m in conv if m["role"] == "user"}
+    assert len(asked) > 40 and len(users) > 200 and not users & asked
+    dropped = json.loads((stage.ctx.dir / "fusion_data.json").read_text())["dropped_as_held_out"]
+    assert dropped["qa"] > 0  # there were some to drop

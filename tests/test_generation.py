@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -22,8 +24,19 @@ def test_shapes_modes_and_logprobs(engine):
     for c in (c for o in outs for c in o):
         assert c.text.startswith(EMPTY_THINK) and c.reasoning == ""
         assert 0 < len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
-        assert all(lp <= 0 for lp in c.logprobs)
+        assert c.finish_reason == ("length" if len(c.token_ids) == 12 else "stop")  # stopped early: at EOS
         assert engine.tokenizer.eos_token_id not in c.token_ids
+    # sampled (T 0.7, top-k 20) from a left-padded batch, the logprobs are still the raw model's
+    # (as vLLM's default), not the temperature/top-k-processed distribution the sample was drawn from
+    for prompt, samples in zip(PROMPTS, outs, strict=True):
+        prefix = engine.render(prompt, "no_think")
+        for c in samples:
+            ids = torch.tensor([prefix + c.token_ids], device=engine.model.device)
+            with torch.no_grad():
+                logits = engine.model(ids).logits[0, len(prefix) - 1:-1].float().cpu()
+            raw = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+            assert torch.allclose(torch.tensor(c.logprobs), raw, atol=1e-4 if engine.model.dtype == torch.float32
+                                  else 5e-2)
     # the three samples of one prompt differ (sampling), and a seed reproduces them
     texts = [c.text for c in outs[0]]
     assert len(set(texts)) > 1
@@ -126,18 +139,52 @@ def test_no_budget_in_no_think_mode(engine):
     assert not c.budget_hit and BUDGET_STOP_TEXT not in c.text
 
 
-def test_vllm_backend_fails_clearly_without_vllm(tiny_model):
-    pytest.importorskip("transformers")
-    try:
-        import vllm  # noqa: F401
-        pytest.skip("vLLM is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(RuntimeError, match="needs vLLM"):
-        load_engine(tiny_model, backend="vllm")
-    with pytest.raises(ValueError, match="backend must be one of"):
+def test_unknown_backend_is_refused(tiny_model):
+    with pytest.raises(ValueError, match=r"backend must be one of \('transformers', 'vllm'\), got 'tgi'"):
         load_engine(tiny_model, backend="tgi")
     assert TransformersEngine.backend == "transformers"
+
+
+def test_vllm_backend_fails_clearly_without_vllm(tiny_model, monkeypatch):
+    """Runs where vLLM is installed too: the import is made to fail as it does where vLLM is absent."""
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # import_vllm sets it; restored after
+    with pytest.raises(RuntimeError, match="backend 'vllm' needs vLLM .*make install-vllm"):
+        load_engine(tiny_model, backend="vllm")
+
+
+def test_unset_sampling_knobs_reach_model_generate_per_mode(engine, monkeypatch):
+    """The report's sampling (thinking T 0.6 / top-p 0.95 / top-k 20, non-thinking 0.7 / 0.8 / 20) is
+    what `model.generate` receives when the caller sets none, in `generate`, `stream`, and both phases
+    of the thinking budget (the model's generation_config holds the thinking settings, so the
+    non-thinking ones must be passed explicitly)."""
+    seen = []
+    original = engine.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("do_sample", "temperature", "top_p", "top_k")})
+        return original(*args, **kwargs)
+    monkeypatch.setattr(engine.model, "generate", spy)
+    think = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    no_think = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    engine.generate(PROMPTS[:1], mode="think", max_new_tokens=2, seed=0)
+    assert seen == [think]
+    engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, seed=0)
+    assert seen[1:] == [no_think]
+    seen.clear()
+    list(engine.stream(PROMPTS[0], mode="think", max_new_tokens=2, seed=0))
+    list(engine.stream(PROMPTS[0], mode="no_think", max_new_tokens=2, seed=0))
+    list(engine.stream(PROMPTS[1], mode=None, max_new_tokens=2, seed=0))  # the prompt's /no_think flag decides
+    assert seen == [think, no_think, no_think]
+    seen.clear()
+    prefilled = PrefilledEngine(engine.model, engine.tokenizer)  # thinks: the budget's second phase runs
+    [[c]] = prefilled.generate(PROMPTS[:1], mode="think", max_new_tokens=6, thinking_budget=2, seed=0)
+    assert c.budget_hit and seen == [think, think]
+    seen.clear()
+    engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, temperature=1.0, seed=0)  # the caller's wins
+    engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, temperature=0)  # greedy: no sampling knobs
+    assert seen == [{**no_think, "temperature": 1.0},
+                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}]
 
 
 def test_stream_is_generate_token_by_token(engine):

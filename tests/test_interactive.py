@@ -21,10 +21,11 @@ class Thinker(GenerationEngine):
 
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
-        self.prefixes = []
+        self.prefixes, self.max_new_tokens = [], []
 
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         self.prefixes += prefixes
+        self.max_new_tokens.append(max_new_tokens)
         stop = self.tokenizer.encode(BUDGET_STOP_TEXT, add_special_tokens=False)
         empty = self.tokenizer.encode(EMPTY_THINK, add_special_tokens=False)
         out = []
@@ -79,6 +80,9 @@ def test_generate_end_to_end_on_a_real_model(tiny_model):
         assert run.returncode == 0, run.stderr
         out = json.loads(run.stdout)
         assert 0 < out["tokens"] <= 6 and out["text"].startswith(EMPTY_THINK) is (mode == "no_think")
+        assert out["finish_reason"] == ("length" if out["tokens"] == 6 else "stop")
+        # a random model opens no think block: its answer is not cut by the budget
+        assert out["budget_hit"] is False and BUDGET_STOP_TEXT not in out["text"]
 
 
 def test_chat_keeps_history_as_the_template_does(thinker, tiny_model):
@@ -91,7 +95,8 @@ def test_chat_keeps_history_as_the_template_does(thinker, tiny_model):
     # the second turn was rendered with the first answer but without the first turn's reasoning
     second = next(thinker.tokenizer.decode(p) for p in thinker.prefixes if "second /no_think" in
                   thinker.tokenizer.decode(p))
-    assert "Four." in second and "hmm" not in second
+    assert second == ("<|im_start|>user\nfirst question /think<|im_end|>\n<|im_start|>assistant\nFour.<|im_end|>\n"
+                      "<|im_start|>user\nsecond /no_think<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_eval_budget_curve_writes_json_and_png(tmp_path, tiny_model, capsys):
@@ -104,16 +109,36 @@ def test_eval_budget_curve_writes_json_and_png(tmp_path, tiny_model, capsys):
     curve = json.loads(out.read_text())
     assert [p["budget"] for p in curve["points"]] == [2, 4, None]
     assert set(curve["points"][0]["suites"]["lin"]) >= {"accuracy", "accuracy_se", "mean_length", "budget_hit"}
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "curve.png").stat().st_size > 1000
     assert "budget none: lin" in capsys.readouterr().err
     assert cli.main(["eval", "--model", str(tiny_model), "--config", str(config), "--budgets", "0"]) == 2
 
 
-def test_eval_thinking_budget_is_recorded(tmp_path, tiny_model):
+def test_eval_applies_the_thinking_budget(thinker, tmp_path, tiny_model):
+    """`posttrain eval --thinking-budget 3` on a model that never closes its think block: every
+    think-mode sample is cut after exactly 3 thinking tokens, gets the early-stop text and answers;
+    no-think mode is untouched; without the budget the same model thinks to max_new_tokens."""
     config = tmp_path / "eval.yaml"
-    config.write_text("eval:\n  suites: {lin: {family: linear, n: 2, seed: 10001}}\n  modes: [think]\n"
-                      "  samples: 1\n  pass_k: [1]\n  max_new_tokens: 8\n")
+    config.write_text("eval:\n  suites: {lin: {family: linear, n: 2, seed: 10001}}\n  modes: [think, no_think]\n"
+                      "  samples: 2\n  pass_k: [1]\n  max_new_tokens: 30\n")
+    four = len(thinker.tokenizer.encode("Four.", add_special_tokens=False))
+    stop = thinker.tokenizer.encode(BUDGET_STOP_TEXT, add_special_tokens=False)
     out = tmp_path / "r.json"
     assert cli.main(["eval", "--model", str(tiny_model), "--config", str(config), "--thinking-budget", "3",
                      "--output", str(out)]) == 0
-    assert json.loads(out.read_text())["suites"]["lin"]["think"]["settings"]["thinking_budget"] == 3
+    lin = json.loads(out.read_text())["suites"]["lin"]
+    assert lin["think"]["settings"]["thinking_budget"] == 3
+    assert lin["think"]["budget_hit"] == 1.0 and lin["think"]["truncated"] == 0.0
+    assert lin["think"]["mean_length"] == 3 + four  # 3 thinking tokens, then the answer
+    assert lin["no_think"]["budget_hit"] == 0.0 and lin["no_think"]["mean_length"] == four
+    # think: phase one asked for 3 tokens, phase two (all 2 items x 2 samples) went on after the stop text
+    assert thinker.max_new_tokens == [3, 27, 30]
+    assert sum(p[-len(stop):] == stop for p in thinker.prefixes) == 4
+
+    thinker.max_new_tokens.clear()
+    assert cli.main(["eval", "--model", str(tiny_model), "--config", str(config), "--output", str(out)]) == 0
+    lin = json.loads(out.read_text())["suites"]["lin"]
+    assert lin["think"]["settings"]["thinking_budget"] is None
+    assert lin["think"]["budget_hit"] == 0.0 and lin["think"]["truncated"] == 1.0
+    assert lin["think"]["mean_length"] == 30 and thinker.max_new_tokens == [30, 30]

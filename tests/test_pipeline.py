@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import KILLER, REPO, cli
+from tests.conftest import KILLER, REPO, checkpoint_digest, cli, records, untouched
 
 
 @pytest.fixture
@@ -34,15 +34,22 @@ def toy(tmp_path, tiny_model, chat_jsonl):
 
 def test_killed_stage_resumes_then_skips(toy, tmp_path):
     run = tmp_path / "run"
-    first = run / "01_first"
-    killed = cli("run", str(toy), env={"KILL_AT_STEP": "2"}, script=KILLER)
+    first, log = run / "01_first", tmp_path / "record.jsonl"
+    killed = cli("run", str(toy), env={"KILL_AT_STEP": "2", "RECORD": str(log)}, script=KILLER)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (first / "checkpoints" / "checkpoint-2").is_dir()
     assert not (first / "COMPLETE").exists() and not (run / "02_second").exists()
+    checkpoint, data = checkpoint_digest(first / "checkpoints" / "checkpoint-2"), untouched(first / "data")
+    assert data and records(log, first / "checkpoints")[0]["weights"] != checkpoint  # two steps moved the weights
 
-    resumed = cli("run", str(toy))
+    resumed = cli("run", str(toy), env={"RECORD": str(log)}, script=KILLER)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "first: resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
+    # the rerun began at step 2 with the checkpoint's weights, ran steps 3-6 only, on the saved data
+    seen = records(log, first / "checkpoints")
+    assert [(r["begin"], r["weights"]) for r in seen if "begin" in r] == [(0, seen[0]["weights"]), (2, checkpoint)]
+    assert [r["step"] for r in seen if "step" in r] == [1, 2, 3, 4, 5, 6]
+    assert untouched(first / "data") == data
     done = json.loads((first / "COMPLETE").read_text())
     assert done["resumed"] is True and done["metrics"]["global_step"] == 6
     assert not (first / "checkpoints").exists()  # resume points go once the stage is complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -76,10 +77,20 @@ def test_scores_do_not_depend_on_batching_or_completion_form(reward_model):
 
 
 def test_sigmoid_normalisation_plain_prompts_and_empty_completions(reward_model):
-    reward = rewards.get("preference", model=reward_model, normalize="sigmoid")
-    scores = reward(["Thank you for asking! 2 plus 2 equals 4.", "zx qq zx qq", ""],
-                    prompt=["What is 2 plus 2?", "What is 2 plus 2?", None])
-    assert all(0.0 < s < 1.0 for s in scores)
+    texts = ["Thank you for asking! 2 plus 2 equals 4.", "zx qq zx qq", ""]
+    prompts = ["What is 2 plus 2?", "What is 2 plus 2?", None]
+    raw = rewards.get("preference", model=reward_model)(texts, prompt=prompts)
+    scores = rewards.get("preference", model=reward_model, normalize="sigmoid")(texts, prompt=prompts)
+    assert scores == pytest.approx([1 / (1 + math.exp(-r)) for r in raw], abs=1e-5)
+    # a plain-text prompt is scored as RewardTrainer trained on it: prompt + completion + EOS, one sequence
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model, num_labels=1).eval()
+    for text, prompt, r in zip(texts, prompts, raw, strict=True):
+        ids = tok((prompt or "") + text + tok.eos_token)["input_ids"]
+        with torch.no_grad():
+            assert r == pytest.approx(model(torch.tensor([ids])).logits[0, 0].item(), abs=1e-4)
+    assert len(set(round(r, 3) for r in raw)) == 3  # three different raw scores, not one constant
     assert scores[0] > scores[1]
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import pipeline
 from posttrain.models import make_tiny_model
-from tests.conftest import REPO
+from tests.conftest import REPO, checkpoint_digest
 
 
 def run_pipeline(tmp_path, text: str):
@@ -48,7 +48,11 @@ def test_cold_start_builds_filtered_long_cot_data_and_trains(tmp_path, tiny_mode
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
 
 
-def test_reasoning_rl_runs_grpo_and_logs_rewards(tmp_path, tiny_model):
+def test_reasoning_rl_runs_grpo_and_moves_the_weights(tmp_path, tiny_model):
+    """GRPO on a reward with variance (completion length: a random model scores 0 on every math item,
+    so every advantage would be 0 and nothing would train): the rewards are logged per step and
+    the saved policy differs from the input model. The wide band keeps every query (selection is
+    tested on its own in test_eval.py)."""
     run_dir, planned = run_pipeline(tmp_path, f"""
         name: rl
         model: {tiny_model}
@@ -57,17 +61,20 @@ def test_reasoning_rl_runs_grpo_and_logs_rewards(tmp_path, tiny_model):
           - stage: reasoning_rl
             config:
               queries: {{families: {{arithmetic: 4, countdown: 2}}, k: 2, band: [-1.0, 2.0], max_new_tokens: 8}}
+              rewards: {{math: [{{name: "tests.conftest:longer"}}], countdown: [{{name: "tests.conftest:longer"}}]}}
               num_generations: 4
               max_completion_length: 12
-              train: {{max_steps: 2, batch_size: 4, learning_rate: 1.0e-5}}
+              train: {{max_steps: 2, batch_size: 4, learning_rate: 1.0e-3}}
         """)
     stage = planned[0].ctx
     selection = json.loads((stage.dir / "selection.json").read_text())
     assert selection["candidates"] == 6 and selection["kept"] == 6
-    AutoModelForCausalLM.from_pretrained(stage.model_dir)
     from posttrain.report import _scalars
     scalars = _scalars(stage.tb_dir)
-    assert any("reward" in tag for tag in scalars), sorted(scalars)
+    assert len(scalars["train/reward_std"]) == 2 and all(v > 0 for _, v in scalars["train/reward_std"])
+    routed = [f"train/routed/{task}/tests.conftest:longer" for task in ("math", "countdown")]
+    assert sum(len(scalars.get(tag, [])) for tag in routed) == 2  # one prompt per step, routed by its task
+    assert checkpoint_digest(stage.model_dir) != checkpoint_digest(tiny_model)
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
 
 
@@ -410,3 +417,151 @@ def test_grpo_with_fewer_prompts_than_one_step_stops_with_a_clear_error(tmp_path
                   train: {{max_steps: 2, batch_size: 4}}
             """)
     assert not (tmp_path / "run" / "01_rl" / "COMPLETE").exists()
+
+
+def test_grpo_is_configured_as_the_stage_config_says(tmp_path, tiny_model):
+    """The GRPO trainer the RL stages build: loss, KL, clipping, entropy control, off-policy reuse and the
+    rollouts' sampling from the stage config; by default DAPO with clip-higher, no KL, and the report's
+    thinking-mode sampling (T 0.6, top-p 0.95, top-k 20)."""
+    from datasets import Dataset
+
+    from posttrain.config import from_dict
+    from posttrain.rundir import StageContext
+    from posttrain.training import grpo_trainer
+    from stages.reasoning_rl import Config, reward_function
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"q{i}"}], "task": "math", "answer": "1"}
+                              for i in range(8)])
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "rl", input_model=str(tiny_model))
+    queries = {"families": {"arithmetic": 2}}
+    default = from_dict(Config, {"queries": queries}, "rl")
+    trainer = grpo_trainer(ctx, default, data, [reward_function(default)], "rl.train")
+    assert (trainer.loss_type, trainer.beta, trainer.epsilon_low, trainer.epsilon_high) == ("dapo", 0.0, 0.2, 0.28)
+    assert (trainer.temperature, trainer.top_p, trainer.top_k) == (0.6, 0.95, 20)
+    assert (trainer.generation_config.temperature, trainer.generation_config.top_p,
+            trainer.generation_config.top_k) == (0.6, 0.95, 20)
+    assert trainer.entropy_coef == 0.0 and trainer.num_iterations == 1 and trainer.ref_model is None
+    chosen = from_dict(Config, {
+        "queries": queries, "loss_type": "dr_grpo", "beta": 0.04, "epsilon_high": 0.3, "num_iterations": 2,
+        "num_generations": 2, "temperature": 1.0, "top_p": 0.9, "top_k": 5, "entropy_coef": 0.01,
+        "use_adaptive_entropy": True, "entropy_target": 0.5,
+        "train": {"batch_size": 4, "learning_rate": 3.0e-6, "trainer": {"epsilon": 0.1}}}, "rl")
+    trainer = grpo_trainer(ctx, chosen, data, [reward_function(chosen)], "rl.train")
+    assert (trainer.loss_type, trainer.beta, trainer.epsilon_low, trainer.epsilon_high) == ("dr_grpo", 0.04, 0.1, 0.3)
+    assert (trainer.num_iterations, trainer.num_generations, trainer.args.learning_rate) == (2, 2, 3e-6)
+    assert (trainer.generation_config.temperature, trainer.generation_config.top_p,
+            trainer.generation_config.top_k) == (1.0, 0.9, 5)
+    assert (trainer.entropy_coef, trainer.args.use_adaptive_entropy, trainer.args.entropy_target) == (0.01, True, 0.5)
+    assert trainer.ref_model is not None  # beta > 0 keeps the reference model for the KL term
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
+def test_on_policy_distillation_minimises_the_divergence_it_names(tmp_path, divergence):
+    """The loss of the stage's DistillationTrainer on a fixed batch is the named divergence of the
+    student's next-token distribution from the teacher's, averaged over completion tokens: reverse KL
+    is KL(student || teacher) (mode-seeking, the report's choice), forward KL is KL(teacher || student)."""
+    from posttrain.rundir import StageContext
+    from posttrain.training import TrainOptions
+    from stages.distill import Config, OnPolicy, Prompts, on_policy_prompts, on_policy_trainer
+    teacher = make_tiny_model(tmp_path / "teacher", layers=2, seed=1)
+    student = make_tiny_model(tmp_path / "student", layers=1, seed=2)
+    ctx = StageContext(stage_id="distill", dir=tmp_path / "stage", input_model=str(student))
+    prompts = on_policy_prompts(ctx, Config(prompts=Prompts(families={"arithmetic": 2})))
+    cfg = OnPolicy(divergence=divergence, max_completion_length=6, train=TrainOptions(max_steps=1, batch_size=2))
+    trainer = on_policy_trainer(ctx, str(teacher), cfg, prompts)
+    with torch.no_grad():  # peaked, unlike distributions (random tiny models are near uniform: all KLs ~equal)
+        for model, scale in ((trainer.model, 10.0), (trainer.teacher_model, 40.0)):
+            model.get_output_embeddings().weight.mul_(scale)
+    g = torch.Generator().manual_seed(0)
+    prompt, completion = torch.randint(0, 49152, (2, 5), generator=g), torch.randint(0, 49152, (2, 4), generator=g)
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+              "completion_mask": completion_mask}
+    with torch.no_grad():
+        loss = trainer._compute_loss(trainer.model, inputs, None)[0]
+        ids = torch.cat([prompt, completion], 1)
+        s, t = (torch.log_softmax(m(ids).logits[:, 4:-1].float(), -1) for m in (trainer.model, trainer.teacher_model))
+    kl = {"reverse_kl": (s.exp() * (s - t)).sum(-1), "forward_kl": (t.exp() * (t - s)).sum(-1)}
+    mixture = torch.logsumexp(torch.stack([s, t]) + torch.tensor(0.5).log(), 0)
+    kl["jsd"] = 0.5 * (s.exp() * (s - mixture)).sum(-1) + 0.5 * (t.exp() * (t - mixture)).sum(-1)
+    expected = {k: (v * completion_mask).sum() / completion_mask.sum() for k, v in kl.items()}
+    print({k: round(v.item(), 4) for k, v in expected.items()}, "loss", loss.item())
+    assert loss.item() == pytest.approx(expected[divergence].item(), rel=1e-4)
+    assert all(abs(v.item() - loss.item()) > 0.1 * loss.item() for k, v in expected.items() if k != divergence)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model_that_reloads(tmp_path, tiny_model, chat_jsonl):
+    """SFT with LoRA: only the adapters train; the saved model is a plain model dir (merged, no
+    adapter files) whose outputs are the adapted model's, and the base weights LoRA leaves alone
+    (the embeddings) are unchanged."""
+    from posttrain.rundir import StageContext
+    from posttrain.training import LoraOptions, TrainOptions, finish, sft_trainer, train
+    from stages.sft import load_messages
+    ctx = StageContext(stage_id="lora", dir=tmp_path / "lora", input_model=str(tiny_model))
+    options = TrainOptions(max_steps=3, batch_size=4, learning_rate=1e-2, lora=LoraOptions(r=4, alpha=8, dropout=0.0))
+    trainer = sft_trainer(ctx, load_messages(str(chat_jsonl)), options, "train", max_length=64)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    train(ctx, trainer)
+    assert trainer.state.global_step == 3
+    ids = torch.tensor([trainer.processing_class.encode("What is 3 + 3? The answer is 6.")])
+    with torch.no_grad():
+        adapted = trainer.model.eval()(ids).logits
+    finish(ctx, trainer, trainer.processing_class)
+    assert not list(ctx.model_dir.glob("adapter_*")) and (ctx.model_dir / "model.safetensors").is_file()
+    saved, base = (AutoModelForCausalLM.from_pretrained(p) for p in (ctx.model_dir, tiny_model))
+    with torch.no_grad():
+        assert torch.allclose(saved(ids).logits, adapted, atol=1e-4)
+        assert not torch.allclose(base(ids).logits, adapted, atol=1e-3)
+    assert torch.equal(saved.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert not torch.equal(saved.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_judge_and_reward_model_score_their_rows_inside_a_grpo_step(tmp_path, tiny_model, monkeypatch):
+    """One GRPO step over a batch mixing a judged kind and a preference kind: the routed reward sends
+    each row to its kind's model-based reward (the judge sees the reference), their scores are those
+    the same rewards give on their own, and each kind's mean is logged."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+
+    import rewards
+    from posttrain.models import load_tokenizer
+    from posttrain.rundir import StageContext
+    from posttrain.training import GRPOOptions, TrainOptions, grpo_trainer
+    from rewards.judge import JudgeReward
+    from rewards.preference import PreferenceReward
+    rm_dir, tok = tmp_path / "rm", load_tokenizer(tiny_model)
+    head = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)  # a random head: varied
+    head.config.pad_token_id = tok.pad_token_id
+    head.save_pretrained(rm_dir)
+    tok.save_pretrained(rm_dir)
+    seen = []
+    for cls in (JudgeReward, PreferenceReward):
+        def spy(self, completions, _call=cls.__call__, **columns):
+            scores = _call(self, completions, **columns)
+            kept = {k: v for k, v in columns.items() if k in ("task", "reference", "prompts")}  # TRL's `prompts`
+            seen.append((self.name, list(completions), kept, scores))
+            return scores
+        monkeypatch.setattr(cls, "__call__", spy)
+    table = {"graded": [{"name": "judge", "params": {"model": str(tiny_model), "verdict": "yes_no"}}],
+             "liked": [{"name": "preference", "params": {"model": str(rm_dir)}}]}
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "task": task,
+             "reference": str(2 * i) if task == "graded" else ""} for i, task in enumerate(["graded", "liked"] * 2)]
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "rl", input_model=str(tiny_model))
+    options = GRPOOptions(num_generations=2, max_completion_length=6,
+                          train=TrainOptions(max_steps=1, batch_size=8, learning_rate=1e-4))
+    trainer = grpo_trainer(ctx, options, Dataset.from_list(rows), [rewards.get("routed", table=table)], "train")
+    trainer.train()
+    in_step, logged = list(seen), trainer.state.log_history[0]
+    assert [name for name, *_ in in_step] == ["judge", "preference"]
+    for name, completions, columns, scores in in_step:
+        task = "graded" if name == "judge" else "liked"
+        assert len(completions) == 4 and columns["task"] == [task] * 4  # its kind's 2 prompts x 2 rollouts
+        assert {p[-1]["content"] for p in columns["prompts"]} == {r["prompt"][0]["content"] for r in rows
+                                                                  if r["task"] == task}
+        if name == "judge":
+            assert sorted(set(columns["reference"])) == ["0", "4"]
+            assert all(0.0 < s < 1.0 for s in scores)  # P(Yes) of a random model: strictly graded
+        fresh = rewards.get(name, **table[task][0]["params"])
+        assert fresh(completions, **columns) == pytest.approx(scores, abs=1e-5)
+        assert len(set(scores)) > 1
+        assert logged[f"routed/{task}/{name}"] == pytest.approx(sum(scores) / 4, abs=1e-5)

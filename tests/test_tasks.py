@@ -375,3 +375,24 @@ def test_a_null_kind_drops_an_inherited_one(tmp_path):
     assert "shop_agent" not in kinds and "if_json" not in kinds and "if_counts" in kinds
     with pytest.raises(ConfigError, match="every task kind is null"):
         load_tasks({"tasks": {"x": None}})
+
+
+def test_general_rl_prompts_leave_out_the_think_follow_suite(tmp_path):
+    """recipe.yaml's stage-4 prompts share no user turn with the ThinkFollow suite it is scored on
+    (stage 4's flag dialogues and direct kinds draw from the same small pools as the suite)."""
+    from dataclasses import replace
+
+    from data_builders.flags import suite
+    from posttrain import pipeline
+    from posttrain.thinkfollow import ThinkFollowConfig
+    from stages.general_rl import build
+    from tests.conftest import REPO
+    cfg, planned = pipeline.load(REPO / "pipelines" / "recipe.yaml", output_dir=str(tmp_path / "run"))
+    stage = next(p for p in planned if p.spec.stage == "general_rl")
+    follow = ThinkFollowConfig(**cfg.eval["think_follow"])
+    asked = {t["prompt"] for p in suite(follow.kinds, follow.n, follow.seed, follow.max_turns) for t in p["turns"]}
+    rows = build(stage.ctx, replace(stage.config, examples=800))
+    users = {m["content"].removesuffix(" /no_think").removesuffix(" /think") for r in rows for m in r["prompt"]
+             if m["role"] == "user"}
+    assert len(users) > 400 and not users & asked
+    assert json.loads((stage.ctx.dir / "general_rl_data.json").read_text())["dropped_as_eval"] > 0

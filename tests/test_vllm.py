@@ -142,19 +142,34 @@ def test_grpo_rolls_out_with_colocated_vllm_and_syncs_trained_weights(tiny_model
 
 def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, tiny_model, monkeypatch):
     """Rejection sampling, query selection, GRPO rollouts, the off-policy teacher, on-policy rollouts,
-    eval in both modes and the budget curve: all on vLLM, with one engine per model."""
+    eval in both modes and the budget curve: all on vLLM, with one engine per model, started once."""
     import json
     import textwrap
+    from collections import Counter
+
+    from trl.generation.vllm_generation import VLLMGeneration
 
     from posttrain import pipeline
-    from posttrain.generation import VLLMEngine
-    started = []
-    original = VLLMEngine.__init__
+    from posttrain.generation import TransformersEngine, VLLMEngine
+    from posttrain.models import resolve_model
+    started, sampled, rollouts = [], [], []
+    original, sample, generate = VLLMEngine.__init__, VLLMEngine._sample, VLLMGeneration.generate
 
     def counting(self, model_path, tokenizer, **kw):
         started.append(str(model_path))
         original(self, model_path, tokenizer, **kw)
+
+    def sampling(self, prefixes, *args, **kwargs):
+        sampled.append(self.model_path)
+        return sample(self, prefixes, *args, **kwargs)
+
+    def rolling_out(self, *args, **kwargs):  # TRL's colocated engine inside a trainer
+        rollouts.append(1)
+        return generate(self, *args, **kwargs)
     monkeypatch.setattr(VLLMEngine, "__init__", counting)
+    monkeypatch.setattr(VLLMEngine, "_sample", sampling)
+    monkeypatch.setattr(VLLMGeneration, "generate", rolling_out)
+    monkeypatch.setattr(TransformersEngine, "_sample", lambda *a, **kw: pytest.fail("a job sampled on transformers"))
     # the run sets these process-wide settings in place: give it copies, restored after the test
     monkeypatch.setattr(generation, "VLLM_SETTINGS", {})
     monkeypatch.setattr(generation, "PIPELINE_BACKEND", ["transformers"])
@@ -175,7 +190,8 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
         stages:
           - stage: cold_start
             config:
-              data: {{families: {{arithmetic: 6}}, no_cot_k: 1, n_responses: 2, max_new_tokens: 12}}
+              data: {{families: {{arithmetic: 6}}, no_cot_k: 1, responder: input, n_responses: 2, max_new_tokens: 12,
+                     rules: [repetition]}}
               max_length: 128
               train: {{max_steps: 1, batch_size: 2}}
           - stage: reasoning_rl
@@ -196,11 +212,21 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
         """))
     cfg, planned = pipeline.load(path)
     run_dir = pipeline.run(cfg, planned)
+    models = [str(resolve_model(tiny_model))] + [str(p.ctx.model_dir) for p in planned]
+    # one engine per model, each started once: the base (its eval, cold-start sampling), the cold-start
+    # model (its eval, query selection), the stage-2 model (its eval, the teacher's answers), the student
+    # (its eval and the budget curve)
+    assert started == models
+    jobs = Counter(sampled)
+    # base: eval in 2 modes, no-CoT check, rejection sampling; cold start and RL: eval, then the next
+    # stage's selection / teacher answers in both modes; the student: eval, the budget curve's 2 phases
+    assert [jobs[m] for m in models] == [4, 3, 4, 4], jobs
+    assert len(rollouts) == 2  # one GRPO step and one on-policy step, each sampled by TRL's colocated vLLM
     for p in planned:
         assert (p.ctx.dir / "COMPLETE").is_file()
-        evals = json.loads((p.ctx.dir / "eval.json").read_text())
-        assert {"think", "no_think"} <= set(json.dumps(evals).replace('"', " ").split()), evals.keys()
+        think = json.loads((p.ctx.dir / "eval.json").read_text())["suites"]["arithmetic"]
+        assert think["think"]["samples"] == think["no_think"]["samples"] == 2
+    cold = json.loads((planned[0].ctx.dir / "cold_start_data.json").read_text())
+    assert cold["response_rejections"] == {"repetition": cold["response_rejections"]["repetition"]}
     assert json.loads((planned[1].ctx.dir / "selection.json").read_text())["candidates"] == 4
     assert (run_dir / "budget_curve.json").is_file()
-    # one engine per model: base (eval + cold-start sampling), each stage's model (eval, next stage's data)
-    assert len(started) == len(set(started)), started
