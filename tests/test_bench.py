@@ -15,6 +15,7 @@ def test_generate_bench_compares_batched_with_one_at_a_time(tiny_model, capsys):
     assert float(out[-1].split(": ")[1]) > 0
 
 
+@pytest.mark.slow
 def test_grpo_bench_times_each_rollout_path_on_the_same_steps(tiny_model):
     result = bench.bench_grpo(str(tiny_model), ["transformers", "paged"], steps=2, prompts=2, generations=2,
                               max_new_tokens=6)

@@ -100,6 +100,7 @@ def test_bad_configs_rejected_with_key(tmp_path, base, case):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_dry_run_cli_one_line_error_and_no_model_load(tmp_path, base):
     bad = write(tmp_path / "bad.yaml", "defaults: base.yaml\nstages:\n  - {id: second, config: {packing: maybe}}\n")
     res = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(bad), "--dry-run"],

@@ -85,6 +85,7 @@ def _ranks_alive(job: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_one_stage_on_two_processes_trains_in_sync_and_resumes_after_a_kill(tmp_path, tiny_model, chat_jsonl):
     """DDP over gloo on CPU: both ranks step together and end with the same weights; killing the
     runner stops its ranks (none lives on), and the rerun resumes every rank from the checkpoint."""
@@ -132,6 +133,7 @@ def test_one_stage_on_two_processes_trains_in_sync_and_resumes_after_a_kill(tmp_
     assert not (stage / "checkpoints").exists() and (run / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_model):
     """The other trainers under a launch: TRL's GRPO (each rank samples its share of the groups, on a
     reward with variance, so the weights move) and distillation's two phases (rank 0 builds the student
@@ -276,6 +278,7 @@ def _one_stage(tmp_path: Path, kind: str, tiny_model: Path) -> Path:
         stages:""" + STAGES[kind].replace("PAIRS", str(pairs)).replace("TASKS", str(tasks)) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, phase", [("cold_start", ""), ("reasoning_rl", ""), ("fusion", ""),
                                          ("general_rl", ""), ("distill", "off_policy"), ("distill", "on_policy"),
                                          ("reward_model", "")])
@@ -317,6 +320,7 @@ def test_a_stage_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, 
     assert (stage / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_stage_killed_while_saving_its_data_builds_it_again(tmp_path, tiny_model):
     """SIGKILL while the cold start's training set is being written: nothing half-written is taken for
     data on the rerun; the set is built again, whole, and the stage completes."""

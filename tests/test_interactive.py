@@ -72,6 +72,7 @@ def test_generate_bad_budget(thinker, tiny_model, capsys):
     assert "--thinking-budget must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_end_to_end_on_a_real_model(tiny_model):
     for mode in ("think", "no_think"):
         run = subprocess.run([sys.executable, "-m", "posttrain.cli", "generate", "--model", str(tiny_model),

@@ -32,6 +32,7 @@ def toy(tmp_path, tiny_model, chat_jsonl):
     return path
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_then_skips(toy, tmp_path):
     run = tmp_path / "run"
     first, log = run / "01_first", tmp_path / "record.jsonl"
@@ -78,6 +79,7 @@ def test_killed_stage_resumes_then_skips(toy, tmp_path):
     assert (run / "02_second" / "COMPLETE").is_file() and (run / "01_first" / "COMPLETE").is_file()
 
 
+@pytest.mark.slow
 def test_changed_config_of_finished_stage_is_refused(toy, tmp_path):
     assert cli("run", str(toy)).returncode == 0
     toy.write_text(toy.read_text().replace("max_steps: 2", "max_steps: 3"))
@@ -86,6 +88,7 @@ def test_changed_config_of_finished_stage_is_refused(toy, tmp_path):
     assert "stage second: finished" in res.stderr and "--from second" in res.stderr
 
 
+@pytest.mark.slow
 def test_finished_stages_are_recognised_however_the_run_dir_is_spelled(toy, tmp_path):
     """The config hash keys a stage's input model by its place in the run dir: a run started with an
     absolute output dir resumes under a relative one and after the run dir moves (these used to be
@@ -146,6 +149,7 @@ def test_the_gpu_recipes_use_every_shipped_accelerate_config():
     assert "pipelines/gpu/qwen3_multi_node.yaml" in (REPO / "pipelines" / "accelerate" / "slurm.sbatch").read_text()
 
 
+@pytest.mark.slow
 def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
     """The old set-up's flaw: a stage-2 teacher never learned /no_think, yet the student sampled
     half its prompts in no-think mode. Every distillation branch now learns from the stage-4 model,
@@ -240,6 +244,7 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_holds_it(
         pass
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cut_short_by_a_kill_during_save_is_skipped_on_resume(toy, tmp_path):
     run = tmp_path / "run"
     ckpts = run / "01_first" / "checkpoints"

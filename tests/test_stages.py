@@ -349,6 +349,7 @@ def test_compared_stages_get_accuracy_against_cpu_seconds_curves(tmp_path, tiny_
     assert checked == 4  # base and distill, in both modes
 
 
+@pytest.mark.slow
 def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_path, tiny_model):
     """pipelines/demo.yaml, every stage kind, shrunk to a tiny model: report.md has each stage's data
     counts and training curves, and every plot it names exists."""

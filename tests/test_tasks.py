@@ -266,6 +266,7 @@ def flaky(completions, **_):
     return [0.5] * len(completions)
 
 
+@pytest.mark.slow
 def test_tool_task_runs_real_tool_calls_inside_a_grpo_step(tmp_path, tiny_model, run_one_stage, monkeypatch, caplog):
     """GRPO's rollouts call the shop's tools for real: the model (scripted here, as a random tiny
     model never writes a call) asks kv_get for a price, TRL runs it on the row's store, and the

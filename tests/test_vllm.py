@@ -8,6 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow  # each engine start costs seconds to minutes
 
 from posttrain import generation  # noqa: E402
 from posttrain.generation import load_engine  # noqa: E402
