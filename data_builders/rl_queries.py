@@ -125,17 +125,18 @@ def select_queries(ctx: StageContext, cfg: QuerySelection):
     low, high = cfg.band
     keep = learnable(rates, low=low, high=high)
     keep = sorted(keep, key=lambda i: rates[i])[:cfg.max_queries]  # hardest learnable first
-    selected = pool.select(sorted(keep)).add_column("pass_rate", [rates[i] for i in sorted(keep)])
     stats = {"candidates": len(rows), **excluded,
-             "k": cfg.k, "band": cfg.band, "kept": len(selected),
+             "k": cfg.k, "band": cfg.band, "kept": len(keep),
              "always_right": sum(r == 1.0 for r in rates), "always_wrong": sum(r == 0.0 for r in rates),
              "histogram": pass_rate_histogram(rates, bins=cfg.k + 1),
              "by_domain": _by_domain(rows, rates, keep)}
     write_json(ctx.dir / "selection.json", stats)
     log.info("%s: kept %d/%d learnable queries (always right %d, always wrong %d)", ctx.stage_id,
              stats["kept"], len(rows), stats["always_right"], stats["always_wrong"])
-    del engine
-    return selected
+    if not keep:  # raised before anything is saved, so a rerun with a wider band selects again
+        raise ValueError(f"{ctx.stage_id}: no learnable query among {len(rows)} (see {ctx.dir / 'selection.json'}): "
+                         "widen queries.band, or add harder/easier families")
+    return pool.select(sorted(keep)).add_column("pass_rate", [rates[i] for i in sorted(keep)])
 
 
 def _by_domain(rows: list[dict], rates: list[float], keep: list[int]) -> dict[str, dict[str, float]]:

@@ -79,6 +79,16 @@ def test_query_selection_keeps_only_learnable(tmp_path, monkeypatch):
     assert stats["always_right"] == 2 and stats["always_wrong"] == 1 and stats["kept"] == 3
     cfg.max_queries = 2  # hardest first
     assert sorted(rl_queries.select_queries(ctx, cfg)["pass_rate"]) == [0.25, 0.5]
+    # nothing learnable (a pool of two families, filtered, selects nothing): one line, and no dataset is saved
+    # that a rerun with a wider band would reuse (it used to fail inside `datasets` with a concatenation error)
+    cfg = rl_queries.QuerySelection(families={"arithmetic": 6, "linear": 2}, seed=2, k=4, exclude_stages=[])
+    never = [*generate("arithmetic", 6, seed=2), *generate("linear", 2, seed=2)]
+    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(
+        {r["prompt"][-1]["content"]: (r["answer"], 0) for r in never}))
+    with pytest.raises(ValueError, match=r"rl: no learnable query among 8 \(see .*selection.json\): widen"):
+        ctx.dataset("train", lambda: rl_queries.select_queries(ctx, cfg))
+    assert json.loads((ctx.dir / "selection.json").read_text())["always_wrong"] == 8
+    assert not (ctx.data_dir / "train").exists()
 
 
 def test_query_selection_excludes_prompts_used_in_stage_one(tmp_path, monkeypatch):
