@@ -13,7 +13,7 @@ help:
 	@echo "make demo      run pipelines/demo.yaml on the embedded default model (reuses finished stages; FRESH=1: a new run)"
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make test-vllm the vLLM tests (installs vLLM first)"
-	@echo "make lint      ruff (configured in pyproject.toml)"
+	@echo "make lint      ruff and the import-layer rule (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml [ARGS=\"stages.ID.config.train.max_steps=10 seed=3\"]"
 	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml, ARGS=\"train.max_steps=10\")"
 	@echo "make distill [TEACHER=dir] [STUDENT=layers=30,mlp=232]   (default teacher: newest run's best model)"
@@ -52,6 +52,7 @@ test-vllm: install-vllm
 
 lint: install
 	$(PY) -m ruff check .
+	PYTHONPATH=. .venv/bin/lint-imports --no-cache  # the layer rule, no import cycles ([tool.importlinter])
 
 demo: install
 	$(CLI) run pipelines/demo.yaml $(if $(FRESH),--fresh) $(ARGS)

@@ -18,7 +18,9 @@ import operator
 import random
 from typing import Any
 
-from posttrain.chat import parse_assistant
+from transformers.utils import get_json_schema
+
+from posttrain.core.chat import parse_assistant, tools_system_message
 
 FRUITS = ["apple", "pear", "plum", "melon", "lemon", "peach", "mango", "kiwi"]
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -123,7 +125,6 @@ def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
 
 def tool_schemas(env_cls: type) -> list[dict[str, Any]]:
     """The tools an environment exposes, as TRL lists them (its public methods but reset/get_reward)."""
-    from transformers.utils import get_json_schema
     return [get_json_schema(getattr(env_cls, name)) for name in sorted(vars(env_cls))
             if callable(getattr(env_cls, name)) and not name.startswith("_") and name not in ("reset", "get_reward")]
 
@@ -134,7 +135,6 @@ def run_episodes(engine, prompts: list[list[dict[str, Any]]], envs: list, max_tu
     no call (episodes still calling are generated together, one batch per turn). Per episode: the
     completion as messages (assistant turns with `tool_calls`, tool results), as GRPO sees it, and
     the number of tokens the model generated."""
-    from posttrain.chat import tools_system_message
     schemas = [tool_schemas(type(env)) for env in envs]
     heads = [[tools_system_message(tools), *prompt] for prompt, tools in zip(prompts, schemas, strict=True)]
     completions: list[list[dict[str, Any]]] = [[] for _ in prompts]

@@ -14,9 +14,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_builders.rl_queries import DataSource, eval_texts
-from posttrain.chat import split_think
-from posttrain.rundir import StageContext, write_json
+from data_builders import filters
+from data_builders.rl_queries import DataSource, QuerySelection, candidates
+from posttrain.core.chat import split_think
+from posttrain.core.context import StageContext
+from posttrain.core.rundir import write_json
+from rewards.grading import sample_and_grade
 
 log = logging.getLogger("posttrain.cold_start")
 
@@ -38,6 +41,11 @@ class ColdStartData:
     rules: list[str] | None = None  # subset of the six rules; default all
 
 
+def responder_engine(ctx: StageContext, responder: str):
+    """The engine that answers for rejection sampling: the stage's input model (`input`) or a model dir."""
+    return ctx.engines.get(ctx.input_model if responder == "input" else responder)
+
+
 def _responses(ctx: StageContext, cfg: ColdStartData, rows: list[dict]) -> list[list[str]]:
     if cfg.responder == "trace":
         missing = [r.get("domain") for r in rows if not r.get("reasoning")]
@@ -45,29 +53,19 @@ def _responses(ctx: StageContext, cfg: ColdStartData, rows: list[dict]) -> list[
             raise ValueError(f"responder 'trace' needs synthetic rows with a trace; {len(missing)} rows "
                              f"(e.g. domain {missing[0]!r}) have none: set responder to a model")
         return [[f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}"] for r in rows]
-    from posttrain.generation import load_engine
-    engine = load_engine(ctx.input_model if cfg.responder == "input" else cfg.responder, backend=ctx.backend)
-    outs = engine.generate([r["prompt"] for r in rows], n=cfg.n_responses, mode="think",
+    outs = responder_engine(ctx, cfg.responder).generate([r["prompt"] for r in rows], n=cfg.n_responses, mode="think",
                            max_new_tokens=cfg.max_new_tokens, seed=ctx.seed, progress=True)
     return [[c.text for c in o] for o in outs]
 
 
 def _solved_without_cot(ctx: StageContext, cfg: ColdStartData, rows: list[dict]) -> list[float]:
-    from posttrain.evaluate import grade
-    from posttrain.generation import load_engine
-    engine = load_engine(ctx.input_model, backend=ctx.backend)
-    outs = engine.generate([r["prompt"] for r in rows], n=cfg.no_cot_k, mode="no_think",
-                           max_new_tokens=64, seed=ctx.seed, progress=True)
-    scores = grade([r for r in rows for _ in range(cfg.no_cot_k)], [c.text for o in outs for c in o])
-    return [sum(scores[i * cfg.no_cot_k:(i + 1) * cfg.no_cot_k]) / cfg.no_cot_k for i in range(len(rows))]
+    return sample_and_grade(ctx.engines.get(ctx.input_model), rows, n=cfg.no_cot_k, mode="no_think",
+                            max_new_tokens=64, seed=ctx.seed, progress=True).pass_rates
 
 
 def build(ctx: StageContext, cfg: ColdStartData):
     """The SFT conversations; writes validation split, filter counts and set-aside queries."""
     from datasets import Dataset
-
-    from data_builders import filters
-    from data_builders.rl_queries import QuerySelection, candidates
     pool = candidates(QuerySelection(families=cfg.families, knobs=cfg.knobs, data=cfg.data, seed=cfg.seed))
     split = pool.train_test_split(test_size=cfg.validation_fraction, seed=cfg.seed)
     split["test"].save_to_disk(str(ctx.data_dir / "validation"))
@@ -79,7 +77,7 @@ def build(ctx: StageContext, cfg: ColdStartData):
         rows = [r for r, f in zip(rows, flags, strict=True) if not f]
 
     drop("unverifiable", [filters.unverifiable(r) for r in rows])
-    index = filters.NearDuplicateIndex(eval_texts(ctx) + [r["prompt"][-1]["content"] for r in split["test"]],
+    index = filters.NearDuplicateIndex(ctx.held_out + [r["prompt"][-1]["content"] for r in split["test"]],
                                        threshold=cfg.near_duplicate_threshold)
     drop("near_duplicate_of_eval", [index.is_near_duplicate(r["prompt"][-1]["content"]) for r in rows])
     if cfg.no_cot_k:

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from rewards.instruction import CHECKS
+
 TOPICS = {
     "the sea": ["The sea is wide and deep.", "Waves roll onto the sand.", "Fish swim under the blue water.",
                 "Ships sail across the sea.", "The sea smells of salt."],
@@ -116,7 +118,6 @@ COMBINABLE = ["avoid", "sentences", "keyword", "words", "start", "end", "lower",
 
 def instruction(rng: random.Random) -> dict[str, Any]:
     """Draws constraints until the solver's response meets them all (checked by the reward's rules)."""
-    from rewards.instruction import CHECKS
     for _ in range(50):
         topic = rng.choice(sorted(TOPICS))
         kinds = [rng.choice(SOLO)] if rng.random() < 0.25 else sorted(

@@ -13,7 +13,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from posttrain.chat import split_think
+from posttrain.core.chat import split_think
+from rewards.grading import grade
+from rewards.rules import last_boxed
 
 # ---------------------------------------------------------------------------------------------
 # query filters
@@ -61,10 +63,7 @@ class NearDuplicateIndex:
 
 def wrong_answer(response: str, row: dict[str, Any], ctx: dict[str, Any]) -> bool:
     """(1) the final answer is wrong, by the task's rule reward."""
-    grader = ctx.get("grade")
-    if grader is None:
-        from posttrain.evaluate import grade as grader
-    return grader([row], [response])[0] < 1.0
+    return ctx.get("grade", grade)([row], [response])[0] < 1.0
 
 
 def repetition(response: str, row: dict[str, Any], ctx: dict[str, Any], n: int = 4, max_ratio: float = 0.3) -> bool:
@@ -95,7 +94,6 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 def _conclusion(text: str, final: bool = False) -> str | None:
     """What a text concludes: its last \\boxed{}, else the number of its last 'so / therefore /
     answer is' sentence, else its last `x = N`; the final summary may also just end on a number."""
-    from rewards.rules import last_boxed
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()

@@ -9,8 +9,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_builders import direct
-from posttrain.chat import NO_THINK_FLAG, THINK_FLAG, resolve_mode
+from data_builders import direct, synthetic
+from posttrain.core.chat import NO_THINK_FLAG, THINK_FLAG, resolve_mode
 
 REASONING = "reasoning"  # the reasoning families (stage-1 queries); the other kinds are direct.KINDS
 
@@ -75,7 +75,6 @@ def user_text(prompt: str, turn: dict[str, Any]) -> str:
 def suite(kinds: dict[str, float], n: int, seed: int, max_turns: int = 3) -> list[dict[str, Any]]:
     """Held-out multi-turn conversations with random flags (the ThinkFollow suite): per plan, its
     system flag and turns with their `prompt` and the `mode` a model must answer in."""
-    from data_builders import synthetic
     cfg = FlagMix(kinds=kinds, max_turns=max_turns, multi_turn_share=0.6, system_flag_share=0.3, no_flag_share=0.4)
     plans = script(cfg, n, random.Random(f"think_follow:{seed}"))
     need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in kinds}

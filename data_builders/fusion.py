@@ -18,12 +18,18 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from data_builders import direct
+from data_builders import direct, filters
+from data_builders.cold_start import responder_engine
 from data_builders.flags import REASONING, FlagMix, script, user_text
-from data_builders.rl_queries import eval_asks
-from posttrain.rundir import StageContext, write_json
+from data_builders.rl_queries import QuerySelection, candidates, eval_asks
+from data_builders.synthetic import generate_mix
+from posttrain.core.chat import split_think
+from posttrain.core.context import StageContext
+from posttrain.core.rundir import write_json
+from rewards.grading import grade
 
 log = logging.getLogger("posttrain.fusion")
 
@@ -58,8 +64,6 @@ class FusionData(FlagMix):
 
 def reasoning_queries(ctx: StageContext, cfg: FusionData) -> tuple[list[dict[str, Any]], str]:
     """Stage-1 queries (prompt, answer, tests, task, domain, trace) and where they came from."""
-    from pathlib import Path
-
     from datasets import load_from_disk
     root = ctx.run_dir or ctx.dir.parent
     given = Path(cfg.queries_from)
@@ -75,7 +79,6 @@ def reasoning_queries(ctx: StageContext, cfg: FusionData) -> tuple[list[dict[str
                      "response": r["messages"][-1]["content"]} for r in ds]
             return rows, str(data)
         log.warning("%s has no answer column (made by an older version): using `families`", data)
-    from data_builders.rl_queries import QuerySelection, candidates
     pool = candidates(QuerySelection(families=cfg.families, knobs=cfg.knobs, seed=cfg.queries_seed))
     return list(pool), f"synthetic families {cfg.families} (seed {cfg.queries_seed})"
 
@@ -85,24 +88,20 @@ def thinking_responses(ctx: StageContext, cfg: FusionData, rows: list[dict], sta
     The samples are kept in data/thinking_samples, so a resumed stage does not sample again."""
     from datasets import Dataset
 
-    from data_builders import filters
-    from data_builders.rl_queries import eval_texts
-    from posttrain.generation import load_engine
-
     def sample() -> Dataset:
         if cfg.responder == "trace":
             return Dataset.from_list([{"texts": [f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}"],
                                        "stopped": [True]} for r in rows])
-        engine = load_engine(ctx.input_model if cfg.responder == "input" else cfg.responder, backend=ctx.backend)
-        outs = engine.generate([r["prompt"] for r in rows], n=cfg.n_responses, mode="think",
-                               max_new_tokens=cfg.max_new_tokens, seed=ctx.seed, progress=True)
+        outs = responder_engine(ctx, cfg.responder).generate([r["prompt"] for r in rows], n=cfg.n_responses,
+                                                             mode="think", max_new_tokens=cfg.max_new_tokens,
+                                                             seed=ctx.seed, progress=True)
         return Dataset.from_list([{"texts": [c.text for c in o], "stopped": [c.finish_reason == "stop" for c in o]}
                                   for o in outs])
     samples = ctx.dataset("thinking_samples", sample)
     if len(samples) != len(rows):
         raise RuntimeError(f"{ctx.data_dir / 'thinking_samples'} holds {len(samples)} queries' samples, not "
                            f"{len(rows)}: it was made for other queries; remove it to sample again")
-    index = filters.NearDuplicateIndex(eval_texts(ctx))
+    index = filters.NearDuplicateIndex(ctx.held_out)
     rejections: dict[str, int] = {}
     kept: list[str | None] = []
     for row, out in zip(rows, samples, strict=True):
@@ -123,15 +122,12 @@ def thinking_responses(ctx: StageContext, cfg: FusionData, rows: list[dict], sta
 # the mix
 
 def _checked(rows: list[dict], texts: list[str]) -> list[bool]:
-    from posttrain.evaluate import grade
     return [s == 1.0 for s in grade(rows, texts)]
 
 
 def build(ctx: StageContext, cfg: FusionData):
     """The fusion conversations (`messages`, `kinds`, `modes`); writes fusion_data.json beside them."""
     from datasets import Dataset
-
-    from posttrain.chat import split_think
     rng = random.Random(cfg.seed)
     plans = script(cfg, cfg.examples, rng)
     need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in cfg.kinds}
@@ -139,7 +135,6 @@ def build(ctx: StageContext, cfg: FusionData):
     pools: dict[tuple[str, str], list[tuple[dict, str | None, str]]] = {}
     asked = eval_asks(ctx)  # eval and ThinkFollow items never reach the mix
     if need.get(REASONING):
-        from data_builders.synthetic import generate_mix
         rows, source = reasoning_queries(ctx, cfg)
         fresh = [r for r in rows if not asked(r["prompt"][-1]["content"])]
         stats["reasoning_queries_from"], stats["dropped_as_held_out"] = source, {REASONING: len(rows) - len(fresh)}
@@ -147,9 +142,7 @@ def build(ctx: StageContext, cfg: FusionData):
         thinking = thinking_responses(ctx, cfg, rows, stats)
         extra = list(generate_mix(cfg.direct_families, seed=cfg.seed, knobs=cfg.knobs)) if cfg.direct_families else []
         if extra:  # as in stage 1: nothing near an eval item
-            from data_builders.filters import NearDuplicateIndex
-            from data_builders.rl_queries import eval_texts
-            index = NearDuplicateIndex(eval_texts(ctx))
+            index = filters.NearDuplicateIndex(ctx.held_out)
             fresh = [r for r in extra if not index.is_near_duplicate(r["prompt"][-1]["content"])]
             stats["direct_families"] = {"items": len(extra), "near_duplicate_of_eval": len(extra) - len(fresh)}
             extra = fresh

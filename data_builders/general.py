@@ -22,8 +22,9 @@ import json
 import random
 from typing import Any
 
-from data_builders import direct, flags, synthetic
-from posttrain.chat import tools_system_message, with_flag
+from data_builders import agent, direct, flags, synthetic
+from posttrain.core.chat import tools_system_message, with_flag
+from rewards.instruction import CHECKS
 from rewards.rag import REFUSAL as NOT_IN_CONTEXT
 
 
@@ -34,7 +35,6 @@ def _row(prompt: list[dict[str, Any]], **columns: Any) -> dict[str, Any]:
 def instruction(rng: random.Random, families: list[str] | None = None, count: int = 1) -> dict[str, Any]:
     """`count` constraints from `families` (direct.py's constraint kinds); `bullets` and `json` shape
     the whole answer, so they are never combined with each other."""
-    from rewards.instruction import CHECKS
     families = families or direct.COMBINABLE
     unknown = set(families) - set(direct.SOLO) - set(direct.COMBINABLE)
     if unknown:
@@ -183,7 +183,6 @@ def reasoning(rng: random.Random, family: str = "arithmetic", **knobs: Any) -> d
 
 
 def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
-    from data_builders import agent
     return agent.shop(rng, items)
 
 

@@ -16,7 +16,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.config import ConfigError, ExistingPath
+import rewards
+from data_builders.tasks import items, load_tasks, routing_table
+from posttrain.core.config import ConfigError, ExistingPath
 
 
 @dataclass
@@ -32,8 +34,6 @@ class PairsConfig:
 
 def build_pairs(cfg: PairsConfig, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(pairs, stats): per kind, its training items' solver answers paired against failing ones."""
-    import rewards
-    from data_builders.tasks import items, load_tasks, routing_table
     kinds = load_tasks(cfg.tasks)
     names = cfg.kinds or [k for k, kind in kinds.items() if kind.area != "format"]
     unknown = [k for k in names if k not in kinds]

@@ -11,7 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain.rundir import StageContext, write_json
+from data_builders import filters, sources, synthetic
+from posttrain.core.context import StageContext
+from posttrain.core.rundir import write_json
+from rewards.grading import sample_and_grade
 
 log = logging.getLogger("posttrain.rl_queries")
 
@@ -42,8 +45,6 @@ class QuerySelection:
 
 def candidates(cfg: QuerySelection):
     from datasets import concatenate_datasets
-
-    from data_builders import sources, synthetic
     parts = [synthetic.generate(f, n, seed=cfg.seed, **cfg.knobs.get(f, {})) for f, n in cfg.families.items()]
     if cfg.data and parts:  # a common schema to concatenate with a dataset on disk
         parts = [p.select_columns(["prompt", "answer", "tests", "task", "domain"]) for p in parts]
@@ -58,7 +59,7 @@ def candidates(cfg: QuerySelection):
 def unseen(ctx: StageContext, pool, stage_ids: list[str]):
     """`pool` without the prompts that the named earlier stages trained on or that the pipeline's
     eval suites ask (exact match after whitespace folding), and how many of each were dropped."""
-    used, held = used_prompts(ctx, stage_ids), {_norm(t) for t in eval_texts(ctx)}
+    used, held = used_prompts(ctx, stage_ids), {_norm(t) for t in ctx.held_out}
     keys = [_norm(p[-1]["content"]) for p in pool["prompt"]]
     counts = {"excluded_as_used": sum(k in used for k in keys),
               "excluded_as_eval": sum(k in held and k not in used for k in keys)}
@@ -67,25 +68,10 @@ def unseen(ctx: StageContext, pool, stage_ids: list[str]):
     return pool.select([i for i, k in enumerate(keys) if k not in used and k not in held]), counts
 
 
-def eval_texts(ctx: StageContext) -> list[str]:
-    """User texts of the pipeline's eval suites and of its ThinkFollow suite (passed in by the runner),
-    for overlap filtering."""
-    from posttrain.evaluate import load_suite
-    texts = []
-    for name, suite in (ctx.extra.get("eval_suites") or {}).items():
-        texts += [row["prompt"][-1]["content"] for row in load_suite(name, suite)]
-    follow = ctx.extra.get("think_follow")
-    if follow is not None:
-        from data_builders.flags import suite as think_follow_suite
-        plans = think_follow_suite(follow.kinds, follow.n, follow.seed, follow.max_turns)
-        texts += [turn["prompt"] for plan in plans for turn in plan["turns"]]
-    return texts
-
-
 def eval_asks(ctx: StageContext):
-    """A test `text -> bool`: whether a user text is one the pipeline evaluates on (`eval_texts`), exactly
-    after whitespace folding and without a trailing mode flag."""
-    held = {_norm(t) for t in eval_texts(ctx)}
+    """A test `text -> bool`: whether a user text is one the pipeline evaluates on (`ctx.held_out`),
+    exactly after whitespace folding and without a trailing mode flag."""
+    held = {_norm(t) for t in ctx.held_out}
     return lambda text: _norm(text) in held
 
 
@@ -112,23 +98,18 @@ def _norm(text: str) -> str:
 
 
 def select_queries(ctx: StageContext, cfg: QuerySelection):
-    from data_builders.filters import learnable, pass_rate_histogram
-    from posttrain.evaluate import grade
-    from posttrain.generation import load_engine
     pool, excluded = unseen(ctx, candidates(cfg), cfg.exclude_stages)
-    engine = load_engine(ctx.input_model, backend=ctx.backend, batch_size=cfg.batch_size)
-    outs = engine.generate(pool["prompt"], n=cfg.k, mode="think", max_new_tokens=cfg.max_new_tokens,
-                           seed=ctx.seed, progress=True)
+    engine = ctx.engines.get(ctx.input_model, batch_size=cfg.batch_size)
     rows = list(pool)
-    scores = grade([r for r in rows for _ in range(cfg.k)], [c.text for o in outs for c in o])
-    rates = [sum(scores[i * cfg.k:(i + 1) * cfg.k]) / cfg.k for i in range(len(rows))]
+    rates = sample_and_grade(engine, rows, n=cfg.k, mode="think", max_new_tokens=cfg.max_new_tokens, seed=ctx.seed,
+                             progress=True).pass_rates
     low, high = cfg.band
-    keep = learnable(rates, low=low, high=high)
+    keep = filters.learnable(rates, low=low, high=high)
     keep = sorted(keep, key=lambda i: rates[i])[:cfg.max_queries]  # hardest learnable first
     stats = {"candidates": len(rows), **excluded,
              "k": cfg.k, "band": cfg.band, "kept": len(keep),
              "always_right": sum(r == 1.0 for r in rates), "always_wrong": sum(r == 0.0 for r in rates),
-             "histogram": pass_rate_histogram(rates, bins=cfg.k + 1),
+             "histogram": filters.pass_rate_histogram(rates, bins=cfg.k + 1),
              "by_domain": _by_domain(rows, rates, keep)}
     write_json(ctx.dir / "selection.json", stats)
     log.info("%s: kept %d/%d learnable queries (always right %d, always wrong %d)", ctx.stage_id,

@@ -8,6 +8,7 @@ JSON/JSONL, CSV and parquet files load through `datasets.load_dataset`; a direct
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -16,7 +17,6 @@ FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parque
 def check_lines(p: Path) -> None:
     """A JSONL (or CSV) file read line by line before `datasets` does, so that a bad line is named:
     undecodable bytes, invalid JSON, a line that is not an object, a column whose type changes."""
-    import json
     kinds: dict[str, tuple[str, int]] = {}  # column -> (JSON type, first line)
     for i, raw in enumerate(p.read_bytes().splitlines(), start=1):
         try:

@@ -32,8 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rewards
 from data_builders import general
-from posttrain.config import ConfigError, from_dict, load_yaml
+from data_builders.agent import ENVIRONMENTS, run_episodes
+from data_builders.sources import load
+from posttrain.core.chat import SAMPLING
+from posttrain.core.config import ConfigError, from_dict, load_yaml
+from posttrain.core.stats import standard_error
+from rewards.routed import load_table
 
 log = logging.getLogger("posttrain.tasks")
 
@@ -56,8 +62,6 @@ class TaskKind:
     environment: str | None = None  # tools that run during rollouts (data_builders/agent.py ENVIRONMENTS)
 
     def __post_init__(self):
-        from data_builders.agent import ENVIRONMENTS
-        from rewards.routed import load_table
         if self.environment is not None and self.environment not in ENVIRONMENTS:
             raise ValueError(f"environment must be one of {', '.join(ENVIRONMENTS)}, got {self.environment!r}")
         if self.area not in AREAS:
@@ -122,7 +126,6 @@ def items(name: str, kind: TaskKind, n: int, seed: int = 0, split: str = "train"
         if not Path(kind.source).exists():
             raise ConfigError(f"tasks.{name}.source: {kind.source!r} is neither a generator "
                               f"({', '.join(general.GENERATORS)}, or module:function) nor an existing dataset")
-        from data_builders.sources import load
         rows = [dict(r) for r in load(kind.source, columns=kind.columns or None)]
         held = [int(hashlib.sha256(_prompt_key(r).encode()).hexdigest(), 16) % 10 == 0 for r in rows]
         rows = [r for r, h in zip(rows, held, strict=True) if h == (split == "eval")][:n]
@@ -159,34 +162,36 @@ def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r.get(k, "") for k in keys} for r in rows]
 
 
-def routing_table(kinds: dict[str, TaskKind], resolve=None, which: str = "rewards") -> dict[str, list[dict]]:
+def routing_table(kinds: dict[str, TaskKind], resolve=None, which: str = "rewards",
+                  engines=None) -> dict[str, list[dict]]:
     """The `routed` reward's table: each kind's task name -> its reward entries (`which="check"`: its
     `check` entries). A reward param `model: "@ID"` (a judge, a reward model) names the model of the
-    run's stage ID, found by `resolve` (posttrain.rundir.resolve_model_ref bound to the run)."""
+    run's stage ID, found by `resolve` (posttrain.core.rundir.resolve_model_ref bound to the run); a
+    reward that generates (a judge) takes its engine from `engines`, the run's pool."""
     def entry(e: dict[str, Any], name: str) -> dict[str, Any]:
-        model = e["params"].get("model")
-        if not (isinstance(model, str) and model.startswith("@")):
-            return e
-        if resolve is None:
-            raise ConfigError(f"tasks.{name}: {e['name']} model {model!r} needs a pipeline run directory; "
-                              "give a model path instead")
-        return {**e, "params": {**e["params"], "model": resolve(model)}}
+        params = dict(e["params"])
+        if engines is not None and rewards.accepts(e["name"], "engines"):
+            params["engines"] = engines
+        model = params.get("model")
+        if isinstance(model, str) and model.startswith("@"):
+            if resolve is None:
+                raise ConfigError(f"tasks.{name}: {e['name']} model {model!r} needs a pipeline run directory; "
+                                  "give a model path instead")
+            params["model"] = resolve(model)
+        return {**e, "params": params}
     return {name: [entry(e, name) for e in getattr(kind, which)] for name, kind in kinds.items()
             if getattr(kind, which)}
 
 
 def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 0,
                    modes: tuple[str, ...] = ("think", "no_think"), max_new_tokens: int = 256,
-                   resolve=None) -> dict[str, Any]:
+                   resolve=None, engines=None) -> dict[str, Any]:
     """Each kind's mean reward on its held-out items, asked in every mode by flag (a kind whose
     source sets its own flags is asked once, as `flagged`); one sample per item at the mode's
     sampling settings, scored by the kind's own rewards, and by its `check` rules if it has any
     (`agreement`: the share of items where reward and rules both pass, >= 0.5, or both fail)."""
-    import rewards
-    from posttrain.chat import SAMPLING
-    from posttrain.evaluate import standard_error
-    reward = rewards.get("routed", table=routing_table(kinds, resolve))
-    checks = routing_table(kinds, resolve, "check")
+    reward = rewards.get("routed", table=routing_table(kinds, resolve, engines=engines))
+    checks = routing_table(kinds, resolve, "check", engines=engines)
     check = rewards.get("routed", table=checks) if checks else None
     out: dict[str, Any] = {}
     for name, kind in kinds.items():
@@ -223,7 +228,6 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
 
 def _episodes(engine, environment: str, rows: list[dict], gen: dict) -> tuple[list, list[int], list]:
     """Agent items: each run as an episode whose tool calls execute (data_builders/agent.py)."""
-    from data_builders.agent import ENVIRONMENTS, run_episodes
     envs = [ENVIRONMENTS[environment]() for _ in rows]
     for env, row in zip(envs, rows, strict=True):
         env.reset(**row)

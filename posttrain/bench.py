@@ -18,11 +18,22 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
+
+import torch
+
+from data_builders.synthetic import generate
+from posttrain.core.chat import TRAINING_CHAT_TEMPLATE
+from posttrain.core.generation import EnginePool
+from posttrain.core.generation.vllm import use_reload_sync
+from posttrain.core.models import load_model, load_tokenizer, params_on_disk, resolve_model
+from rewards import get as get_reward
+from stages.sft import load_messages
+from stages.student import build_student, calibration
 
 
 def _prompts(n: int):
-    from data_builders.synthetic import generate
     return generate("arithmetic", n, seed=123)["prompt"]
 
 
@@ -36,11 +47,10 @@ def _throughput(engine, rows, max_new_tokens: int) -> dict:
 
 
 def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: int, backend: str) -> dict:
-    from posttrain.generation import load_engine
     rows = _prompts(prompts)
     if backend == "vllm":
         return bench_vllm(model, rows, batch_size, max_new_tokens)
-    engine = load_engine(model, backend=backend, batch_size=batch_size)
+    engine = EnginePool(backend).get(model, batch_size=batch_size)
     results = {}
     for label, size in (("one_at_a_time", 1), ("batched", batch_size)):
         engine.batch_size = size
@@ -52,10 +62,9 @@ def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: in
 def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
     """The vLLM engine (bf16 eager, the CPU default; bf16 compiled; float32 eager) against the
     transformers engine (float32, batched), each with its start time."""
-    from posttrain.generation import close_engines, load_engine
-    results = {}
+    results, pool = {}, EnginePool("vllm")
     start = time.perf_counter()
-    engine = load_engine(model, batch_size=batch_size)
+    engine = pool.get(model, backend="transformers", batch_size=batch_size)
     results["transformers"] = {"start_s": round(time.perf_counter() - start, 1),
                                **_throughput(engine, rows, max_new_tokens)}
     del engine
@@ -64,9 +73,9 @@ def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
             "vllm_float32_eager": {"dtype": "float32", "enforce_eager": True}}
     for key, settings in arms.items():
         start = time.perf_counter()
-        engine = load_engine(model, backend="vllm", **settings)
+        engine = pool.get(model, **settings)
         results[key] = {"start_s": round(time.perf_counter() - start, 1), **_throughput(engine, rows, max_new_tokens)}
-        close_engines()  # each arm alone in memory
+        pool.close()  # each arm alone in memory
     base = results["transformers"]["tokens_per_s"]
     for key in arms:
         results[key]["ratio_to_transformers"] = round(results[key]["tokens_per_s"] / base, 2)
@@ -76,15 +85,9 @@ def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
 
 def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generations: int, max_new_tokens: int) -> dict:
     """Median GRPO step time per rollout path (the first step, with its warm-up, left out)."""
-    import tempfile
-
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from posttrain.models import load_model
-    from posttrain.vllm_support import use_reload_sync
-    from rewards import get as get_reward
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -128,13 +131,6 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
     negative log-likelihood per assistant token (think block included, as SFT trains it) of the
     teacher's own answers (an off-policy `data/train` dir, or any `messages` file), for the teacher
     and for each `layers=N[,pick=P][,mlp=M]` spec."""
-    import tempfile
-
-    import torch
-
-    from posttrain.chat import TRAINING_CHAT_TEMPLATE
-    from posttrain.models import build_student, calibration, load_model, load_tokenizer, params_on_disk, resolve_model
-    from stages.sft import load_messages
     tok = load_tokenizer(teacher)
     everything = list(load_messages(data)["messages"])
     rows = everything[:limit]  # scored; a width-pruned (`mlp=M`) student is ranked on the others

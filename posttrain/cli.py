@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import errno
+import json
 import sys
+import time
 from pathlib import Path
 
-from posttrain.config import ConfigError
-from posttrain.launch import LaunchError
-from posttrain.rundir import LOCK, run_lock
-from posttrain.vllm_support import VLLMError
+from posttrain import bench, interactive, pipeline
+from posttrain.core.config import ConfigError, apply_overrides, from_dict, load_yaml
+from posttrain.core.generation import EnginePool, VLLMError
+from posttrain.core.models import prepare_model
+from posttrain.core.rundir import LOCK, find_teacher, run_lock
+from posttrain.core.stats import compare, compare_think_follow
+from posttrain.evaluate import BudgetCurveConfig, EvalConfig, budget_curve, evaluate
+from posttrain.logs import setup_logging
+from posttrain.pipeline.launch import LaunchError
+from posttrain.report import plot_budget_curve, summary
 
 
 def _run(args) -> None:
-    from posttrain import pipeline
     cfg, planned = pipeline.load(args.pipeline, args.output_dir, args.overrides)
     run_dir = planned[0].ctx.run_dir
     if args.fresh and not args.dry_run and run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
-        import time
         kept = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
         with run_lock(run_dir):  # not from under a run that is still going
             run_dir.rename(kept)
@@ -28,22 +34,16 @@ def _run(args) -> None:
         print("dry run: config is valid; nothing was run")
         return
     run_dir = pipeline.run(cfg, planned, from_stage=args.from_stage)
-    import json
-
-    from posttrain.report import summary
     print("\n".join(summary(json.loads((run_dir / "report.json").read_text()))))
 
 
 def _stage(args) -> None:
     """One stage from a stage config file: the stage's keys, plus optional model/output_dir/seed."""
-    from posttrain import pipeline
-    from posttrain.config import apply_overrides, load_yaml
     data = apply_overrides(load_yaml(args.config), args.overrides, f"{args.config} (command-line overrides)")
     top = {k: data.pop(k) for k in ("model", "output_dir", "seed", "backend", "eval") if k in data}
     if args.model:
         top["model"] = args.model
     cfg_data = {"name": Path(args.config).stem, **top, "stages": [{"stage": args.name, "config": data}]}
-    from posttrain.config import from_dict
     cfg = from_dict(pipeline.PipelineConfig, cfg_data, args.config)
     planned = pipeline.plan(cfg, args.config, args.output_dir)
     print(pipeline.describe(cfg, planned))
@@ -56,9 +56,6 @@ def _stage(args) -> None:
 
 def _distill(args) -> None:
     """`distill` is a one-stage pipeline: the teacher is the stage's input model."""
-    from posttrain import pipeline
-    from posttrain.config import from_dict, load_yaml
-    from posttrain.rundir import find_teacher
     data = load_yaml(args.config) if args.config else {}
     top = {k: data.pop(k) for k in ("output_dir", "seed", "backend", "eval") if k in data}
     if args.student:
@@ -81,10 +78,6 @@ def _distill(args) -> None:
 
 
 def _eval(args) -> None:
-    import json
-
-    from posttrain.config import from_dict, load_yaml
-    from posttrain.evaluate import EvalConfig, compare, compare_think_follow, evaluate
     where = args.config or "pipelines/eval.yaml"
     data = load_yaml(where)
     cfg = from_dict(EvalConfig, data.get("eval", data), where)
@@ -106,7 +99,7 @@ def _eval(args) -> None:
                 raise ValueError(f"--reuse {path}: holds results of model {loaded.get('model')}, not {args.model}")
             else:
                 previous = loaded
-    results = evaluate(args.model, cfg, backend=args.backend, seed=args.seed, previous=previous)
+    results = evaluate(args.model, cfg, engines=EnginePool(args.backend), seed=args.seed, previous=previous)
     problem = None
     if baseline is not None:
         try:
@@ -132,13 +125,8 @@ def _eval(args) -> None:
 
 def _budget_curve(args, cfg, where: str) -> None:
     """`posttrain eval --budgets 16 32 64`: the accuracy-vs-budget curve as JSON (and a PNG beside it)."""
-    import json
-
-    from posttrain.config import from_dict
-    from posttrain.evaluate import BudgetCurveConfig, budget_curve
-    from posttrain.report import plot_budget_curve
     curve = from_dict(BudgetCurveConfig, {"budgets": args.budgets}, f"{where} (--budgets)")
-    result = budget_curve(args.model, cfg, curve, backend=args.backend, seed=args.seed)
+    result = budget_curve(args.model, cfg, curve, engines=EnginePool(args.backend), seed=args.seed)
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -150,7 +138,6 @@ def _budget_curve(args, cfg, where: str) -> None:
 
 
 def _prepare(args) -> None:
-    from posttrain.models import prepare_model
     print(f"wrote {prepare_model(args.output, args.model)}")
 
 
@@ -210,34 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default")
     p.set_defaults(func=_prepare)
 
-    from posttrain.interactive import add_parsers
-    add_parsers(sub)
+    interactive.add_parsers(sub)
 
-    from posttrain.bench import add_parser
-    add_parser(sub)
+    bench.add_parser(sub)
 
     return parser
-
-
-def setup_logging(verbose: bool, quiet_rank: bool = False) -> None:
-    """Timestamped INFO lines (DEBUG with -v); a launched stage's ranks other than 0 warn only."""
-    logging.basicConfig(level=logging.WARNING if quiet_rank else logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if not verbose:
-        _quiet_libraries()
-
-
-def _quiet_libraries() -> None:
-    """No wall of library chatter on the terminal (`-v` keeps it): vLLM's INFO lines, deprecation
-    FutureWarnings, transformers' per-load tokenizer notice and its weight-loading bars."""
-    import os
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("transformers.tokenization_utils_tokenizers").setLevel(logging.ERROR)
-    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"posttrain {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except OSError as err:
-        import errno
         if err.errno != errno.ENOSPC:
             raise
         where = f" while writing {err.filename}" if err.filename else ""

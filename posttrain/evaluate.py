@@ -4,26 +4,29 @@ A suite is a synthetic family (generated with an eval seed that no training data
 file in the column contract. Each item is sampled `samples` times per mode; accuracy is the mean
 fraction correct (= pass@1) with its standard error over items (the noise to read gains against),
 pass@k uses the unbiased estimator, length is in generated tokens. Per-item correct counts are kept so
-two models evaluated on the same items can be compared item by item (`paired_difference`): the paired
-standard error is much smaller than either accuracy's, since item difficulty cancels.
+two models evaluated on the same items can be compared item by item (posttrain.core.stats).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
-from posttrain.config import ExistingPath
-from posttrain.thinkfollow import ThinkFollowConfig
+from data_builders import sources, synthetic
+from data_builders.flags import suite as think_follow_suite
+from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
+from posttrain.core.config import ExistingPath
+from posttrain.core.generation import EnginePool
+from posttrain.core.stats import pass_at_k, standard_error
+from posttrain.thinkfollow import ThinkFollowConfig, plans_sha, think_follow
+from rewards.grading import sample_and_grade
 
 log = logging.getLogger("posttrain.evaluate")
-
-# The reward that grades each task kind (rewards.get names or dotted paths).
-GRADERS = {"math": "math", "code": "code", "countdown": "countdown", "instruction": "instruction"}
-
 
 @dataclass
 class SuiteConfig:
@@ -82,100 +85,34 @@ class BudgetCurveConfig:
 
 
 def load_suite(name: str, suite: SuiteConfig):
-    from data_builders import sources, synthetic
     if suite.family:
         return synthetic.generate(suite.family, suite.n, seed=suite.seed, **suite.knobs)
     ds = sources.load(suite.data)
     return ds.select(range(min(suite.n, len(ds))))
 
 
-def grade(rows: list[dict[str, Any]], texts: list[str]) -> list[float]:
-    """Rule-grade completions against their rows (1.0 correct, else 0.0), grouped by task."""
-    import rewards
-    scores = [0.0] * len(texts)
-    by_task: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_task.setdefault(row.get("task") or "math", []).append(i)
-    for task, idx in by_task.items():
-        if task not in GRADERS:
-            raise ValueError(f"eval: no grader for task {task!r} (graders: {', '.join(GRADERS)})")
-        reward = rewards.get(GRADERS[task])
-        columns = {k: [rows[i].get(k) for i in idx] for k in rows[idx[0]]}
-        for i, s in zip(idx, reward([texts[i] for i in idx], **columns), strict=True):
-            scores[i] = float(s or 0.0)
-    return scores
+def held_out(cfg: EvalConfig) -> list[str]:
+    """The user texts the evaluation asks (suites and ThinkFollow): the stages keep them out of training."""
+    texts = [row["prompt"][-1]["content"] for name, suite in cfg.suites.items() for row in load_suite(name, suite)]
+    if cfg.think_follow is not None:
+        tf = cfg.think_follow
+        texts += [t["prompt"] for p in think_follow_suite(tf.kinds, tf.n, tf.seed, tf.max_turns) for t in p["turns"]]
+    return texts
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), in product form."""
-    if n - c < k:
-        return 1.0
-    prob_all_fail = 1.0
-    for i in range(n - c + 1, n + 1):
-        prob_all_fail *= 1.0 - k / i
-    return 1.0 - prob_all_fail
-
-
-def standard_error(values: list[float]) -> float:
-    """Standard error of the mean of `values` (sample standard deviation / sqrt(n)); 0 for n < 2."""
-    from statistics import stdev
-    return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-
-
-def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    """Accuracy gain of `after` over `before` on the same items (two results of one suite and mode):
-    mean per-item difference and its standard error. Raises ValueError if the items differ."""
-    a, b = before.get("correct_per_item"), after.get("correct_per_item")
-    if a is None or b is None:
-        raise ValueError("both results need correct_per_item (rerun posttrain eval)")
-    shas = {before.get("items_sha"), after.get("items_sha")} - {None}  # older results have none
-    if not a or len(a) != len(b) or not after.get("samples") or before.get("samples") != after.get("samples") \
-            or len(shas) > 1:
-        raise ValueError(f"not the same items: {len(a)} x {before.get('samples')} samples vs "
-                         f"{len(b)} x {after.get('samples')} samples (or a different items_sha)")
-    diffs = [(y - x) / after["samples"] for x, y in zip(a, b, strict=True)]
-    return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}
-
-
-def compare(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    """`paired_difference` for every suite and mode that both eval JSONs have."""
-    out: dict[str, Any] = {}
-    for suite, modes in results["suites"].items():
-        for mode, r in modes.items():
-            base = ((baseline.get("suites") or {}).get(suite) or {}).get(mode)
-            if base is not None:
-                try:
-                    out.setdefault(suite, {})[mode] = paired_difference(base, r)
-                except ValueError as err:
-                    raise ValueError(f"suite {suite!r} mode {mode!r}: {err}") from None
-    return out
-
-
-def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, float] | None:
-    """The paired ThinkFollow gain turn by turn (same conversations and flags), or None when either
-    result has no ThinkFollow or they were made on other conversations."""
-    a, b = baseline.get("think_follow"), results.get("think_follow")
-    if not (a and b) or a.get("items_sha") != b.get("items_sha"):
-        return None
-    as_items = [{"correct_per_item": r["per_turn"], "samples": 1, "items_sha": r["items_sha"]} for r in (a, b)]
-    return paired_difference(*as_items)
-
-
-def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: int = 0, engine=None,
+def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, seed: int = 0, engine=None,
              previous: dict[str, Any] | None = None, resolve=None) -> dict[str, Any]:
     """Evaluate `model` on every suite and mode (and ThinkFollow); returns the JSON the report reads.
+    The engine comes from `engines` (default: transformers), unless one is given.
 
     Entries of `previous` (an earlier result of this model) made on the same items with the same
     settings are reused, so adding a suite or ThinkFollow to a finished run costs only what is new.
     `resolve` maps `@ID` model references of the task kinds' rewards to paths (in a pipeline run)."""
-    from posttrain.generation import load_engine
-    from posttrain.thinkfollow import plans_sha, think_follow
-    start = time.time()
-    loaded = [engine]
+    start, loaded, engines = time.time(), [engine], engines or EnginePool()
 
     def get_engine():
         if loaded[0] is None:
-            loaded[0] = load_engine(model, backend=backend, batch_size=cfg.batch_size)
+            loaded[0] = engines.get(model, batch_size=cfg.batch_size)
         return loaded[0]
     previous = previous or {}
     results: dict[str, Any] = {"model": str(model), "suites": {}}
@@ -191,12 +128,9 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             if _reusable(old, sha, settings):
                 results["suites"][name][mode] = old
                 continue
-            outs = get_engine().generate(prompts, n=cfg.samples, mode=mode, max_new_tokens=cfg.max_new_tokens,
-                                         thinking_budget=cfg.thinking_budget, seed=seed, progress=True)
-            flat_rows = [row for row in rows for _ in range(cfg.samples)]
-            flat = [c for o in outs for c in o]
-            scores = grade(flat_rows, [c.text for c in flat])
-            correct = [sum(scores[i * cfg.samples:(i + 1) * cfg.samples]) for i in range(len(rows))]
+            graded = sample_and_grade(get_engine(), rows, n=cfg.samples, mode=mode, max_new_tokens=cfg.max_new_tokens,
+                                      thinking_budget=cfg.thinking_budget, seed=seed, progress=True)
+            flat, correct = [c for o in graded.completions for c in o], graded.correct
             r = {"n_items": len(rows), "samples": cfg.samples, "items_sha": sha, "settings": settings,
                  "accuracy": sum(correct) / (len(rows) * cfg.samples),
                  "accuracy_se": standard_error([c / cfg.samples for c in correct]),
@@ -205,13 +139,12 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
                  "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
                  "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
                  "budget_hit": sum(c.budget_hit for c in flat) / len(flat),
-                 "correct_per_item": [int(c) for c in correct]}
+                 "correct_per_item": correct}
             results["suites"][name][mode] = r
             log.info("eval %s %s: accuracy %.3f pass@k %s", name, mode, r["accuracy"], r["pass_at_k"])
     if cfg.think_follow is not None:
-        from data_builders.flags import suite as tf_suite
         tf, old = cfg.think_follow, previous.get("think_follow")
-        sha = plans_sha(tf_suite(tf.kinds, tf.n, tf.seed, tf.max_turns))
+        sha = plans_sha(think_follow_suite(tf.kinds, tf.n, tf.seed, tf.max_turns))
         if _reusable(old, sha, tf.settings(seed)):
             results["think_follow"] = old
         else:
@@ -219,20 +152,16 @@ def evaluate(model: str, cfg: EvalConfig, backend: str = "transformers", seed: i
             log.info("eval ThinkFollow: %.3f over %d turns", results["think_follow"]["score"],
                      results["think_follow"]["turns"])
     if cfg.tasks is not None:
-        results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine, resolve)
+        results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine, resolve, engines)
     results["wall_time_s"] = round(time.time() - start, 2)
     return results
 
 
-def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_engine, resolve) -> dict[str, Any]:
+def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_engine, resolve,
+                 engines: EnginePool) -> dict[str, Any]:
     """Stage 4's per-kind scores. A kind's earlier score is kept while its definition and the
     settings are unchanged; a kind whose judge or reward model does not exist yet (`@ID` of a later
     stage) is skipped with the reason, and scored by a later evaluation of the same model."""
-    import json
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
     kinds = load_tasks(cfg.tasks.spec)
     shas = {k: hashlib.sha256(json.dumps(asdict(v), sort_keys=True, default=str).encode()).hexdigest()[:16]
             for k, v in kinds.items()}
@@ -250,7 +179,7 @@ def _task_scores(cfg: EvalConfig, seed: int, old: dict[str, Any] | None, get_eng
         except (FileNotFoundError, ValueError) as err:
             skipped[name] = str(err)
     new = evaluate_tasks(get_engine(), todo, n=cfg.tasks.n, seed=seed, modes=tuple(cfg.modes),
-                         max_new_tokens=cfg.tasks.max_new_tokens, resolve=resolve) if todo else {}
+                         max_new_tokens=cfg.tasks.max_new_tokens, resolve=resolve, engines=engines) if todo else {}
     scores = {**kept, **new}
     return {"settings": settings, "kind_shas": shas, "scores": {k: scores[k] for k in kinds if k in scores},
             "skipped": skipped}
@@ -266,18 +195,15 @@ def _reusable(old: dict[str, Any] | None, sha: str, settings: dict[str, Any]) ->
     return "samples" in settings and old.get("samples") == settings["samples"]
 
 
-def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, backend: str = "transformers",
+def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, engines: EnginePool | None = None,
                  seed: int = 0, engine=None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Think-mode accuracy, length and budget hits at each budget and with none (the last point).
 
     `previous` (the model's eval results) supplies any point made with the same settings, usually
     the unlimited one."""
-    from dataclasses import replace
-
-    from posttrain.generation import load_engine
     base = replace(cfg, modes=["think"], think_follow=None, tasks=None, samples=curve.samples or cfg.samples,
                    pass_k=[1], max_new_tokens=curve.max_new_tokens or cfg.max_new_tokens)
-    engine = engine or load_engine(model, backend=backend, batch_size=cfg.batch_size)
+    engine = engine or (engines or EnginePool()).get(model, batch_size=cfg.batch_size)
     points = []
     for budget in [*sorted(set(curve.budgets)), None]:
         r = evaluate(model, replace(base, thinking_budget=budget), seed=seed, engine=engine, previous=previous)

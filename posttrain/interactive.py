@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from posttrain.chat import SAMPLING, resolve_mode, split_think
+from posttrain.core.chat import SAMPLING, resolve_mode, split_think
+from posttrain.core.generation import EnginePool
 
 HELP = ("Type a message; add /think or /no_think to choose the mode (the last flag wins). "
         "Commands: /reset (new conversation), /exit (or Ctrl-D).")
@@ -64,8 +65,7 @@ def chat_loop(engine, read: Callable[[str], str] = input, out: TextIO = sys.stdo
 
 
 def _engine(args):
-    from posttrain.generation import load_engine
-    return load_engine(args.model, backend=args.backend, batch_size=1)
+    return EnginePool(args.backend).get(args.model, batch_size=1)
 
 
 def _options(args) -> dict[str, Any]:

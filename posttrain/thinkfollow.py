@@ -15,7 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from posttrain.chat import MODES, SAMPLING, split_think
+from data_builders.flags import FlagMix, suite, user_text
+from posttrain.core.chat import MODES, SAMPLING, split_think
+from rewards.formats import follows_mode
 
 
 @dataclass
@@ -30,7 +32,6 @@ class ThinkFollowConfig:
     models: list[str] | None = None  # in a pipeline: the models scored (`base`, stage ids); default all
 
     def __post_init__(self):
-        from data_builders.flags import FlagMix
         FlagMix(kinds=self.kinds)  # the same checks as the builder's
 
     def settings(self, seed: int) -> dict[str, Any]:
@@ -45,8 +46,6 @@ def plans_sha(plans: list[dict[str, Any]]) -> str:
 def think_follow(engine, cfg: ThinkFollowConfig, seed: int = 0, plans: list[dict] | None = None) -> dict[str, Any]:
     """Generate every turn of the suite (or of `plans`, in its format) and score it; per-turn
     results are kept for paired comparisons."""
-    from data_builders.flags import suite, user_text
-    from rewards.formats import follows_mode
     plans = plans if plans is not None else suite(cfg.kinds, cfg.n, cfg.seed, cfg.max_turns)
     convs = [[{"role": "system", "content": p["system"]}] if p["system"] else [] for p in plans]
     ok: list[list[bool]] = [[] for _ in plans]

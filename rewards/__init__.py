@@ -23,7 +23,7 @@ from typing import Any
 
 from rewards.base import Reward, log
 
-__all__ = ["REGISTRY", "Reward", "get", "log"]
+__all__ = ["REGISTRY", "Reward", "accepts", "get", "log"]
 
 # name -> "module:attribute" (imported on first use, so `math` does not import torch)
 REGISTRY: dict[str, str] = {
@@ -64,6 +64,15 @@ def get(name: str, **params: Any) -> Callable[..., list]:
         fn = functools.partial(obj, **params) if params else obj
         return _named(fn, getattr(obj, "__name__", name))
     return _named(obj(**params), name)  # a factory
+
+
+def accepts(name: str, param: str) -> bool:
+    """Whether the reward called `name` takes the parameter `param` (e.g. the run's `engines`)."""
+    obj = _import(REGISTRY.get(name, name))
+    try:
+        return param in inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _import(target: str) -> Any:

@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from posttrain.chat import completion_text, prompt_messages
+from posttrain.core.chat import completion_text, prompt_messages
 
 log = logging.getLogger("posttrain.rewards")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from posttrain.chat import THINK_CLOSE, split_think
+from posttrain.core.chat import THINK_CLOSE, split_think
 from rewards import sandbox
 from rewards.base import Reward, Row, log
 

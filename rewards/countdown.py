@@ -13,7 +13,7 @@ import operator
 from collections import Counter
 from fractions import Fraction
 
-from posttrain.chat import THINK_CLOSE, split_think
+from posttrain.core.chat import THINK_CLOSE, split_think
 from rewards.base import Reward, Row, log
 from rewards.math_answer import last_boxed
 

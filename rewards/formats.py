@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from trl.rewards import think_format_reward
 
-from posttrain.chat import EMPTY_THINK, THINK_CLOSE, THINK_OPEN, resolve_mode, split_think
+from posttrain.core.chat import EMPTY_THINK, THINK_CLOSE, THINK_OPEN, resolve_mode, split_think
 from rewards.base import Reward, Row, prompt_of
 
 

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from posttrain.chat import split_think
+from posttrain.core.chat import split_think
 from rewards.base import Reward, Row, log
 from rewards.language import SCRIPTS_OF, detect_language
 

@@ -1,7 +1,8 @@
 """`judge`: an LLM scores the response against the sample's `reference` answer (0-10 -> [0, 1]).
 
-The judge is a generation engine (`engine=`, anything with posttrain.generation's `generate`) or a
-model directory (`model=`, loaded lazily with `posttrain.generation.load_engine`). It sees the
+The judge is a generation engine (`engine=`, anything with posttrain.core.generation's `generate`) or a
+model directory (`model=`, loaded lazily from `engines`, the run's EnginePool, or a pool of its own
+on `backend`). It sees the
 fixed rubric `RUBRIC` filled with the question (last user message), the reference and the
 response (its answer part: the text after `</think>`). Scores are parsed from `Score: 7`, `7/10`,
 `**8**`, `[[6]]` or `{"score": 7}`; an unparsable verdict is None (logged).
@@ -23,7 +24,8 @@ import re
 import threading
 from typing import Any
 
-from posttrain.chat import split_think
+from posttrain.core.chat import split_think
+from posttrain.core.generation import EnginePool
 from rewards.base import Reward, Row, log, prompt_of
 
 _GRADER = "You are a strict grader. Compare the RESPONSE to the REFERENCE answer for the QUESTION.\n"
@@ -61,7 +63,8 @@ def parse_score(verdict: str, scale: float = 10.0) -> float | None:
 
 
 class JudgeReward(Reward):
-    """Params: `engine` or `model` (+ `backend`; default: the pipeline's), `cache_path`, `verdict`
+    """Params: `engine` or `model` (+ `backend`, default the pool's or transformers; in a pipeline the
+    routing table passes `engines`, the run's pool), `cache_path`, `verdict`
     ('score': a generated 0-10 score; 'yes_no': P(Yes)), `max_new_tokens` (256), `temperature`
     (0: greedy), `mode` ('no_think'), `rubric` (default RUBRIC or RUBRIC_YES_NO), `scale` (10)."""
 
@@ -69,6 +72,7 @@ class JudgeReward(Reward):
     on_error = None
 
     def __init__(self, engine: Any = None, model: str | None = None, backend: str | None = None,
+                 engines: EnginePool | None = None,
                  cache_path: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
                  mode: str = "no_think", rubric: str | None = None, scale: float = 10.0, seed: int | None = 0,
                  verdict: str = "score") -> None:
@@ -78,6 +82,7 @@ class JudgeReward(Reward):
         if verdict not in ("score", "yes_no"):
             raise ValueError(f"judge: verdict must be 'score' or 'yes_no', got {verdict!r}")
         self.engine, self.model, self.backend, self.verdict, self.mode = engine, model, backend, verdict, mode
+        self.engines = engines
         self.gen_kwargs = dict(n=1, mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         self.rubric = rubric or (RUBRIC_YES_NO if verdict == "yes_no" else RUBRIC)
         self.scale, self.cache_path = float(scale), cache_path
@@ -93,9 +98,9 @@ class JudgeReward(Reward):
                         continue
 
     def _engine(self):
-        if self.engine is None:
-            from posttrain.generation import load_engine
-            self.engine = load_engine(self.model, backend=self.backend)
+        if self.model and (self.engine is None or getattr(self.engine, "llm", True) is None):  # or its pool closed it
+            self.engine = (self.engines or EnginePool(self.backend or "transformers")).get(self.model,
+                                                                                         backend=self.backend)
         return self.engine
 
     def judge_prompt(self, text: str, row: Row) -> str | None:
@@ -153,6 +158,7 @@ class JudgeReward(Reward):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_lock")
+        state["engines"] = None  # open engines do not travel; the judge starts its own
         if self.model is not None:
             state["engine"] = None  # rebuilt lazily from the model path
         return state

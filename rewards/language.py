@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections import Counter
 
-from posttrain.chat import split_think
+from posttrain.core.chat import split_think
 from rewards.base import Reward, Row, prompt_of
 
 # language -> the scripts its text is written in

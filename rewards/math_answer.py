@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from posttrain.chat import THINK_CLOSE, split_think
+from posttrain.core.chat import THINK_CLOSE, split_think
 from rewards.base import Reward, Row, log
 
 WORKER = Path(__file__).with_name("_math_worker.py")

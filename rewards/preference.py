@@ -16,7 +16,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from posttrain.chat import split_think
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.trainer_callback import ProgressCallback
+
+from posttrain.core.callbacks import bar_only
+from posttrain.core.chat import split_think
+from posttrain.core.models import resolve_model
 from rewards.base import Reward, Row, prompt_of
 
 # RewardConfig defaults that suit this project (CPU-friendly; every one can be overridden)
@@ -29,7 +35,9 @@ RM_DEFAULTS: dict[str, Any] = dict(
 def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrides: Any) -> str:
     """Train a sequence-classification reward model (one logit) on preference pairs; returns the
     directory holding the model and its tokenizer. `overrides` are RewardConfig fields."""
-    trainer = reward_trainer(dataset, base_model_path, output_dir, **overrides)
+    from trl import RewardConfig
+    trainer = reward_trainer(dataset, base_model_path, RewardConfig(output_dir=str(output_dir),
+                                                                    **{**RM_DEFAULTS, **overrides}))
     trainer.train()
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
@@ -37,17 +45,10 @@ def train_reward_model(dataset, base_model_path: str, output_dir: str, **overrid
     return str(output_dir)
 
 
-def reward_trainer(dataset, base_model_path: str, output_dir: str, **overrides: Any):
-    """TRL's RewardTrainer over a one-logit head on `base_model_path`, checkpoints in `output_dir`."""
-    import torch
+def reward_trainer(dataset, base_model_path: str, args, peft_config=None):
+    """TRL's RewardTrainer over a one-logit head on `base_model_path`, with `args` (a RewardConfig)."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.trainer_callback import ProgressCallback
-    from trl import RewardConfig, RewardTrainer
-
-    from posttrain.models import resolve_model
-    from posttrain.training import bar_only
-
+    from trl import RewardTrainer
     if isinstance(dataset, list):
         dataset = Dataset.from_list(dataset)
     path = resolve_model(base_model_path)
@@ -56,8 +57,8 @@ def reward_trainer(dataset, base_model_path: str, output_dir: str, **overrides: 
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = RewardConfig(output_dir=str(output_dir), **{**RM_DEFAULTS, **overrides})
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=peft_config)
     if trainer.pop_callback(ProgressCallback):  # the bar, without a printed dict at every logging step
         trainer.add_callback(bar_only())
     return trainer
@@ -86,8 +87,6 @@ class PreferenceReward(Reward):
     def _load(self):
         with self._lock:
             if self._model is None:
-                import torch
-                from transformers import AutoModelForSequenceClassification, AutoTokenizer
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
                 self._tokenizer = AutoTokenizer.from_pretrained(self.path)
                 if self._tokenizer.pad_token is None:
@@ -112,7 +111,6 @@ class PreferenceReward(Reward):
         return list(ids)[-self.max_length:]
 
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
-        import torch
         model, tok = self._load()
         if self.answer_only:
             texts = [split_think(t)[1] for t in texts]

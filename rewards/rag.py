@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 
-from posttrain.chat import split_think
+from posttrain.core.chat import split_think
 from rewards.base import Reward, Row
 
 REFUSAL = "not in the context"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import rewards
 from rewards.base import Reward, call_with_time_limit, is_column, log
 
 Entry = tuple[Any, float, str, float | None]  # (reward callable, weight, name, seconds per sample)
@@ -63,7 +64,6 @@ def _entries(task: Any, specs: Any) -> list[dict[str, Any]]:
 
 
 def _build(entries: list[dict[str, Any]]) -> list[Entry]:
-    import rewards
     return [(rewards.get(e["name"], **e["params"]), e["weight"], e["name"], e["time_limit"]) for e in entries]
 
 

@@ -1,7 +1,7 @@
 """`tool_call`: one well-formed call of a listed tool, with arguments valid for its JSON schema.
 
 The completion is parsed as Qwen3 writes tool calls (`<tool_call>{"name", "arguments"}</tool_call>`,
-by `posttrain.chat.parse_assistant`); the sample's `tools` column (JSON list, in the format
+by `posttrain.core.chat.parse_assistant`); the sample's `tools` column (JSON list, in the format
 `apply_chat_template` takes) gives the schemas, checked with `jsonschema`; `answer` (optional, JSON
 `{"name", "arguments"}`) the expected call. Score:
 - 0.0 no call, a malformed one, or more than `max_calls`;
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from posttrain.chat import parse_assistant
+from posttrain.core.chat import parse_assistant
 from rewards.base import Reward, Row
 
 

@@ -9,6 +9,7 @@ episode with fewer than `min_calls` calls gets no credit for its calls. None wit
 
 from __future__ import annotations
 
+import rewards
 from rewards.base import Reward, Row
 
 
@@ -25,7 +26,6 @@ class ToolUseReward(Reward):
         self.answer_weight, self.min_calls = float(answer_weight), int(min_calls)
 
     def score(self, text: str, row: Row) -> float | None:
-        import rewards
         env = row.get("environments")
         if env is None or not hasattr(env, "calls"):
             return None

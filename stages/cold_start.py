@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_builders.cold_start import ColdStartData, build
-from posttrain.rundir import StageContext
-from posttrain.training import TrainOptions, sft
+from posttrain.core.context import StageContext
+from posttrain.core.training import TrainOptions, sft
+
+TRAINERS = {"train": "SFTConfig"}  # each TrainOptions field -> the TRL config its `trainer:` keys go to
+REPORT_FILES = ("cold_start_data.json",)  # what the report shows of this stage's data
 
 
 @dataclass

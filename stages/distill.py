@@ -21,12 +21,19 @@ from pathlib import Path
 from typing import Literal
 
 from data_builders.rl_queries import DataSource, QuerySelection, candidates, unseen
-from posttrain.chat import MODES, split_think, with_flag
-from posttrain.rundir import StageContext, distributed, is_main_process
-from posttrain.training import TrainOptions, finish, sft, train
+from posttrain.core.chat import MODES, split_think, with_flag
+from posttrain.core.context import StageContext
+from posttrain.core.generation import GenerationEngine
+from posttrain.core.models import load_model, load_tokenizer, resolve_model
+from posttrain.core.rundir import distributed, is_main_process
+from posttrain.core.training import TrainOptions, finish, sft, train
+from rewards.grading import sample_and_grade
+from stages.student import build_student, calibration, student_spec
 
 log = logging.getLogger(__name__)
 DIVERGENCE_BETA = {"forward_kl": 0.0, "jsd": 0.5, "reverse_kl": 1.0}  # TRL's generalised-JSD beta
+TRAINERS = {"off_policy.train": "SFTConfig", "on_policy.train": "DistillationConfig"}
+REPORT_FILES = ("off_policy/metrics.json",)
 
 
 @dataclass
@@ -71,19 +78,16 @@ class Config:
 def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
     """The teacher's answers in each mode, as SFT conversations carrying the mode flag."""
     from datasets import Dataset
-
-    from posttrain.evaluate import grade
-    from posttrain.generation import load_engine
     rows = list(prompt_set(ctx, cfg))
-    engine = load_engine(teacher, backend=ctx.backend)
+    engine = ctx.engines.get(teacher)
     out = []
     for mode in cfg.off_policy.modes:
         prompts = [with_flag(r["prompt"], mode) for r in rows]
-        texts = [o[0].text for o in engine.generate(prompts, mode=mode, seed=ctx.seed, progress=True,
-                                                    max_new_tokens=cfg.off_policy.max_new_tokens)]
-        checkable = [bool(r.get("answer") or r.get("tests")) for r in rows]
-        scores = grade(rows, texts) if cfg.off_policy.filter_by_reward else [1.0] * len(rows)
-        for prompt, text, ok, check in zip(prompts, texts, scores, checkable, strict=True):
+        graded = sample_and_grade(engine, rows, prompts=prompts, mode=mode, seed=ctx.seed, progress=True,
+                                  max_new_tokens=cfg.off_policy.max_new_tokens)
+        texts = [c[0].text for c in graded.completions]
+        checkable = [cfg.off_policy.filter_by_reward and bool(r.get("answer") or r.get("tests")) for r in rows]
+        for prompt, text, ok, check in zip(prompts, texts, graded.correct, checkable, strict=True):
             if ok or not check:
                 reasoning, answer = split_think(text)
                 out.append({"messages": prompt + [{"role": "assistant", "content": answer,
@@ -113,9 +117,6 @@ def on_policy_prompts(ctx: StageContext, cfg: Config):
     evaluation samples; with the flag alone, whether a no-think sample thinks was left to the
     student's own flag-following, and the teacher scored that."""
     from datasets import Dataset
-
-    from posttrain.generation import GenerationEngine
-    from posttrain.models import load_tokenizer
     engine, rng, rows = GenerationEngine(load_tokenizer(ctx.input_model)), random.Random(ctx.seed), []
     for r in prompt_set(ctx, cfg):
         mode = "think" if rng.random() < cfg.on_policy.think_fraction else "no_think"
@@ -130,8 +131,6 @@ def on_policy_trainer(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts):
     the same prompt + completion ids (one tokenizer, one chat rendering: the student is built with
     the teacher's); the divergence is taken on completion tokens up to and including end-of-turn."""
     from trl import DistillationConfig, DistillationTrainer
-
-    from posttrain.models import load_model
     student, tokenizer = load_model(ctx.input_model, train=True)
     teacher_model, _ = load_model(teacher)
     args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train",
@@ -152,7 +151,6 @@ def make_student(ctx: StageContext, teacher: str, spec: str, conversations) -> s
     """The student, built from SPEC into student_init once (rank 0 first when launched); a width-pruned
     one (`mlp=M`) keeps the neurons most active on CONVERSATIONS: the teacher's answers, or the
     prompts when the stage has no off-policy phase."""
-    from posttrain.models import build_student, calibration, load_tokenizer
     init = ctx.dir / "student_init"
     state = distributed()
     with state.main_process_first() if state else nullcontext():
@@ -163,7 +161,6 @@ def make_student(ctx: StageContext, teacher: str, spec: str, conversations) -> s
 
 
 def run(ctx: StageContext, cfg: Config) -> dict:
-    from posttrain.models import resolve_model, student_spec
     teacher = ctx.resolve(cfg.teacher) if cfg.teacher else ctx.input_model
     spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
     if not (Path(spec) / "config.json").is_file():  # a bad spec fails now, not after the teacher's answers

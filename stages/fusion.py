@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from data_builders.fusion import FusionData, build
-from posttrain.rundir import StageContext
-from posttrain.training import TrainOptions, sft
+from posttrain.core.context import StageContext
+from posttrain.core.training import TrainOptions, sft
+
+TRAINERS = {"train": "SFTConfig"}
+REPORT_FILES = ("fusion_data.json",)
 
 
 @dataclass

@@ -15,11 +15,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import rewards
+from data_builders.agent import ENVIRONMENTS
 from data_builders.rl_queries import eval_asks
 from data_builders.tasks import build_mix, items, load_tasks, routing_table
-from posttrain.config import ExistingPath
-from posttrain.rundir import StageContext, write_json
-from posttrain.training import GRPOOptions, TrainOptions, grpo
+from posttrain.core.config import ExistingPath
+from posttrain.core.context import StageContext
+from posttrain.core.rundir import write_json
+from posttrain.core.training import GRPOOptions, TrainOptions, grpo
+
+TRAINERS = {"train": "GRPOConfig"}
+REPORT_FILES = ("general_rl_data.json",)
 
 
 @dataclass(kw_only=True)
@@ -58,11 +64,9 @@ def build(ctx: StageContext, cfg: Config):
 
 
 def run(ctx: StageContext, cfg: Config) -> dict:
-    import rewards
-    from data_builders.agent import ENVIRONMENTS
     kinds = load_tasks(cfg.tasks)
     dataset = ctx.dataset("train", lambda: build(ctx, cfg))
-    reward = rewards.get("routed", table=routing_table(kinds, ctx.resolve))
+    reward = rewards.get("routed", table=routing_table(kinds, ctx.resolve, engines=ctx.engines))
     # agent kinds: their tools run inside the rollouts (TRL's environment_factory, one per row)
     envs = {k.environment for k in kinds.values() if k.environment}
     extra = {"environment_factory": {e: ENVIRONMENTS[e] for e in envs | {"none"}}} if envs else {}

@@ -11,9 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import rewards
 from data_builders.rl_queries import QuerySelection, select_queries
-from posttrain.rundir import StageContext
-from posttrain.training import GRPOOptions, grpo
+from posttrain.core.context import StageContext
+from posttrain.core.training import GRPOOptions, grpo
+from rewards.grading import GRADERS
+
+TRAINERS = {"train": "GRPOConfig"}
+REPORT_FILES = ("selection.json",)
 
 
 @dataclass
@@ -29,14 +34,13 @@ class Config(GRPOOptions):
     plus where the queries come from and how they are rewarded."""
 
     queries: QuerySelection
-    # rule rewards, routed per sample by its `task` column
+    # rule rewards, routed per sample by its `task` column (default: each task kind's grader)
     rewards: dict[str, list[RewardSpec]] = field(default_factory=lambda: {
-        "math": [RewardSpec("math")], "code": [RewardSpec("code")], "countdown": [RewardSpec("countdown")]})
+        task: [RewardSpec(GRADERS[task])] for task in ("math", "code", "countdown")})
 
 
 def reward_function(cfg: Config):
     """One TRL reward function that routes each sample to its task's rule rewards."""
-    import rewards
     table = {task: [{"name": r.name, "weight": r.weight, **({"params": r.params} if r.params else {})}
                     for r in specs] for task, specs in cfg.rewards.items()}
     return rewards.get("routed", table=table)

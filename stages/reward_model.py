@@ -11,10 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_builders.pairs import PairsConfig, build_pairs
-from posttrain import training
-from posttrain.config import ExistingPath
-from posttrain.rundir import StageContext, is_main_process, wait_for_everyone, write_json
-from posttrain.training import TrainOptions
+from posttrain.core.config import ExistingPath
+from posttrain.core.context import StageContext
+from posttrain.core.rundir import is_main_process, wait_for_everyone, write_json
+from posttrain.core.training import TrainOptions, train
+from rewards import get
+from rewards.preference import reward_trainer
+from stages.sft import load_table
+
+TRAINERS = {"train": "RewardConfig"}
+REPORT_FILES = ("pairs.json", "reward_model.json")
 
 
 @dataclass
@@ -30,7 +36,6 @@ class Config:
 
 
 def load_pairs(path: str):
-    from stages.sft import load_table
     ds = load_table(path)
     missing = {"chosen", "rejected"} - set(ds.column_names)
     if missing:
@@ -46,22 +51,24 @@ def _built(ctx: StageContext, cfg: PairsConfig):
 
 
 def run(ctx: StageContext, cfg: Config) -> dict:
-    from rewards import get
-    from rewards.preference import reward_trainer
+    from trl import RewardConfig
     pairs = ctx.dataset("train", lambda: load_pairs(cfg.data) if cfg.data else _built(ctx, cfg.pairs))
     split = pairs.train_test_split(test_size=cfg.heldout_fraction, seed=ctx.seed) if len(pairs) >= 10 else None
-    train = split["train"] if split else pairs
-    overrides = ctx.trainer_args(max_steps=cfg.train.max_steps, learning_rate=cfg.train.learning_rate,
-                                 per_device_train_batch_size=cfg.train.batch_size,
-                                 gradient_accumulation_steps=cfg.train.grad_accum, save_steps=cfg.train.save_steps,
-                                 **cfg.train.trainer)
-    trainer = reward_trainer(train, ctx.input_model, **overrides)
-    training.train(ctx, trainer)  # resumes from the last checkpoint of an interrupted run
-    trainer.save_model(str(ctx.model_dir))
+    pairs_seen = split["train"] if split else pairs
+    args = cfg.train.args(ctx, RewardConfig, f"stages.{ctx.stage_id}.config.train", max_length=1024,
+                          gradient_checkpointing=False)
+    trainer = reward_trainer(pairs_seen, ctx.input_model, args,
+                             peft_config=cfg.train.lora.peft_config(task_type="SEQ_CLS") if cfg.train.lora else None)
+    train(ctx, trainer)  # resumes from the last checkpoint of an interrupted run
+    if hasattr(trainer.model, "merge_and_unload"):  # LoRA: the reward model is saved merged, head included
+        if is_main_process():
+            trainer.model.merge_and_unload().save_pretrained(str(ctx.model_dir))
+    else:
+        trainer.save_model(str(ctx.model_dir))
     if is_main_process():
         trainer.processing_class.save_pretrained(str(ctx.model_dir))
     wait_for_everyone()
-    metrics = {"pairs": len(train), "global_step": trainer.state.global_step}
+    metrics = {"pairs": len(pairs_seen), "global_step": trainer.state.global_step}
     if split:
         held = split["test"]
         score = get("preference", model=str(ctx.model_dir))

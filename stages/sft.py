@@ -7,10 +7,15 @@ Data is any `messages` dataset (JSONL, parquet, or a `save_to_disk` dir); assist
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from posttrain.config import ExistingPath
-from posttrain.rundir import StageContext
-from posttrain.training import TrainOptions, sft
+from data_builders.sources import messages_problem, read
+from posttrain.core.config import ExistingPath
+from posttrain.core.context import StageContext
+from posttrain.core.training import TrainOptions, sft
+
+TRAINERS = {"train": "SFTConfig"}
+REPORT_FILES = ()
 
 
 @dataclass
@@ -23,15 +28,11 @@ class Config:
 
 def load_table(path: str):
     """A dataset from a JSONL/JSON/parquet file or a `save_to_disk` directory."""
-    from pathlib import Path
-
-    from data_builders.sources import read
     return read(Path(path), {".jsonl": "json", ".json": "json", ".parquet": "parquet"})
 
 
 def load_messages(path: str):
     """The `messages` column, every row checked before any model loads."""
-    from data_builders.sources import messages_problem
     ds = load_table(path)
     if "messages" not in ds.column_names:
         raise ValueError(f"data: {path}: no 'messages' column (has: {', '.join(ds.column_names)})")

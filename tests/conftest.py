@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.models import make_tiny_model
+from posttrain.core.models import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ KILLER = textwrap.dedent("""
     import json, os, signal, sys
     import datasets, transformers
     from posttrain import cli
-    from posttrain.launch import weights_digest
+    from posttrain.core.callbacks import weights_digest
 
     def record(**entry):
         if os.environ.get("RECORD"):
@@ -66,11 +66,11 @@ KILLER = textwrap.dedent("""
 
 
 def checkpoint_digest(path) -> str:
-    """The digest each launched rank records (`posttrain.launch.weights_digest`) of a saved model dir or
+    """The digest each launched rank records (`posttrain.core.callbacks.weights_digest`) of a saved model dir or
     checkpoint (a causal LM, or a reward model with its head)."""
     import transformers
 
-    from posttrain.launch import weights_digest
+    from posttrain.core.callbacks import weights_digest
     architecture = transformers.AutoConfig.from_pretrained(path).architectures[0]
     return weights_digest(getattr(transformers, architecture).from_pretrained(path))
 
@@ -90,7 +90,7 @@ def untouched(directory: Path) -> dict[str, tuple[int, int]]:
 
 def longer(completions, **columns) -> list[float]:
     """A reward with variance on a random model (its completions differ in length): GRPO moves."""
-    from posttrain.chat import completion_text
+    from posttrain.core.chat import completion_text
     return [len(completion_text(c)) / 100 for c in completions]
 
 
@@ -167,3 +167,16 @@ def listen():
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return server.getsockname()[1], received, stop, server
+
+
+class OneEngine:
+    """An engine pool (what a stage's context carries) that hands out one given engine, e.g. a scripted one."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def get(self, *args, **kwargs):
+        return self.engine
+
+    def close(self) -> None:
+        pass

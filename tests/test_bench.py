@@ -28,7 +28,8 @@ def test_grpo_bench_times_each_rollout_path_on_the_same_steps(tiny_model):
 
 def test_student_bench_scores_constructions_against_the_teacher(tmp_path, chat_jsonl, capsys):
     """A student that keeps every layer is the teacher (same NLL); ones keeping different layers differ."""
-    from posttrain.models import PICKS, make_tiny_model
+    from posttrain.core.models import make_tiny_model
+    from stages.student import PICKS
     assert PICKS["first"](3, 6) == [0, 1, 5] and PICKS["even"](3, 6) == [0, 2, 5]
     assert PICKS["ends"](4, 6) == [0, 1, 4, 5] and PICKS["even"](3, 7) == [0, 3, 6]
     teacher = make_tiny_model(tmp_path / "teacher", layers=6)

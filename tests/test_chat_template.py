@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from posttrain.chat import (
+from posttrain.core.chat import (
     BUDGET_STOP_TEXT,
     EMPTY_THINK,
     SAMPLING,
@@ -22,7 +22,7 @@ from posttrain.chat import (
     tools_system_message,
     with_flag,
 )
-from posttrain.models import prepare_model
+from posttrain.core.models import prepare_model
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +203,9 @@ def test_a_tokenizer_with_think_tokens_keeps_them_as_single_ids(tmp_path, specia
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
-    from posttrain.chat import TRAINING_CHAT_TEMPLATE
-    from posttrain.generation import GenerationEngine
-    from posttrain.models import apply_chat_format, default_tokenizer_dir
+    from posttrain.core.chat import TRAINING_CHAT_TEMPLATE
+    from posttrain.core.generation import GenerationEngine
+    from posttrain.core.models import apply_chat_format, default_tokenizer_dir
     tok = AutoTokenizer.from_pretrained(default_tokenizer_dir())
     tok.add_tokens([AddedToken(t, special=special, normalized=False) for t in ("<think>", "</think>")],
                    special_tokens=special)

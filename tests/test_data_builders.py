@@ -115,16 +115,15 @@ def test_solver_traces_pass_all_six_rules(family):
         assert kept == [response], counts
 
 
-def test_cold_start_rejects_each_bad_response_by_its_rule(tmp_path, monkeypatch):
+def test_cold_start_rejects_each_bad_response_by_its_rule(tmp_path):
     """The cold-start builder on a responder that answers every query with one good response and six
     bad ones, each breaking one rule: each rule's count is the number of queries, only the good
     responses are kept, a query the model solves without CoT is dropped, and a query with no good
     response is set aside (pass@N = 0), not silently lost."""
     from data_builders import cold_start
-    from posttrain import generation
-    from posttrain.evaluate import SuiteConfig
-    from posttrain.generation import Completion
-    from posttrain.rundir import StageContext
+    from posttrain.core.context import StageContext
+    from posttrain.core.generation import Completion
+    from tests.conftest import OneEngine
     eval_item = generate("linear", 1, seed=10001)[0]["prompt"][0]["content"]
     rows = {r["prompt"][0]["content"]: r for r in generate("arithmetic", 10, seed=1)}
     picked = {}  # the first query asked without CoT is answered right; the first asked with CoT, never well
@@ -149,9 +148,8 @@ def test_cold_start_rejects_each_bad_response_by_its_rule(tmp_path, monkeypatch)
                         for r in asked]
             picked.setdefault("hopeless", asked[0])
             return [[Completion(t) for t in responses(r)] for r in asked]
-    monkeypatch.setattr(generation, "load_engine", lambda *a, **kw: Responder())
-    ctx = StageContext(stage_id="cold_start", dir=tmp_path / "cs", input_model="unused",
-                       extra={"eval_suites": {"linear": SuiteConfig(family="linear", n=1, seed=10001)}})
+    ctx = StageContext(stage_id="cold_start", dir=tmp_path / "cs", input_model="unused", held_out=[eval_item],
+                       engines=OneEngine(Responder()))
     cfg = cold_start.ColdStartData(families={"arithmetic": 10}, validation_fraction=0.2, responder="input",
                                    no_cot_k=2, near_duplicate_threshold=0.6)
     data = cold_start.build(ctx, cfg)

@@ -8,8 +8,11 @@ from math import comb
 
 import pytest
 
-from posttrain.evaluate import EvalConfig, SuiteConfig, evaluate, grade, pass_at_k
-from posttrain.generation import Completion
+from posttrain.core.generation import Completion
+from posttrain.core.stats import pass_at_k
+from posttrain.evaluate import EvalConfig, SuiteConfig, evaluate
+from rewards.grading import grade
+from tests.conftest import OneEngine
 
 
 @pytest.mark.parametrize("n,c,k", [(10, 3, 1), (10, 3, 2), (10, 3, 5), (8, 0, 4), (8, 8, 1), (5, 2, 4), (20, 7, 10)])
@@ -66,12 +69,12 @@ def test_query_selection_keeps_only_learnable(tmp_path, monkeypatch):
     """Always-right and always-wrong queries are dropped; the distribution is written out."""
     from data_builders import rl_queries
     from data_builders.synthetic import generate
-    from posttrain.rundir import StageContext
+    from posttrain.core.context import StageContext
     rows = list(generate("arithmetic", 6, seed=2))
     counts = [0, 4, 1, 3, 2, 4]  # correct samples of 4
     right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(rows, counts, strict=True)}
-    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
-    ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path)
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path,
+                       engines=OneEngine(OracleEngine(right)))
     cfg = rl_queries.QuerySelection(families={"arithmetic": 6}, seed=2, k=4, exclude_stages=[])
     selected = rl_queries.select_queries(ctx, cfg)
     assert sorted(selected["pass_rate"]) == [0.25, 0.5, 0.75]
@@ -83,8 +86,7 @@ def test_query_selection_keeps_only_learnable(tmp_path, monkeypatch):
     # that a rerun with a wider band would reuse (it used to fail inside `datasets` with a concatenation error)
     cfg = rl_queries.QuerySelection(families={"arithmetic": 6, "linear": 2}, seed=2, k=4, exclude_stages=[])
     never = [*generate("arithmetic", 6, seed=2), *generate("linear", 2, seed=2)]
-    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(
-        {r["prompt"][-1]["content"]: (r["answer"], 0) for r in never}))
+    ctx.engines = OneEngine(OracleEngine({r["prompt"][-1]["content"]: (r["answer"], 0) for r in never}))
     with pytest.raises(ValueError, match=r"rl: no learnable query among 8 \(see .*selection.json\): widen"):
         ctx.dataset("train", lambda: rl_queries.select_queries(ctx, cfg))
     assert json.loads((ctx.dir / "selection.json").read_text())["always_wrong"] == 8
@@ -96,13 +98,13 @@ def test_query_selection_excludes_prompts_used_in_stage_one(tmp_path, monkeypatc
 
     from data_builders import rl_queries
     from data_builders.synthetic import generate
-    from posttrain.rundir import StageContext
+    from posttrain.core.context import StageContext
     rows = list(generate("arithmetic", 4, seed=2))
     used = Dataset.from_list([{"messages": rows[0]["prompt"] + [{"role": "assistant", "content": "x"}]}])
     used.save_to_disk(str(tmp_path / "01_cold_start" / "data" / "train"))
     right = {r["prompt"][-1]["content"]: (r["answer"], 1) for r in rows}
-    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
-    ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path)
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "02_rl", input_model="unused", run_dir=tmp_path,
+                       engines=OneEngine(OracleEngine(right)))
     selected = rl_queries.select_queries(ctx, rl_queries.QuerySelection(families={"arithmetic": 4}, seed=2, k=2))
     assert len(selected) == 3 and rows[0]["prompt"] not in selected["prompt"]
     assert json.loads((ctx.dir / "selection.json").read_text())["excluded_as_used"] == 1
@@ -113,19 +115,18 @@ def test_training_prompts_never_include_the_eval_suites_items(tmp_path, monkeypa
     eval_large items. Stage-2 queries and distillation prompts now drop what the eval asks."""
     from data_builders import rl_queries
     from data_builders.synthetic import generate
-    from posttrain.evaluate import SuiteConfig
-    from posttrain.rundir import StageContext
+    from posttrain.core.context import StageContext
+    from posttrain.evaluate import SuiteConfig, held_out
     from stages.distill import Config, Prompts, prompt_set
     suite = SuiteConfig(family="linear", n=64, seed=10001)
     held = {r["prompt"][-1]["content"] for r in generate("linear", 64, seed=10001)}
     pool = generate("linear", 800, seed=5)
     assert sum(p[-1]["content"] in held for p in pool["prompt"]) == 6  # the overlap that was trained on
+    right = {p[-1]["content"]: (a, 1) for p, a in zip(pool["prompt"], pool["answer"], strict=True)}
     ctx = StageContext(stage_id="distill", dir=tmp_path / "d", input_model="unused",
-                       extra={"eval_suites": {"lin": suite}})
+                       held_out=held_out(EvalConfig(suites={"lin": suite})), engines=OneEngine(OracleEngine(right)))
     prompts = prompt_set(ctx, Config(prompts=Prompts(families={"linear": 800}, seed=5)))
     assert len(prompts) == 794 and not any(p[-1]["content"] in held for p in prompts["prompt"])
-    right = {p[-1]["content"]: (a, 1) for p, a in zip(pool["prompt"], pool["answer"], strict=True)}
-    monkeypatch.setattr("posttrain.generation.load_engine", lambda *a, **k: OracleEngine(right))
     cfg = rl_queries.QuerySelection(families={"linear": 800}, seed=5, k=2, exclude_stages=[])
     selected = rl_queries.select_queries(ctx, cfg)  # each query right once in 2: all learnable
     assert len(selected) == 794 and not any(p[-1]["content"] in held for p in selected["prompt"])
@@ -134,7 +135,7 @@ def test_training_prompts_never_include_the_eval_suites_items(tmp_path, monkeypa
 
 
 def test_report_shows_accuracy_with_its_standard_error():
-    from posttrain.report import markdown
+    from posttrain.report.tables import markdown
     result = {"suites": {"lin": {"think": {"accuracy": 0.5, "accuracy_se": 0.125, "pass_at_k": {"1": 0.5},
                                            "mean_length": 6.5}}}}
     stage = {"id": "rl", "stage": "reasoning_rl", "input_model": "runs/x/01_sft/model", "wall_time_s": 1.0,
@@ -144,7 +145,7 @@ def test_report_shows_accuracy_with_its_standard_error():
 
 
 def test_paired_difference_on_fixed_items():
-    from posttrain.evaluate import paired_difference
+    from posttrain.core.stats import paired_difference
     before = {"samples": 4, "correct_per_item": [0, 4, 2], "items_sha": "abc"}
     after = {"samples": 4, "correct_per_item": [2, 4, 4], "items_sha": "abc"}
     g = paired_difference(before, after)  # per-item gains .5, 0, .5
@@ -157,7 +158,7 @@ def test_paired_difference_on_fixed_items():
 
 
 def test_report_shows_each_stage_gain_over_its_input_model():
-    from posttrain.report import markdown
+    from posttrain.report.tables import markdown
 
     def result(correct, sha="s"):
         return {"model": "m", "suites": {"lin": {"think": {"accuracy": sum(correct) / 8, "samples": 2,
@@ -181,7 +182,7 @@ def test_report_shows_each_stage_gain_over_its_input_model():
 def test_comparison_pairs_each_branch_with_the_first_on_the_same_items():
     """Table 21's comparison carries each branch minus the first, paired item by item, in both modes;
     a branch scored on other items gets no paired row rather than an unpaired one."""
-    from posttrain.report import comparison
+    from posttrain.report.tables import comparison
 
     def stage(sid, think, no_think, sha="s"):
         modes = {m: {"accuracy": sum(c) / 8, "samples": 2, "correct_per_item": c, "items_sha": sha}
@@ -195,14 +196,14 @@ def test_comparison_pairs_each_branch_with_the_first_on_the_same_items():
 
 
 def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monkeypatch, capsys):
-    import posttrain.evaluate
+    from posttrain import cli
     from posttrain.cli import main
     (tmp_path / "eval.yaml").write_text("eval: {suites: {lin: {family: linear, n: 2}}, modes: [think]}\n")
     args = ["eval", "--model", "unused", "--config", str(tmp_path / "eval.yaml")]
     assert main(args + ["--baseline", str(tmp_path / "missing.json")]) == 2
     assert "--baseline " + str(tmp_path / "missing.json") in capsys.readouterr().err
     new = {"model": "unused", "suites": {"lin": {"think": {"samples": 4, "correct_per_item": [1, 3]}}}}
-    monkeypatch.setattr(posttrain.evaluate, "evaluate", lambda *a, **k: json.loads(json.dumps(new)))
+    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: json.loads(json.dumps(new)))
     (tmp_path / "old.json").write_text(json.dumps(
         {"suites": {"lin": {"think": {"samples": 4, "correct_per_item": [1, 1, 1]}}}}))
     out = tmp_path / "new.json"
@@ -219,8 +220,8 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
 def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny_model, monkeypatch, capsys):
     """`--reuse STAGE/eval.json` turns a pipeline's stored eval into a paired comparison; results of
     another model are refused by name."""
-    import posttrain.generation
     from posttrain.cli import main
+    from posttrain.core.generation import EnginePool
     (tmp_path / "eval.yaml").write_text("eval: {suites: {lin: {family: linear, n: 2}}, modes: [think], samples: 2, "
                                         "pass_k: [1, 2], max_new_tokens: 4}\n")
     args = ["eval", "--model", str(tiny_model), "--config", str(tmp_path / "eval.yaml")]
@@ -229,7 +230,7 @@ def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny
 
     def no_sampling(*a, **k):
         raise AssertionError("sampled again")
-    monkeypatch.setattr(posttrain.generation, "load_engine", no_sampling)
+    monkeypatch.setattr(EnginePool, "get", no_sampling)
     reuse = ["--reuse", str(tmp_path / "stage.json")]
     assert main(args + reuse + ["--baseline", str(tmp_path / "stage.json")]) == 0
     assert "lin think: +0.0 ± 0.0 points" in capsys.readouterr().err
@@ -287,7 +288,7 @@ def test_budget_curve_reuses_the_unlimited_point_of_the_eval():
 
 
 def test_think_follow_paired_gain():
-    from posttrain.evaluate import compare_think_follow
+    from posttrain.core.stats import compare_think_follow
     before = {"think_follow": {"per_turn": [1, 0, 0, 1], "items_sha": "s"}}
     after = {"think_follow": {"per_turn": [1, 1, 1, 1], "items_sha": "s"}}
     g = compare_think_follow(before, after)
@@ -297,7 +298,7 @@ def test_think_follow_paired_gain():
 
 
 def test_terminal_summary_reads_the_last_evaluated_model():
-    from posttrain.report import summary
+    from posttrain.report.tables import summary
     think = {"lin": {"think": {"accuracy": 0.5}, "no_think": {"accuracy": 0.25}}}
     report = {"pipeline": "p", "run_dir": "runs/p", "base": {"eval": {"suites": {"lin": {"think": {"accuracy": 0.1}}}}},
               "stages": [{"id": "a", "wall_time_s": 10.0, "eval": {"suites": think, "think_follow": {"score": 0.75}}},
@@ -315,8 +316,11 @@ def test_terminal_summary_reads_the_last_evaluated_model():
 def test_a_stage_without_eval_or_training_curves_leaves_a_note_not_a_failure(tmp_path):
     from types import SimpleNamespace
 
-    from posttrain.report import _plots, markdown, notes
-    from posttrain.rundir import MARKER, StageContext
+    from posttrain.core.context import StageContext
+    from posttrain.core.rundir import MARKER
+    from posttrain.report.collect import notes
+    from posttrain.report.plots import plots as draw
+    from posttrain.report.tables import markdown
     ctx = StageContext(stage_id="rm", dir=tmp_path / "01_rm", input_model="m")
     ctx.dir.mkdir()
     (ctx.dir / MARKER).write_text("{}")  # finished, but wrote no TensorBoard scalars
@@ -327,7 +331,7 @@ def test_a_stage_without_eval_or_training_curves_leaves_a_note_not_a_failure(tmp
     report["notes"] = notes(report, planned)
     assert report["notes"] == ["rm: not evaluated (`eval: false` for this stage)",
                                "rm: no training curves (no TensorBoard scalars in tb/)"]
-    plots = _plots(tmp_path, report, planned)
+    plots = draw(tmp_path, report, planned)
     assert plots == ["plots/eval_accuracy.png"] and (tmp_path / plots[0]).is_file()  # only what has data
     text = markdown(report, plots, "t")
     assert "- rm: no training curves (no TensorBoard scalars in tb/)" in text

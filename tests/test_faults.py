@@ -161,36 +161,36 @@ def test_grpo_and_both_distillation_phases_run_on_two_processes(tmp_path, tiny_m
     assert AutoModelForCausalLM.from_pretrained(run / "02_distill" / "model").config.num_hidden_layers == 1
 
 
-def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path, monkeypatch):
-    """The ranks see the stage as the runner planned it: config, eval suites (cold start keeps their
-    items out of its data), accuracy-vs-compute curve settings, and the run's engine (not the
-    default one a fresh process starts with)."""
-    from posttrain import generation, pipeline
-    from posttrain.launch import read_job, write_job
-    monkeypatch.setattr(generation, "VLLM_SETTINGS", {})  # what a rank's fresh process holds
-    monkeypatch.setattr(generation, "PIPELINE_BACKEND", ["transformers"])
+def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path):
+    """The job file is a plain dataclass round trip: the ranks see the stage as the runner planned it,
+    config and context alike (the eval and ThinkFollow texts cold start keeps out of its data, the
+    accuracy-vs-compute curve setting, the run's engine settings: not the default a fresh process has);
+    only the CPU clock starts again, in the rank."""
+    from dataclasses import replace
+
+    from posttrain import pipeline
+    from posttrain.core.generation import EnginePool
+    from posttrain.pipeline.launch import read_job, write_job
     cfg, planned = pipeline.load(REPO / "pipelines" / "table21.yaml", output_dir=str(tmp_path / "run"),
                                  overrides=["backend=vllm", "vllm.max_model_len=1024"])
     for p in (planned[0], next(p for p in planned if p.ctx.stage_id == "rl_branch")):
         p.ctx.dir.mkdir(parents=True)
-        module, config, ctx = read_job(write_job(p.ctx, p.spec.stage, p.config, cfg))
+        module, config, ctx = read_job(write_job(p.ctx, p.spec.stage, p.config))
         assert module.__name__ == f"stages.{p.spec.stage}" and config == p.config
-        assert (ctx.stage_id, ctx.dir, ctx.input_model, ctx.seed, ctx.run_dir) == \
-            (p.ctx.stage_id, p.ctx.dir, p.ctx.input_model, p.ctx.seed, p.ctx.run_dir)
-        assert {k: v for k, v in ctx.extra.items() if k != "cpu_start"} == p.ctx.extra
-    assert ctx.extra["curve_points"] == 3 and ctx.extra["curve_dir"] == p.ctx.dir / "curve"
-    assert generation.PIPELINE_BACKEND == ["vllm"] and generation.VLLM_SETTINGS == {"max_model_len": 1024}
+        assert replace(ctx, cpu_start=None) == p.ctx and ctx.cpu_start > 0
+    assert ctx.curve_points == 3 and ctx.curve_dir == p.ctx.dir / "curve"
+    assert ctx.engines == EnginePool("vllm", {"max_model_len": 1024}) and len(ctx.held_out) > 40
 
 
 def test_launch_command_lines(tmp_path, monkeypatch):
     import torch
 
-    from posttrain.launch import LaunchConfig, command
+    from posttrain.pipeline.launch import LaunchConfig, command
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     job = tmp_path / "launch.json"
     cpu = command(LaunchConfig(num_processes=2), job)
-    assert cpu[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "posttrain.launch",
-                       str(job)]
+    assert cpu[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                       "posttrain.pipeline.worker", str(job)]
     config = REPO / "pipelines" / "accelerate" / "fsdp2.yaml"
     nodes = command(LaunchConfig(num_processes=8, config=str(config), num_machines=2, main_process_ip="10.0.0.1"),
                     job, rank=1)
@@ -211,7 +211,7 @@ def test_launch_command_lines(tmp_path, monkeypatch):
 ])
 def test_bad_launch_settings_are_refused_at_plan_time(tmp_path, tiny_model, chat_jsonl, launch, error):
     from posttrain import pipeline
-    from posttrain.config import ConfigError
+    from posttrain.core.config import ConfigError
     (tmp_path / "bad.yaml").write_text("distributed_type: FSDP\nbogus_key: 3\n")
     launch = launch.replace("BAD", str(tmp_path / "bad.yaml"))
     path = _yaml(tmp_path / "p.yaml", f"""
@@ -231,7 +231,8 @@ def test_a_second_machine_joins_each_multi_machine_stage_after_the_stages_before
                                                                                      chat_jsonl, monkeypatch):
     """`posttrain run` on a machine of rank 1 (Slurm's SLURM_NODEID) runs nothing itself: it waits
     for the earlier stages' markers, then starts its share of the launched stage."""
-    from posttrain import launch, pipeline
+    from posttrain import pipeline
+    from posttrain.pipeline import launch
     path = _yaml(tmp_path / "p.yaml", f"""
         name: nodes
         model: {tiny_model}

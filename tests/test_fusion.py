@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 from data_builders import direct
 from data_builders.flags import script
 from data_builders.fusion import FusionData, build, reasoning_queries
-from posttrain.chat import EMPTY_THINK, resolve_mode
-from posttrain.rundir import StageContext
+from posttrain.core.chat import EMPTY_THINK, resolve_mode
+from posttrain.core.context import StageContext
 from rewards.instruction import CHECKS, parse_constraints
 
 
@@ -59,7 +59,7 @@ def test_direct_kinds_meet_their_own_constraints():
 
 def test_direct_answers_to_reasoning_items_are_short_and_right():
     from data_builders import synthetic
-    from posttrain.evaluate import grade
+    from rewards.grading import grade
     rows = [*synthetic.generate("arithmetic", 20, seed=3, steps=2), *synthetic.generate("linear", 20, seed=3),
             *synthetic.generate("countdown", 5, seed=3)]
     texts = [direct.direct_answer(r) for r in rows]
@@ -136,15 +136,16 @@ def test_direct_families_widen_the_non_thinking_side(tmp_path, tiny_model):
     ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
                        run_dir=tmp_path / "run")
     from data_builders.synthetic import generate
-    from posttrain.evaluate import SuiteConfig
+    from posttrain.evaluate import EvalConfig, SuiteConfig, held_out
     cfg = FusionData(examples=40, kinds={"reasoning": 1.0}, think_share=0.0, responder="trace",
                      families={"linear": 3}, direct_families={"arithmetic": 30})
-    ctx.extra["eval_suites"] = {"a": SuiteConfig(family="arithmetic", n=5, seed=cfg.seed)}  # = 5 of the extras
+    # the eval suite is 5 of the extra items
+    ctx.held_out = held_out(EvalConfig(suites={"a": SuiteConfig(family="arithmetic", n=5, seed=cfg.seed)}))
     prompts = {m["content"].removesuffix(" /no_think") for conv in build(ctx, cfg)["messages"] for m in conv
                if m["role"] == "user"}
     assert sum("Solve for x" in p for p in prompts) <= 3 and len(prompts) > 20  # mostly the extra items
-    held_out = {r["prompt"][-1]["content"] for r in generate("arithmetic", 5, seed=cfg.seed)}
-    assert not prompts & held_out  # eval items never reach the training mix
+    asked = {r["prompt"][-1]["content"] for r in generate("arithmetic", 5, seed=cfg.seed)}
+    assert not prompts & asked  # eval items never reach the training mix
     stats = json.loads((ctx.dir / "fusion_data.json").read_text())
     assert stats["direct_families"]["near_duplicate_of_eval"] >= 5
 
@@ -180,7 +181,7 @@ def test_rejection_sampling_sets_aside_and_fails_clearly(tmp_path, tiny_model):
 def test_loss_mask_covers_the_empty_block_and_the_thinking(mix, tiny_model, tmp_path, history):
     """What the stage's own trainer trains on: the labels its data collator gives each assistant
     turn, empty think block included, and nothing of the prompts."""
-    from posttrain.training import sft_trainer
+    from posttrain.core.training import sft_trainer
     from stages.fusion import Config, training_data
     _, _, ds = mix
     idx = next(i for i, r in enumerate(ds) if len(r["modes"]) > 1 and set(r["modes"]) == {"think", "no_think"})
@@ -248,7 +249,7 @@ stages:
                                        ("budget_curve: {budgets: [0]}", "budgets must be positive")])
 def test_budget_curve_config_errors(tmp_path, tiny_model, bad, error):
     from posttrain import pipeline
-    from posttrain.config import ConfigError
+    from posttrain.core.config import ConfigError
     path = tmp_path / "p.yaml"
     path.write_text(f"name: x\nmodel: {tiny_model}\neval: {{suites: {{a: {{family: linear, n: 2}}}}}}\n{bad}\n"
                     "stages: [{stage: fusion}]\n")

@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 
-from posttrain.chat import BUDGET_STOP_TEXT, EMPTY_THINK, THINK_CLOSE
-from posttrain.generation import GenerationEngine, TransformersEngine, load_engine
+from posttrain.core.chat import BUDGET_STOP_TEXT, EMPTY_THINK, THINK_CLOSE
+from posttrain.core.generation import EnginePool, GenerationEngine, TransformersEngine
 
 PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Say hi. /no_think"}]]
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    return load_engine(tiny_model)
+    return TransformersEngine.load(tiny_model)
 
 
 def test_shapes_modes_and_logprobs(engine):
@@ -140,8 +140,9 @@ def test_no_budget_in_no_think_mode(engine):
 
 
 def test_unknown_backend_is_refused(tiny_model):
-    with pytest.raises(ValueError, match=r"backend must be one of \('transformers', 'vllm'\), got 'tgi'"):
-        load_engine(tiny_model, backend="tgi")
+    for make in (lambda: EnginePool("tgi"), lambda: EnginePool().get(tiny_model, backend="tgi")):
+        with pytest.raises(ValueError, match=r"backend must be one of \('transformers', 'vllm'\), got 'tgi'"):
+            make()
     assert TransformersEngine.backend == "transformers"
 
 
@@ -150,7 +151,7 @@ def test_vllm_backend_fails_clearly_without_vllm(tiny_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # import_vllm sets it; restored after
     with pytest.raises(RuntimeError, match="backend 'vllm' needs vLLM .*make install-vllm"):
-        load_engine(tiny_model, backend="vllm")
+        EnginePool("vllm").get(tiny_model)
 
 
 def test_unset_sampling_knobs_reach_model_generate_per_mode(engine, monkeypatch):
@@ -203,3 +204,32 @@ def test_stream_applies_the_budget_only_to_thinking(engine, thinks):
     streamed = "".join(scripted.stream(PROMPTS[0], mode="think", max_new_tokens=40, thinking_budget=6))
     [[c]] = scripted.generate(PROMPTS[:1], mode="think", max_new_tokens=40, thinking_budget=6)
     assert streamed == c.text and c.budget_hit is thinks and (BUDGET_STOP_TEXT in streamed) is thinks
+
+
+def test_the_pool_keeps_two_vllm_engines_open_and_closes_them(tiny_model, tmp_path, monkeypatch):
+    """A run's vLLM engines: one per model and settings, shared by the jobs on it; a third evicts the
+    oldest (a policy and a judge at most), and `close` (before training) frees them all. Transformers
+    engines are not kept."""
+    from posttrain.core.generation import pool as pools
+    from posttrain.core.models import make_tiny_model
+    closed = []
+
+    class FakeVLLM:
+        def __init__(self, path, tokenizer, **settings):
+            self.path, self.settings = path, settings
+
+        def close(self):
+            closed.append((self.path, self.settings))
+    monkeypatch.setattr(pools, "VLLMEngine", FakeVLLM)
+    other = make_tiny_model(tmp_path / "other")
+    pool = EnginePool("vllm", {"dtype": "float32"})
+    first = pool.get(tiny_model)
+    assert pool.get(tiny_model) is first and first.settings == {"dtype": "float32"}
+    second = pool.get(tiny_model, max_model_len=64)  # other settings: another engine
+    assert second is not first and second.settings == {"dtype": "float32", "max_model_len": 64}
+    pool.get(other)
+    assert closed == [(first.path, first.settings)]  # the oldest went
+    pool.close()
+    assert [c[0] for c in closed] == [str(tiny_model)] * 2 + [str(other)]
+    engine = pool.get(tiny_model, backend="transformers")
+    assert isinstance(engine, TransformersEngine) and pool.get(tiny_model, backend="transformers") is not engine

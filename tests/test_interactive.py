@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from posttrain import cli
-from posttrain.chat import BUDGET_STOP_TEXT, EMPTY_THINK
-from posttrain.generation import GenerationEngine
+from posttrain.core.chat import BUDGET_STOP_TEXT, EMPTY_THINK
+from posttrain.core.generation import GenerationEngine
 from posttrain.interactive import chat_loop
 from tests.conftest import REPO
 
@@ -40,10 +40,10 @@ class Thinker(GenerationEngine):
 
 @pytest.fixture
 def thinker(monkeypatch, tiny_model):
-    from posttrain import generation
-    from posttrain.models import load_tokenizer
+    from posttrain.core.generation import EnginePool
+    from posttrain.core.models import load_tokenizer
     engine = Thinker(load_tokenizer(tiny_model))
-    monkeypatch.setattr(generation, "load_engine", lambda *a, **k: engine)
+    monkeypatch.setattr(EnginePool, "get", lambda self, *a, **k: engine)  # every engine the CLI asks for
     return engine
 
 

@@ -173,7 +173,8 @@ def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from posttrain.models import resolve_model, student_spec
+    from posttrain.core.models import resolve_model
+    from stages.student import student_spec
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))
     with torch.device("meta"):
         full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
@@ -194,19 +195,19 @@ def test_demo_covers_all_five_stages_with_the_kinds_it_names():
 
 
 def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeypatch):
-    import posttrain.evaluate as ev
-    from posttrain.pipeline import PipelineConfig, _evaluator
+    from posttrain.core.generation import EnginePool
+    from posttrain.pipeline import PipelineConfig, runner
     from posttrain.thinkfollow import ThinkFollowConfig
     seen = {}
 
     def fake_evaluate(model, cfg, **kw):
         seen[model] = (cfg.think_follow is not None, cfg.tasks is not None)
         return {"model": model, "suites": {}, **({"think_follow": {"score": 1.0}} if cfg.think_follow else {})}
-    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     cfg = PipelineConfig(name="t", stages=[], eval={
         "suites": {"lin": {"family": "linear", "n": 2}}, "think_follow": {"n": 2, "models": ["fusion"]},
         "tasks": {"spec": str(REPO / "pipelines" / "tasks.yaml"), "models": ["fusion"]}})
-    run_eval = _evaluator(cfg, tmp_path)
+    run_eval = runner._evaluator(cfg, tmp_path, EnginePool())
     run_eval("a", tmp_path / "a.json", "base")
     run_eval("b", tmp_path / "b.json", "fusion")
     assert seen == {"a": (False, False), "b": (True, True)}
@@ -219,13 +220,13 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
 def test_a_second_run_on_the_same_directory_is_refused_while_the_first_holds_it(toy, tmp_path):
     """Two `posttrain run` on one run directory at once: the second stops in one line and writes nothing."""
     from posttrain import pipeline
-    from posttrain.rundir import run_lock
+    from posttrain.core.rundir import run_lock
     cfg, planned = pipeline.load(toy)
     run_dir = planned[0].ctx.run_dir
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from posttrain.rundir import run_lock
+        from posttrain.core.rundir import run_lock
         with run_lock(Path({str(run_dir)!r})):
             print("held", flush=True)
             time.sleep(60)
@@ -262,8 +263,8 @@ def test_a_checkpoint_cut_short_by_a_kill_during_save_is_skipped_on_resume(toy, 
 def test_no_space_left_while_saving_is_one_line_and_keeps_what_was_finished(toy, tmp_path, monkeypatch, capsys):
     import errno
 
-    from posttrain import rundir
     from posttrain.cli import main
+    from posttrain.core import context, rundir
     run = tmp_path / "run"
     real = rundir.write_json
 
@@ -271,12 +272,12 @@ def test_no_space_left_while_saving_is_one_line_and_keeps_what_was_finished(toy,
         if path.name == rundir.MARKER and path.parent.name == "02_second":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
-    monkeypatch.setattr(rundir, "write_json", full_disk)
+    monkeypatch.setattr(context, "write_json", full_disk)  # where the stage marker is written
     assert main(["run", str(toy)]) == 2
     err = capsys.readouterr().err
     assert f"error: no space left on the device while writing {run / '02_second' / 'COMPLETE'}" in err
     assert (run / "01_first" / "COMPLETE").is_file() and not (run / "02_second" / "COMPLETE").exists()
-    monkeypatch.setattr(rundir, "write_json", real)
+    monkeypatch.setattr(context, "write_json", real)
     assert main(["run", str(toy)]) == 0  # space again: the first stage is kept, the second redone
     assert json.loads((run / "01_first" / "COMPLETE").read_text())["resumed"] is False
     assert (run / "02_second" / "COMPLETE").is_file()

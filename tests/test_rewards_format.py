@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import rewards
-from posttrain.chat import EMPTY_THINK
+from posttrain.core.chat import EMPTY_THINK
 
 THINK = "<think>\nLet me work it out.\n</think>\n\nThe answer."
 EMPTY = EMPTY_THINK + "The answer."

@@ -107,7 +107,7 @@ def test_judge_needs_exactly_one_of_engine_or_model():
 
 
 def test_judge_builds_a_real_engine_from_a_model_path(tiny_model, caplog):
-    """Integration with posttrain.generation: a random tiny model's verdicts parse or are None, but
+    """Integration with posttrain.core.generation: a random tiny model's verdicts parse or are None, but
     the call itself must go through (no batch failure logged)."""
     judge = rewards.get("judge", model=str(tiny_model), max_new_tokens=4)
     with caplog.at_level(logging.WARNING, logger="posttrain.rewards"):
@@ -156,3 +156,29 @@ def test_yes_no_verdict_with_no_option_seen_is_none_and_bad_verdict_kind_fails(c
     assert "unparsable verdict" in caplog.text
     with pytest.raises(ValueError, match="verdict must be"):
         rewards.get("judge", engine=YesNoEngine(), verdict="maybe")
+
+
+def test_in_a_pipeline_the_judge_takes_its_engine_from_the_runs_pool(tiny_model):
+    """Stage 4 and its evaluation build the routing table with the run's engine pool: a reward that
+    generates (the judge) gets it, rule rewards do not, and the judge asks it for an engine on its
+    model once (no process-wide engine state decides the backend)."""
+    from data_builders.tasks import load_tasks, routing_table
+    from tests.conftest import OneEngine
+    asked = []
+
+    class Pool(OneEngine):
+        def get(self, model, backend=None, **kwargs):
+            asked.append((model, backend))
+            return super().get()
+    pool = Pool(FakeEngine())
+    kinds = load_tasks({"tasks": {
+        "judged": {"area": "specialised", "source": "open_answer", "rewards": [{"name": "judge", "params": {
+            "model": "@judge"}}]},
+        "ruled": {"area": "instruction", "source": "instruction", "rewards": [{"name": "instruction"}]}}})
+    table = routing_table(kinds, resolve=lambda ref: str(tiny_model), engines=pool)
+    assert table["judged"][0]["params"] == {"model": str(tiny_model), "engines": pool}
+    assert "engines" not in table["ruled"][0]["params"]
+    reward = rewards.get("routed", table=table)
+    scores = reward(["It is Paris.", "Lyon.", "some text"], task=["judged", "judged", "ruled"],
+                    prompt=[PROMPT] * 3, reference=["Paris", "Paris", ""], constraints=["", "", "[]"])
+    assert scores[:2] == [1.0, 0.2] and asked == [(str(tiny_model), None)]

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import pipeline
-from posttrain.models import make_tiny_model
+from posttrain.core.models import make_tiny_model
 from tests.conftest import REPO, checkpoint_digest
 
 
@@ -69,11 +69,11 @@ def test_reasoning_rl_runs_grpo_and_moves_the_weights(tmp_path, tiny_model):
     stage = planned[0].ctx
     selection = json.loads((stage.dir / "selection.json").read_text())
     assert selection["candidates"] == 6 and selection["kept"] == 6
-    from posttrain.report import _scalars
-    scalars = _scalars(stage.tb_dir)
-    assert len(scalars["train/reward_std"]) == 2 and all(v > 0 for _, v in scalars["train/reward_std"])
+    from posttrain.report.collect import scalars
+    logged = scalars(stage.tb_dir)
+    assert len(logged["train/reward_std"]) == 2 and all(v > 0 for _, v in logged["train/reward_std"])
     routed = [f"train/routed/{task}/tests.conftest:longer" for task in ("math", "countdown")]
-    assert sum(len(scalars.get(tag, [])) for tag in routed) == 2  # one prompt per step, routed by its task
+    assert sum(len(logged.get(tag, [])) for tag in routed) == 2  # one prompt per step, routed by its task
     assert checkpoint_digest(stage.model_dir) != checkpoint_digest(tiny_model)
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
 
@@ -104,7 +104,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     assert all(m[0]["content"].endswith("/no_think" if mode == "no_think" else "/think")
                for m, mode in zip(off["messages"], off["mode"], strict=True))
     # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts
-    from posttrain.models import calibration, mlp_importance
+    from stages.student import calibration, mlp_importance
     init = AutoModelForCausalLM.from_pretrained(stage.dir / "student_init")
     ranked = mlp_importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, off["messages"]))
     kept = [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
@@ -141,7 +141,7 @@ def test_distill_stops_with_a_clear_error(tmp_path, tiny_model, config, error, l
 
 def _stage_dir(run_dir, name: str, kind: str, finished_at: float | None) -> None:
     """A stage dir with a model, finished (COMPLETE) or not, listed in the run's pipeline.yaml."""
-    from posttrain.rundir import write_json
+    from posttrain.core.rundir import write_json
     (run_dir / name / "model").mkdir(parents=True, exist_ok=True)
     (run_dir / name / "model" / "config.json").write_text("{}")
     if finished_at is not None:
@@ -153,7 +153,7 @@ def _stage_dir(run_dir, name: str, kind: str, finished_at: float | None) -> None
 
 def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path, capsys):
     from posttrain.cli import main
-    from posttrain.rundir import find_teacher
+    from posttrain.core.rundir import find_teacher
     runs = tmp_path / "runs"
     with pytest.raises(FileNotFoundError, match="no finished reasoning_rl, fusion or general_rl stage"):
         find_teacher(runs)
@@ -178,7 +178,7 @@ def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path
                                         ("layers=2,mlp=8", "needs calibration sequences"),
                                         ("scratch:layers=1,mlp=8", "unknown or missing keys")])
 def test_bad_student_specs(tmp_path, tiny_model, spec, error):
-    from posttrain.models import build_student
+    from stages.student import build_student
     with pytest.raises(ValueError, match=error):
         build_student(tiny_model, spec, tmp_path / "s")
 
@@ -187,8 +187,10 @@ def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model
     """`mlp=M` keeps each layer's M most active MLP neurons (on the calibration sequences): keeping
     all of them is the teacher exactly; in a teacher whose neurons 40..55 fire 8x harder, those are
     the ones kept, and they stay closer to the teacher than the M least active would."""
-    from posttrain import models
-    from posttrain.models import build_student, calibration, load_tokenizer
+    from posttrain.core import models
+    from posttrain.core.models import load_tokenizer
+    from stages import student as students
+    from stages.student import build_student, calibration
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
     loud = torch.arange(40, 56)
     with torch.no_grad():
@@ -217,8 +219,8 @@ def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model
     for student_layer, layer in zip(top.model.layers, teacher.model.layers, strict=True):
         assert torch.equal(student_layer.mlp.up_proj.weight, layer.mlp.up_proj.weight[loud])
         assert torch.equal(student_layer.mlp.down_proj.weight, layer.mlp.down_proj.weight[:, loud])
-    importance = models.mlp_importance
-    monkeypatch.setattr(models, "mlp_importance", lambda model, seqs: [-s for s in importance(model, seqs)])
+    importance = students.mlp_importance
+    monkeypatch.setattr(students, "mlp_importance", lambda model, seqs: [-s for s in importance(model, seqs)])
     _, dropped = divergence("layers=2,mlp=16", "bottom")
     print("KL to the teacher, 16 of 128 neurons kept: most active", kept, "least active", dropped)
     assert 0 < kept < dropped / 2
@@ -252,11 +254,12 @@ def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_tu
     (a no-think prompt prefilled with the empty think block: left to the flag, a stage-2 teacher
     pulled no-think answers into long thinking), teacher and student must score the same ids, and a
     sample that ends early must carry its end-of-turn token into the loss, with nothing after it."""
-    from posttrain.generation import GenerationEngine
-    from posttrain.models import build_student, load_tokenizer
-    from posttrain.rundir import StageContext
-    from posttrain.training import TrainOptions
+    from posttrain.core.context import StageContext
+    from posttrain.core.generation import GenerationEngine
+    from posttrain.core.models import load_tokenizer
+    from posttrain.core.training import TrainOptions
     from stages.distill import Config, OnPolicy, Prompts, on_policy_prompts, on_policy_trainer
+    from stages.student import build_student
     teacher = make_tiny_model(tmp_path / "teacher", layers=2)
     student = build_student(teacher, "layers=1", tmp_path / "student")
     tok = load_tokenizer(student)
@@ -426,9 +429,9 @@ def test_grpo_is_configured_as_the_stage_config_says(tmp_path, tiny_model):
     thinking-mode sampling (T 0.6, top-p 0.95, top-k 20)."""
     from datasets import Dataset
 
-    from posttrain.config import from_dict
-    from posttrain.rundir import StageContext
-    from posttrain.training import grpo_trainer
+    from posttrain.core.config import from_dict
+    from posttrain.core.context import StageContext
+    from posttrain.core.training import grpo_trainer
     from stages.reasoning_rl import Config, reward_function
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"q{i}"}], "task": "math", "answer": "1"}
                               for i in range(8)])
@@ -460,8 +463,8 @@ def test_on_policy_distillation_minimises_the_divergence_it_names(tmp_path, dive
     """The loss of the stage's DistillationTrainer on a fixed batch is the named divergence of the
     student's next-token distribution from the teacher's, averaged over completion tokens: reverse KL
     is KL(student || teacher) (mode-seeking, the report's choice), forward KL is KL(teacher || student)."""
-    from posttrain.rundir import StageContext
-    from posttrain.training import TrainOptions
+    from posttrain.core.context import StageContext
+    from posttrain.core.training import TrainOptions
     from stages.distill import Config, OnPolicy, Prompts, on_policy_prompts, on_policy_trainer
     teacher = make_tiny_model(tmp_path / "teacher", layers=2, seed=1)
     student = make_tiny_model(tmp_path / "student", layers=1, seed=2)
@@ -494,8 +497,8 @@ def test_lora_trains_adapters_and_saves_a_merged_model_that_reloads(tmp_path, ti
     """SFT with LoRA: only the adapters train; the saved model is a plain model dir (merged, no
     adapter files) whose outputs are the adapted model's, and the base weights LoRA leaves alone
     (the embeddings) are unchanged."""
-    from posttrain.rundir import StageContext
-    from posttrain.training import LoraOptions, TrainOptions, finish, sft_trainer, train
+    from posttrain.core.context import StageContext
+    from posttrain.core.training import LoraOptions, TrainOptions, finish, sft_trainer, train
     from stages.sft import load_messages
     ctx = StageContext(stage_id="lora", dir=tmp_path / "lora", input_model=str(tiny_model))
     options = TrainOptions(max_steps=3, batch_size=4, learning_rate=1e-2, lora=LoraOptions(r=4, alpha=8, dropout=0.0))
@@ -525,9 +528,9 @@ def test_judge_and_reward_model_score_their_rows_inside_a_grpo_step(tmp_path, ti
     from transformers import AutoModelForSequenceClassification
 
     import rewards
-    from posttrain.models import load_tokenizer
-    from posttrain.rundir import StageContext
-    from posttrain.training import GRPOOptions, TrainOptions, grpo_trainer
+    from posttrain.core.context import StageContext
+    from posttrain.core.models import load_tokenizer
+    from posttrain.core.training import GRPOOptions, TrainOptions, grpo_trainer
     from rewards.judge import JudgeReward
     from rewards.preference import PreferenceReward
     rm_dir, tok = tmp_path / "rm", load_tokenizer(tiny_model)

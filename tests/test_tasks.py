@@ -10,9 +10,9 @@ import pytest
 
 import rewards
 from data_builders.tasks import build_mix, evaluate_tasks, items, load_tasks, routing_table, uniform
-from posttrain.chat import EMPTY_THINK, last_flag
-from posttrain.config import ConfigError
-from posttrain.generation import Completion
+from posttrain.core.chat import EMPTY_THINK, last_flag
+from posttrain.core.config import ConfigError
+from posttrain.core.generation import Completion
 
 TASKS = Path(__file__).resolve().parents[1] / "pipelines" / "tasks.yaml"
 
@@ -209,8 +209,8 @@ stages:
     assert set(after["echo"]) == {"think", "no_think"} and set(after["think_follow"]) == {"flagged"}
     assert all(0.0 <= r["score"] <= 1.0 for k in ("echo", "rag_faithfulness") for r in after[k].values())
     assert after["liked"]["think"]["agreement"] is not None
-    from posttrain.report import _scalars
-    logged = _scalars(stage.dir / "tb")
+    from posttrain.report.collect import scalars
+    logged = scalars(stage.dir / "tb")
     assert any(k.endswith("routed/echo/instruction") for k in logged), sorted(logged)[:20]
     report = (run_dir / "report.md").read_text()
     assert "## Task kinds" in report and "| echo | instruction | no_think |" in report
@@ -311,8 +311,8 @@ def test_tool_task_runs_real_tool_calls_inside_a_grpo_step(tmp_path, tiny_model,
         store = next(s for q, s in rows.items() if q in text)
         fruit = re.search(r"How much do \d+ (\w+)s", text).group(1)
         assert f"<tool_response>\n{store['price:' + fruit]}\n</tool_response>" in text  # the real stored price
-    from posttrain.report import _scalars
-    logged = {k: v for k, v in _scalars(stage.dir / "tb").items() if k.endswith("routed/shop/tool_use")}
+    from posttrain.report.collect import scalars
+    logged = {k: v for k, v in scalars(stage.dir / "tb").items() if k.endswith("routed/shop/tool_use")}
     assert logged and all(abs(value - 0.3) < 1e-6 for series in logged.values() for _, value in series)
 
 
@@ -360,7 +360,7 @@ def test_agent_episodes_run_the_tools_and_are_rewarded():
 
 
 def test_model_refs_name_finished_stages_only(tmp_path):
-    from posttrain.rundir import MARKER, resolve_model_ref
+    from posttrain.core.rundir import MARKER, resolve_model_ref
     (tmp_path / "04_rm" / "model").mkdir(parents=True)  # an interrupted stage: a model dir, no marker
     with pytest.raises(FileNotFoundError, match="@rm names no finished stage"):
         resolve_model_ref("@rm", tmp_path, "eval")

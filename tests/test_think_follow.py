@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.chat import EMPTY_THINK, resolve_mode
-from posttrain.generation import Completion
+from posttrain.core.chat import EMPTY_THINK, resolve_mode
+from posttrain.core.generation import Completion
 from posttrain.thinkfollow import ThinkFollowConfig, think_follow
 from rewards.formats import follows_mode
 

@@ -10,9 +10,8 @@ import torch
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.slow  # each engine start costs seconds to minutes
 
-from posttrain import generation  # noqa: E402
-from posttrain.generation import load_engine  # noqa: E402
-from posttrain.vllm_support import reload_weights  # noqa: E402
+from posttrain.core.generation import EnginePool  # noqa: E402
+from posttrain.core.generation.vllm import reload_weights  # noqa: E402
 
 PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Name a colour."}]]
 SETTINGS = {"dtype": "float32", "kv_cache_memory_bytes": 256 << 20, "max_model_len": 1024, "enforce_eager": True}
@@ -21,15 +20,20 @@ SETTINGS = {"dtype": "float32", "kv_cache_memory_bytes": 256 << 20, "max_model_l
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """The tiny test model with heads of 32 (vLLM's CPU attention has no kernel for 16)."""
-    from posttrain.models import make_tiny_model
+    from posttrain.core.models import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=64, heads=2)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model):
-    engine = load_engine(tiny_model, backend="vllm", **SETTINGS)
-    yield engine
-    generation.close_engines()
+def pool():
+    pool = EnginePool("vllm", SETTINGS)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def engine(pool, tiny_model):
+    return pool.get(tiny_model)
 
 
 def _free_port() -> str:
@@ -46,8 +50,8 @@ def _forward_logprobs(model, prefix, ids):
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
 
 
-def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, tiny_model):
-    from posttrain.models import load_model
+def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, pool, tiny_model):
+    from posttrain.core.models import load_model
     model, _ = load_model(tiny_model)
     think, no_think = (engine.generate(PROMPTS, n=2, mode=m, max_new_tokens=8, seed=0, logprobs=True)
                        for m in ("think", "no_think"))
@@ -59,13 +63,13 @@ def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, tiny_model
         expected = _forward_logprobs(model, engine.render(prompt, "think"), c.token_ids)
         assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-3)
     # a stage's jobs on the same model share one engine
-    assert load_engine(tiny_model, backend="vllm", **SETTINGS) is engine
+    assert pool.get(tiny_model) is engine
 
 
 def test_thinking_budget_and_verdict_probabilities(engine, tiny_model, monkeypatch):
-    from posttrain.chat import BUDGET_STOP_TEXT, THINK_OPEN
-    from posttrain.generation import TransformersEngine
-    from posttrain.models import load_model
+    from posttrain.core.chat import BUDGET_STOP_TEXT, THINK_OPEN
+    from posttrain.core.generation import TransformersEngine
+    from posttrain.core.models import load_model
     # the turn opened with <think> (as a thinking model's does): thinking is cut at 3 tokens by the
     # early-stop text, then vLLM generates the answer after it
     render = engine.render
@@ -82,14 +86,14 @@ def test_thinking_budget_and_verdict_probabilities(engine, tiny_model, monkeypat
 
 
 def test_settings_that_do_not_fit_fail_in_one_line(tiny_model):
-    from posttrain.vllm_support import VLLMError
+    from posttrain.core.generation.vllm import VLLMError
     with pytest.raises(VLLMError, match=r"could not start .*kv_cache_memory_bytes") as err:
-        load_engine(tiny_model, backend="vllm", **{**SETTINGS, "kv_cache_memory_bytes": 1 << 50})
+        EnginePool("vllm", {**SETTINGS, "kv_cache_memory_bytes": 1 << 50}).get(tiny_model)
     assert "\n" not in str(err.value)
 
 
 def test_reloaded_weights_drive_the_next_rollouts(engine, tiny_model):
-    from posttrain.models import load_model
+    from posttrain.core.models import load_model
     model, _ = load_model(tiny_model)
     prefix = engine.render(PROMPTS[0], "think")
     [[before]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=8, temperature=0, logprobs=True)
@@ -109,8 +113,8 @@ def test_grpo_rolls_out_with_colocated_vllm_and_syncs_trained_weights(tiny_model
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from posttrain.models import load_model
-    from posttrain.vllm_support import use_reload_sync
+    from posttrain.core.generation.vllm import use_reload_sync
+    from posttrain.core.models import load_model
     monkeypatch.setenv("MASTER_PORT", _free_port())
     model, tokenizer = load_model(tiny_model, train=True)
     untrained, _ = load_model(tiny_model)
@@ -155,8 +159,8 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
     from trl.generation.vllm_generation import VLLMGeneration
 
     from posttrain import pipeline
-    from posttrain.generation import TransformersEngine, VLLMEngine
-    from posttrain.models import resolve_model
+    from posttrain.core.generation import TransformersEngine, VLLMEngine
+    from posttrain.core.models import resolve_model
     started, sampled, rollouts = [], [], []
     original, sample, generate = VLLMEngine.__init__, VLLMEngine._sample, VLLMGeneration.generate
 
@@ -175,9 +179,6 @@ def test_pipeline_with_backend_vllm_runs_every_generation_job_on_it(tmp_path, ti
     monkeypatch.setattr(VLLMEngine, "_sample", sampling)
     monkeypatch.setattr(VLLMGeneration, "generate", rolling_out)
     monkeypatch.setattr(TransformersEngine, "_sample", lambda *a, **kw: pytest.fail("a job sampled on transformers"))
-    # the run sets these process-wide settings in place: give it copies, restored after the test
-    monkeypatch.setattr(generation, "VLLM_SETTINGS", {})
-    monkeypatch.setattr(generation, "PIPELINE_BACKEND", ["transformers"])
     monkeypatch.setenv("MASTER_PORT", _free_port())
     path = tmp_path / "p.yaml"
     path.write_text(textwrap.dedent(f"""

@@ -6,11 +6,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from posttrain.chat import SAMPLING
-from posttrain.config import check_trainer_overrides
-from posttrain.rundir import StageContext
+from transformers.trainer_callback import ProgressCallback
 
-log = logging.getLogger("posttrain.training")
+from posttrain.core.callbacks import bar_only, curve_snapshots, rank_record, status_lines
+from posttrain.core.chat import SAMPLING
+from posttrain.core.config import check_trainer_overrides
+from posttrain.core.context import StageContext
+from posttrain.core.generation.vllm import release, use_reload_sync
+from posttrain.core.models import load_model, save
+from posttrain.core.rundir import distributed, wait_for_everyone
+
+log = logging.getLogger("posttrain.core.training")
 SHARDED = ("FSDP", "DEEPSPEED")  # accelerate's DistributedType members that shard the weights
 
 
@@ -21,10 +27,10 @@ class LoraOptions:
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
 
-    def peft_config(self):
+    def peft_config(self, task_type: str = "CAUSAL_LM"):
         from peft import LoraConfig
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, task_type="CAUSAL_LM")
+                          target_modules=self.target_modules, task_type=task_type)
 
 
 @dataclass
@@ -56,8 +62,6 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict[str, Any]:
     """Save the trained model (LoRA merged) with the chat format and return the train metrics.
     Launched on several processes: rank 0 saves; sharded weights (FSDP, ZeRO-3) are gathered by the
     trainer's own `save_model` (the model was given the chat format when it was loaded)."""
-    from posttrain.models import save
-    from posttrain.rundir import distributed, wait_for_everyone
     state, model = distributed(), trainer.model
     if state is not None and state.distributed_type.name in SHARDED:
         trainer.save_model(str(ctx.model_dir))
@@ -75,85 +79,17 @@ def finish(ctx: StageContext, trainer, tokenizer) -> dict[str, Any]:
     return metrics
 
 
-def curve_snapshots(ctx: StageContext):
-    """A callback that saves the model at evenly spaced steps, with the CPU seconds the stage has
-    spent so far (data building included), for accuracy-against-compute curves; `curve.json` lists
-    them and the final model is the last point. Set up by the pipeline (`compare_points`)."""
-    import copy
-    import time
-
-    from transformers import TrainerCallback
-
-    from posttrain.models import save
-    from posttrain.rundir import cpu_seconds, read_json, write_json
-    points, start = ctx.extra["curve_points"], ctx.extra.get("cpu_start")
-    curve_dir = ctx.extra["curve_dir"]
-
-    class CurveSnapshots(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-            steps = {round(state.max_steps * k / points) for k in range(1, points)}
-            if state.global_step not in steps or start is None or not state.is_world_process_zero:
-                return
-            path = curve_dir / f"{ctx.stage_id}-step{state.global_step}"
-            cpu = round(cpu_seconds() - start, 1)  # measured before the save, which is not training
-            save(copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model,
-                 processing_class, path)
-            entries = [e for e in read_json(curve_dir / "curve.json", []) if e["model"] != str(path)]
-            write_json(curve_dir / "curve.json", entries + [{"phase": ctx.stage_id, "step": state.global_step,
-                                                             "cpu_time_s": cpu, "at": time.time(),
-                                                             "model": str(path)}])
-    return CurveSnapshots()
-
-
-def status_lines(ctx: StageContext):
-    """A callback that logs one status line at every tenth of training: step k/N, elapsed, time left."""
-    import time
-
-    from transformers import TrainerCallback
-
-    def clock(seconds: float) -> str:
-        return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
-
-    class StatusLines(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start, self.first = time.time(), state.global_step
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step, total = state.global_step, state.max_steps
-            if step % max(1, total // 10) and step != total:
-                return
-            elapsed = time.time() - self.start
-            left = elapsed / max(1, step - self.first) * (total - step)
-            log.info("%s: training step %d/%d, %s elapsed, ~%s left", ctx.stage_id, step, total, clock(elapsed),
-                     clock(left))
-    return StatusLines()
-
-
-def bar_only():
-    """transformers' progress bar without the dict of metrics it prints at every logging step (they
-    are in TensorBoard, and the status lines give the progress)."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class BarOnly(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
-    return BarOnly
-
-
 def train(ctx: StageContext, trainer) -> None:
     """Train, resuming from this stage's last checkpoint when a previous run was interrupted."""
-    from transformers.trainer_callback import ProgressCallback
     if trainer.pop_callback(ProgressCallback):
         trainer.add_callback(bar_only())
     trainer.add_callback(status_lines(ctx))
-    if ctx.extra.get("curve_points"):
+    if ctx.curve_points:
         trainer.add_callback(curve_snapshots(ctx))
     if trainer.args.world_size > 1:
-        from posttrain.launch import rank_record
         trainer.add_callback(rank_record(ctx))
     vllm = getattr(trainer.args, "use_vllm", False)
     if vllm:
-        from posttrain.vllm_support import release, use_reload_sync
         use_reload_sync(trainer)
     checkpoint = ctx.last_checkpoint()
     if checkpoint:
@@ -177,7 +113,6 @@ def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, m
     """
     from trl import SFTConfig, SFTTrainer
 
-    from posttrain.models import load_model
     model, tokenizer = load_model(ctx.input_model, train=True)
     conversations = "messages" in dataset.column_names
     args = options.args(ctx, SFTConfig, where, assistant_only_loss=conversations,
@@ -223,7 +158,6 @@ def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs:
     go to the trainer (e.g. `environment_factory` for tools that run)."""
     from trl import GRPOConfig, GRPOTrainer
 
-    from posttrain.models import load_model
     model, tokenizer = load_model(ctx.input_model, train=True)
     o = options
     args = o.train.args(

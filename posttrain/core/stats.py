@@ -1,0 +1,65 @@
+"""Statistics of evaluation results: standard errors, unbiased pass@k, paired gains on the same items.
+
+Per-item correct counts are kept so that two models evaluated on the same items compare item by
+item (`paired_difference`): the paired standard error is much smaller than either accuracy's, since
+item difficulty cancels.
+"""
+
+from __future__ import annotations
+
+from statistics import stdev
+from typing import Any
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), in product form."""
+    if n - c < k:
+        return 1.0
+    prob_all_fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_fail *= 1.0 - k / i
+    return 1.0 - prob_all_fail
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean of `values` (sample standard deviation / sqrt(n)); 0 for n < 2."""
+    return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
+def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Accuracy gain of `after` over `before` on the same items (two results of one suite and mode):
+    mean per-item difference and its standard error. Raises ValueError if the items differ."""
+    a, b = before.get("correct_per_item"), after.get("correct_per_item")
+    if a is None or b is None:
+        raise ValueError("both results need correct_per_item (rerun posttrain eval)")
+    shas = {before.get("items_sha"), after.get("items_sha")} - {None}  # older results have none
+    if not a or len(a) != len(b) or not after.get("samples") or before.get("samples") != after.get("samples") \
+            or len(shas) > 1:
+        raise ValueError(f"not the same items: {len(a)} x {before.get('samples')} samples vs "
+                         f"{len(b)} x {after.get('samples')} samples (or a different items_sha)")
+    diffs = [(y - x) / after["samples"] for x, y in zip(a, b, strict=True)]
+    return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}
+
+
+def compare(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """`paired_difference` for every suite and mode that both eval JSONs have."""
+    out: dict[str, Any] = {}
+    for suite, modes in results["suites"].items():
+        for mode, r in modes.items():
+            base = ((baseline.get("suites") or {}).get(suite) or {}).get(mode)
+            if base is not None:
+                try:
+                    out.setdefault(suite, {})[mode] = paired_difference(base, r)
+                except ValueError as err:
+                    raise ValueError(f"suite {suite!r} mode {mode!r}: {err}") from None
+    return out
+
+
+def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, float] | None:
+    """The paired ThinkFollow gain turn by turn (same conversations and flags), or None when either
+    result has no ThinkFollow or they were made on other conversations."""
+    a, b = baseline.get("think_follow"), results.get("think_follow")
+    if not (a and b) or a.get("items_sha") != b.get("items_sha"):
+        return None
+    as_items = [{"correct_per_item": r["per_turn"], "samples": 1, "items_sha": r["items_sha"]} for r in (a, b)]
+    return paired_difference(*as_items)

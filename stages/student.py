@@ -1,0 +1,138 @@
+"""Students for strong-to-weak distillation (report §4.5), built from the teacher they learn from.
+
+A spec keeps N of the teacher's layers (`layers=N[,pick=even|first|ends]`), optionally only the M MLP
+neurons of each that are most active on the teacher's answers (`mlp=M`: width pruning as Minitron
+does it), or builds a smaller random model of the same architecture (`scratch:layers=N[,hidden=H]`).
+The student always shares the teacher's tokenizer and chat format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from posttrain.core.chat import TRAINING_CHAT_TEMPLATE
+from posttrain.core.models import num_params, params_on_disk, resolve_model, save
+
+# which N of the teacher's T layers a `layers=N` student keeps
+PICKS = {
+    "even": lambda n, t: [round(i * (t - 1) / max(1, n - 1)) for i in range(n)],
+    "first": lambda n, t: [*range(n - 1), t - 1] if n > 1 else [t - 1],
+    "ends": lambda n, t: [*range((n + 1) // 2), *range(t - n // 2, t)],
+}
+
+
+def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
+    """Token ids of up to N conversations spread over CONVERSATIONS, rendered as SFT trains on them
+    (the sequences `mlp_importance` ranks neurons on)."""
+    conversations = list(conversations)
+    return [tokenizer.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
+                                          add_generation_prompt=m[-1]["role"] != "assistant")["input_ids"]
+            for m in conversations[::max(1, len(conversations) // n)][:n]]
+
+
+def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
+    """Each layer's MLP neurons ranked as Minitron ranks them: the mean absolute activation (the
+    input of `down_proj`) over every token of the calibration sequences."""
+    layers = model.model.layers
+    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
+
+    def record(i):
+        def hook(_module, inputs, _output):  # returns None: the output is left as it is
+            sums[i].add_(inputs[0][0].detach().abs().float().sum(0).cpu())
+        return hook
+    hooks = [layer.mlp.down_proj.register_forward_hook(record(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            for ids in calibration:
+                model(torch.tensor([ids], device=model.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    tokens = sum(len(ids) for ids in calibration)
+    return [s / tokens for s in sums]
+
+
+def student_spec(teacher_dir: str | os.PathLike, spec: str):
+    """A `layers=N[,pick=P][,mlp=M]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked against
+    the teacher's config: (scratch, pick, options, the teacher's config)."""
+    scratch = spec.startswith("scratch:")
+    try:
+        opts = dict(part.split("=") for part in spec.removeprefix("scratch:").split(","))
+        pick = opts.pop("pick", "even")
+        opts = {k: int(v) for k, v in opts.items()}
+    except ValueError:
+        raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N[,pick=even|first|ends][,mlp=M]' "
+                         "or 'scratch:layers=N[,hidden=H]'") from None
+    if pick not in PICKS or scratch and pick != "even":
+        raise ValueError(f"student spec {spec!r}: pick must be one of {', '.join(PICKS)} (and only with layers=N)")
+    unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers", "mlp"})
+    if unknown or "layers" not in opts:
+        raise ValueError(f"student spec {spec!r}: unknown or missing keys {sorted(unknown) or ['layers']}")
+    config = AutoConfig.from_pretrained(teacher_dir)
+    n_teacher, width = config.num_hidden_layers, config.intermediate_size
+    if not 0 < opts["layers"] <= n_teacher:
+        raise ValueError(f"student spec {spec!r}: layers must be in 1..{n_teacher}")
+    if not 0 < opts.get("mlp", width) <= width:
+        raise ValueError(f"student spec {spec!r}: mlp must be in 1..{width} (the teacher's MLP width)")
+    if scratch and opts.get("hidden", config.num_attention_heads) % config.num_attention_heads:
+        raise ValueError(f"student spec {spec!r}: hidden must be a multiple of the {config.num_attention_heads} heads")
+    return scratch, pick, opts, config
+
+
+def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.PathLike,
+                  calibration: list[list[int]] | None = None) -> Path:
+    """A student for `teacher` from SPEC, sharing its tokenizer and chat format.
+
+    SPEC is an existing model dir (used as is, after a vocabulary check), `layers=N[,pick=P][,mlp=M]`
+    (N of the teacher's layers, initialised from its weights; P says which: `even` (evenly spaced,
+    the default), `first` (the first N-1 and the last, as in deep-layer pruning) or `ends` (the first
+    and last N/2); `mlp=M` keeps, in each layer, the M MLP neurons most active on `calibration` (token
+    id sequences, e.g. the teacher's own answers): width pruning as in Minitron), or
+    `scratch:layers=N` with optional `,hidden=H` (a smaller configuration of the same architecture,
+    random init).
+    """
+    teacher_dir = resolve_model(teacher)
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    if (Path(spec) / "config.json").is_file():
+        student_tok = AutoTokenizer.from_pretrained(spec)
+        if student_tok.get_vocab() != tok.get_vocab():
+            raise ValueError(f"student {spec}: its vocabulary differs from the teacher's; distillation "
+                             "needs a shared tokenizer")
+        return Path(spec)
+    scratch, pick, opts, config = student_spec(teacher_dir, spec)
+    if "mlp" in opts and not calibration:
+        raise ValueError(f"student spec {spec!r}: mlp=M ranks neurons by their activations and needs calibration "
+                         "sequences")
+    n_teacher, config.num_hidden_layers = config.num_hidden_layers, opts["layers"]
+    if scratch:
+        if "hidden" in opts:
+            config.hidden_size, config.head_dim = opts["hidden"], opts["hidden"] // config.num_attention_heads
+            config.intermediate_size = opts["hidden"] * 8 // 3
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        teacher_model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+        keep = PICKS[pick](opts["layers"], n_teacher)
+        neurons = None
+        if "mlp" in opts:
+            config.intermediate_size = opts["mlp"]
+            neurons = [s.topk(opts["mlp"]).indices.sort().values for s in mlp_importance(teacher_model, calibration)]
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        state = {}
+        for name, tensor in teacher_model.state_dict().items():
+            if ".layers." in name:
+                prefix, rest = name.split(".layers.", 1)
+                index, tail = rest.split(".", 1)
+                if int(index) not in keep:
+                    continue
+                if neurons is not None and tail.startswith("mlp."):  # gate/up rows, down columns
+                    tensor = tensor[:, neurons[int(index)]] if "down_proj" in tail else tensor[neurons[int(index)]]
+                name = f"{prefix}.layers.{keep.index(int(index))}.{tail}"
+            state[name] = tensor
+        student.load_state_dict(state)
+    print(f"student {spec}: {num_params(student) / 1e6:.1f}M parameters "
+          f"(teacher {params_on_disk(teacher_dir) / 1e6:.1f}M)", flush=True)
+    return save(student, tok, output_dir)
