@@ -83,11 +83,14 @@ def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
     out = []
     for mode in cfg.off_policy.modes:
         prompts = [with_flag(r["prompt"], mode) for r in rows]
-        graded = sample_and_grade(engine, rows, prompts=prompts, mode=mode, seed=ctx.seed, progress=True,
-                                  max_new_tokens=cfg.off_policy.max_new_tokens)
-        texts = [c[0].text for c in graded.completions]
-        checkable = [cfg.off_policy.filter_by_reward and bool(r.get("answer") or r.get("tests")) for r in rows]
-        for prompt, text, ok, check in zip(prompts, texts, graded.correct, checkable, strict=True):
+        gen = dict(mode=mode, seed=ctx.seed, progress=True, max_new_tokens=cfg.off_policy.max_new_tokens)
+        if cfg.off_policy.filter_by_reward:
+            graded = sample_and_grade(engine, rows, prompts=prompts, **gen)
+            texts, right = [c[0].text for c in graded.completions], graded.correct
+        else:  # not graded at all: the prompts' tasks need no grader
+            texts, right = [o[0].text for o in engine.generate(prompts, **gen)], [1] * len(rows)
+        checkable = [bool(r.get("answer") or r.get("tests")) for r in rows]
+        for prompt, text, ok, check in zip(prompts, texts, right, checkable, strict=True):
             if ok or not check:
                 reasoning, answer = split_think(text)
                 out.append({"messages": prompt + [{"role": "assistant", "content": answer,

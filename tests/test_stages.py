@@ -226,7 +226,10 @@ def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model
     assert 0 < kept < dropped / 2
 
 
-def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model):
+@pytest.mark.parametrize("lora", ["null", "{r: 8, alpha: 16, dropout: 0.0}"], ids=["full", "lora"])
+def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model, lora):
+    """The reward-model stage builds its trainer like every stage (so LoRA works, and is merged on save:
+    the model dir is a plain sequence classifier) and ranks held-out pairs."""
     rows = []
     for i in range(40):
         rows.append({"prompt": [{"role": "user", "content": f"Question {i}?"}],
@@ -242,11 +245,15 @@ def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model):
           - stage: reward_model
             eval: false
             config: {{data: {data}, heldout_fraction: 0.25,
-                      train: {{max_steps: 15, batch_size: 8, learning_rate: 1.0e-3}}}}
+                      train: {{max_steps: 15, batch_size: 8, learning_rate: 1.0e-3, lora: {lora}}}}}
         """)
     metrics = json.loads((planned[0].ctx.dir / "reward_model.json").read_text())
     print("held-out ranking accuracy", metrics["heldout_accuracy"])
     assert metrics["pairs"] == 30 and metrics["heldout_accuracy"] > 0.6
+    model_dir = planned[0].ctx.model_dir
+    assert not list(model_dir.glob("adapter_*"))
+    from transformers import AutoModelForSequenceClassification
+    assert AutoModelForSequenceClassification.from_pretrained(model_dir).config.num_labels == 1
 
 
 def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_turn(tmp_path):
