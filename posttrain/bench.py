@@ -24,6 +24,7 @@ import time
 import torch
 
 from data_builders.synthetic import generate
+from posttrain import roofline
 from posttrain.core.chat import TRAINING_CHAT_TEMPLATE
 from posttrain.core.generation import EnginePool
 from posttrain.core.generation.vllm import use_reload_sync
@@ -164,6 +165,7 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks, reported as ratios to a baseline in the same run")
     kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    roofline.add_parser(kinds)
     g = kinds.add_parser("generate", help="generation throughput: batched vs one at a time, or vLLM vs transformers")
     g.add_argument("--model", default="default")
     g.add_argument("--prompts", type=int, default=16)

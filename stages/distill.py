@@ -26,7 +26,7 @@ from posttrain.core.context import StageContext
 from posttrain.core.generation import GenerationEngine
 from posttrain.core.models import load_model, load_tokenizer, resolve_model
 from posttrain.core.rundir import distributed, is_main_process
-from posttrain.core.training import TrainOptions, finish, sft, train
+from posttrain.core.training import TrainOptions, finish, rollouts_in_autocast, sft, train
 from rewards.grading import sample_and_grade
 from stages.student import build_student, calibration, student_spec
 
@@ -139,9 +139,9 @@ def on_policy_trainer(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts):
     args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train",
                           beta=DIVERGENCE_BETA[cfg.divergence], max_completion_length=cfg.max_completion_length,
                           temperature=cfg.temperature, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode)
-    return DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=prompts,
-                               processing_class=tokenizer,
-                               peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None)
+    return rollouts_in_autocast(DistillationTrainer(
+        model=student, teacher_model=teacher_model, args=args, train_dataset=prompts, processing_class=tokenizer,
+        peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None))
 
 
 def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:

@@ -50,15 +50,25 @@ def _built(ctx: StageContext, cfg: PairsConfig):
     return Dataset.from_list(pairs)
 
 
-def run(ctx: StageContext, cfg: Config) -> dict:
-    from trl import RewardConfig
+def pairs_split(ctx: StageContext, cfg: Config):
+    """(training pairs, held-out pairs or None)."""
     pairs = ctx.dataset("train", lambda: load_pairs(cfg.data) if cfg.data else _built(ctx, cfg.pairs))
     split = pairs.train_test_split(test_size=cfg.heldout_fraction, seed=ctx.seed) if len(pairs) >= 10 else None
-    pairs_seen = split["train"] if split else pairs
+    return (split["train"], split["test"]) if split else (pairs, None)
+
+
+def reward_model_trainer(ctx: StageContext, cfg: Config, pairs):
+    """TRL's RewardTrainer on the input model as backbone."""
+    from trl import RewardConfig
     args = cfg.train.args(ctx, RewardConfig, f"stages.{ctx.stage_id}.config.train", max_length=1024,
                           gradient_checkpointing=False)
-    trainer = reward_trainer(pairs_seen, ctx.input_model, args,
-                             peft_config=cfg.train.lora.peft_config(task_type="SEQ_CLS") if cfg.train.lora else None)
+    return reward_trainer(pairs, ctx.input_model, args,
+                          peft_config=cfg.train.lora.peft_config(task_type="SEQ_CLS") if cfg.train.lora else None)
+
+
+def run(ctx: StageContext, cfg: Config) -> dict:
+    pairs_seen, held = pairs_split(ctx, cfg)
+    trainer = reward_model_trainer(ctx, cfg, pairs_seen)
     train(ctx, trainer)  # resumes from the last checkpoint of an interrupted run
     if hasattr(trainer.model, "merge_and_unload"):  # LoRA: the reward model is saved merged, head included
         if is_main_process():
@@ -69,8 +79,7 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         trainer.processing_class.save_pretrained(str(ctx.model_dir))
     wait_for_everyone()
     metrics = {"pairs": len(pairs_seen), "global_step": trainer.state.global_step}
-    if split:
-        held = split["test"]
+    if held is not None:
         score = get("preference", model=str(ctx.model_dir))
         cols = {"prompt": held["prompt"]} if "prompt" in held.column_names else {}
         chosen, rejected = score(held["chosen"], **cols), score(held["rejected"], **cols)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from posttrain.core.generation import EnginePool
+from posttrain.core.models import fast_bf16
 from posttrain.core.rundir import (
     MARKER,
     distributed,
@@ -91,15 +92,21 @@ class StageContext:
             any(self.dir.glob("*/checkpoints/checkpoint-*/trainer_state.json"))
 
     def trainer_args(self, **overrides: Any) -> dict[str, Any]:
-        """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device. The
-        stage's generation engines are closed first: training needs their memory, and an open
-        in-process vLLM engine holds a process group that would make the trainer set up DDP."""
+        """Common TrainingArguments for TRL configs: checkpoints, TensorBoard, seed, device, precision.
+        The stage's generation engines are closed first: training needs their memory, and an open
+        in-process vLLM engine holds a process group that would make the trainer set up DDP.
+
+        Precision (`posttrain bench train`): bf16 autocast over float32 master weights wherever bf16
+        matmuls are native (`fast_bf16`: GPUs, CPUs with AVX512-BF16 or AMX), float32 elsewhere; and
+        no activation checkpointing (TRL's default recomputes every forward; a recipe that needs the
+        memory sets it under `trainer:`)."""
         self.engines.close()
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.tb_dir)
         args = dict(output_dir=str(self.checkpoints_dir), report_to=["tensorboard"], logging_steps=1,
                     save_strategy="steps", save_steps=50, save_total_limit=2, seed=self.seed,
                     data_seed=self.seed, use_cpu=not torch.cuda.is_available(),
-                    bf16=torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False)
+                    bf16=fast_bf16(),
+                    gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=False)
         args.update(overrides)
         return args
 

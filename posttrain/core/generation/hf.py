@@ -22,9 +22,10 @@ class TransformersEngine(GenerationEngine):
         self.model, self.batch_size = model, batch_size
 
     @classmethod
-    def load(cls, model_path: str | os.PathLike, batch_size: int = 16) -> TransformersEngine:
-        """An engine on the model dir (or `default`), in inference mode."""
-        return cls(*load_model(model_path), batch_size=batch_size)
+    def load(cls, model_path: str | os.PathLike, batch_size: int = 16,
+             dtype: torch.dtype | None = None) -> TransformersEngine:
+        """An engine on the model dir (or `default`), in inference mode (`dtype`: load_model's default)."""
+        return cls(*load_model(model_path, dtype=dtype), batch_size=batch_size)
 
     def _knobs(self, sampling, seed) -> dict[str, Any]:
         if seed is not None:

@@ -1,0 +1,151 @@
+"""Training precision (bf16 autocast over float32 master weights) and `posttrain bench train`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain import roofline
+from posttrain.core.context import StageContext
+from posttrain.core.models import fast_bf16
+from posttrain.core.training import GRPOOptions, TrainOptions, grpo_trainer, sft_trainer
+from tests.conftest import longer
+
+
+def _matmul_dtypes(model) -> list[torch.dtype]:
+    """The output dtypes of the model's linear layers while it runs (a forward hook on each)."""
+    seen = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    return seen
+
+
+def _sft(tmp_path, tiny_model, name: str, **trainer):
+    ctx = StageContext(stage_id=name, dir=tmp_path / name, input_model=str(tiny_model), seed=0)
+    options = TrainOptions(max_steps=4, batch_size=4, learning_rate=1e-3, save_steps=100,
+                           trainer={"report_to": [], "disable_tqdm": True, **trainer})
+    return sft_trainer(ctx, roofline._conversations(16), options, f"{name}.train")
+
+
+BF16 = {"bf16": True, "gradient_checkpointing": False}  # the defaults where bf16 matmuls are native
+
+
+def test_defaults_autocast_to_bf16_only_where_it_is_native(tmp_path, tiny_model):
+    trainer = _sft(tmp_path, tiny_model, "defaults")
+    assert trainer.args.bf16 == fast_bf16() and not trainer.args.gradient_checkpointing
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    cpu_flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if not torch.cuda.is_available() and cpu_flags:
+        assert fast_bf16() == any(f in cpu_flags.split() for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+
+
+def test_a_bf16_step_on_cpu_keeps_float32_master_weights(tmp_path, tiny_model):
+    trainer = _sft(tmp_path, tiny_model, "new", **BF16)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    seen = _matmul_dtypes(trainer.model)
+    trainer.train()
+    assert torch.bfloat16 in seen and torch.float32 not in seen  # every matmul ran in bf16
+    params = dict(trainer.model.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.float32}  # the weights AdamW updates
+    assert any(not torch.equal(before[k], params[k]) for k in before)
+
+
+def test_bf16_defaults_match_the_float32_loss(tmp_path, tiny_model):
+    """Four SFT steps from the same seed: bf16 autocast without recomputation against float32 with
+    activation checkpointing (the defaults up to issue 29). Stated tolerance: 1% of the loss."""
+    old = _sft(tmp_path, tiny_model, "old", **roofline.BEFORE)
+    new = _sft(tmp_path, tiny_model, "new", **BF16)
+    assert old.args.gradient_checkpointing and not old.args.bf16
+    losses = {}
+    for name, trainer in (("old", old), ("new", new)):
+        trainer.train()
+        losses[name] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses["old"]) == len(losses["new"]) == 4
+    assert losses["old"][-1] < losses["old"][0]  # it learned, so the comparison is not of two constants
+    for a, b in zip(losses["old"], losses["new"], strict=True):
+        assert abs(a - b) <= 0.01 * a, losses
+
+
+def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
+    """TRL samples outside autocast; the project's GRPO trainer samples in bf16 as its loss runs."""
+    from datasets import Dataset
+    prompts = [[{"role": "user", "content": f"Count to {i}."}] for i in range(8)]
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "rl", input_model=str(tiny_model))
+    options = GRPOOptions(num_generations=4, max_completion_length=8,
+                          train=TrainOptions(max_steps=1, batch_size=8, save_steps=100,
+                                             trainer={"report_to": [], "disable_tqdm": True, **BF16}))
+    trainer = grpo_trainer(ctx, options, Dataset.from_list([{"prompt": p} for p in prompts]), [longer], "rl.train")
+    seen = _matmul_dtypes(trainer.model)
+    in_rollouts = []
+    generate = trainer._generate
+
+    def spy(batch):
+        start = len(seen)
+        out = generate(batch)
+        in_rollouts.extend(seen[start:])
+        return out
+    trainer._generate = spy
+    trainer.train()
+    assert in_rollouts and set(in_rollouts) == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+
+def test_matmul_params_count_the_head_not_the_lookup(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model)  # tied: the table is also the head
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    table = lm.get_input_embeddings().weight.numel()
+    assert roofline.matmul_params(lm) == sum(p.numel() for p in lm.parameters())
+    assert roofline.matmul_params(rm) == sum(p.numel() for p in rm.parameters()) - table
+
+
+def test_matmul_peak_is_measured_per_dtype():
+    fp32 = roofline.matmul_peak(torch.float32, largest=512, seconds=0.2)
+    bf16 = roofline.matmul_peak(torch.bfloat16, largest=512, seconds=0.2)
+    assert fp32["gflops"] > 0 and bf16["gflops"] > 0 and 256 <= fp32["n"] <= 512
+
+
+@pytest.mark.slow
+def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
+    results = roofline.bench_train(str(tiny_model), kinds=("sft", "grpo", "reward_model", "generate"), steps=2,
+                                   new_tokens=16)
+    assert results["peak_gflops"]["float32"] > 0
+    for kind in ("sft", "grpo", "reward_model"):
+        before, after = results[kind]["before"], results[kind]["after"]
+        assert "error" not in before and "error" not in after, results[kind]
+        assert not before["bf16"] and after["bf16"] == fast_bf16() == results["bf16_autocast"]
+        assert not after["gradient_checkpointing"]
+        assert before["gradient_checkpointing"] == (kind != "reward_model")  # the RM stage never had it
+        for arm in (before, after):
+            assert arm["step_s"] > 0 and arm["tokens_per_step"] > 0 and 0 < arm["mfu"] < 1
+            assert arm["peak_memory_gb"] > 0.1  # a process with torch loaded
+        assert results[kind]["speedup"] == round(before["step_s"] / after["step_s"], 2)
+    grpo = results["grpo"]
+    assert (grpo["before"]["batch"], grpo["before"]["grad_accum"]) == (32, 1)
+    assert (grpo["after"]["batch"], grpo["after"]["grad_accum"]) == (8, 4)
+    for arm in ("before", "after"):  # rollouts and update timed apart, the same 32 rollouts per step
+        assert 0 < grpo[arm]["rollout_s"] < grpo[arm]["step_s"]
+        assert grpo[arm]["update_s"] > 0
+    gen = results["generate"]
+    assert gen["before"]["dtype"] == "float32" and gen["before"]["tokens_per_s"] > 0
+    printed = roofline.table(results)
+    assert "bfloat16" in printed and printed.count("\n") == 1 + 2 * 4
+
+
+def test_gpu_check_runs_a_valid_plan(tmp_path, capsys):
+    """`make gpu-check` cannot run here (no GPU); its pipeline overrides are checked as a dry run."""
+    import importlib.util
+
+    from posttrain.cli import main
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    args = ["run", "pipelines/demo.yaml", "--dry-run", "--output-dir", str(tmp_path / "run"), *check.SHORT, *check.VLLM]
+    assert main(args) == 0
+    plan = capsys.readouterr().out
+    assert "vllm" in plan
