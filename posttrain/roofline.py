@@ -5,10 +5,11 @@
 
 It measures the machine's matmul peak (float32 and bfloat16), then times steps of SFT, GRPO (the
 stage-4 shape: 8 prompts x 4 rollouts over the rule-rewarded task kinds, tool prompts included;
-rollouts and update timed apart), on-policy distillation, the reward model, and the transformers
-generation engine. Each kind runs twice in the same call, in a fresh process each (so peak memory
-is its own): `before`, the configuration up to issue 29 (float32 matmuls, activation
-checkpointing, one batch per GRPO step, a float32 engine), and `after`, today's defaults. A step's
+rollouts and update timed apart), on-policy distillation (the model as its own teacher), the reward
+model, and the transformers generation engine. Each kind runs twice in the same call, in a fresh
+process each (so peak memory is its own): `before`, the configuration up to issue 29 (float32
+matmuls, activation checkpointing, one batch per GRPO step, a float32 engine), and `after`,
+today's defaults. A step's
 model FLOPs are ~6·N per trained token and ~2·N per generated token (N: `matmul_params`;
 a teacher's forward adds 2·N_teacher); MFU is their rate as a share of the faster measured peak.
 """
@@ -139,7 +140,6 @@ def _trainer(kind: str, arm: str, ctx: StageContext, model: str, steps: int, new
     if kind == "distill":
         cfg = distill.Config(on_policy=distill.OnPolicy(max_completion_length=new_tokens,
                                                         train=_options(arm, steps, batch_size=8)))
-        ctx.input_model = model
         return distill.on_policy_trainer(ctx, model, cfg.on_policy, distill.on_policy_prompts(ctx, cfg))
     if kind == "reward_model":
         cfg = reward_model.Config(pairs=PairsConfig(tasks=TASKS, n=16 * steps),
