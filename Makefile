@@ -13,7 +13,7 @@ help:
 	@echo "make demo      run pipelines/demo.yaml on the embedded default model (reuses finished stages; FRESH=1: a new run)"
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make test-vllm the vLLM tests (installs vLLM first)"
-	@echo "make gpu-check  the GPU paths (bf16, colocated vLLM) in ~8 minutes, one line per check (GPU machines)"
+	@echo "make gpu-check  the GPU paths (bf16, colocated vLLM) sized for ~8 minutes, one line per check (GPU machines)"
 	@echo "make lint      ruff and the import-layer rule (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml [ARGS=\"stages.ID.config.train.max_steps=10 seed=3\"]"
 	@echo "make cold-start | reasoning-rl | fusion | general-rl | distill   one stage (CONFIG=file.yaml, ARGS=\"train.max_steps=10\")"

@@ -1,4 +1,4 @@
-"""`make gpu-check`: the GPU paths in one short script (about 8 minutes on one GPU).
+"""`make gpu-check`: the GPU paths in one short script (sized for about 8 minutes on one GPU; never run yet).
 
 Every stage kind of `pipelines/demo.yaml` for a few steps on the default model, with bf16 training,
 vLLM for every generation job and colocated vLLM rollouts in the RL stages and on-policy
