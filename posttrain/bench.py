@@ -140,7 +140,7 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
                                        return_assistant_tokens_mask=True) for m in rows]
 
     def nll(model_dir) -> float:
-        model, _ = load_model(model_dir)
+        model, _ = load_model(model_dir, dtype=torch.float32)  # comparable with earlier figures
         total, count = 0.0, 0
         with torch.inference_mode():
             for e in encoded:

@@ -99,7 +99,7 @@ def _eval(args) -> None:
                 raise ValueError(f"--reuse {path}: holds results of model {loaded.get('model')}, not {args.model}")
             else:
                 previous = loaded
-    results = evaluate(args.model, cfg, engines=EnginePool(args.backend), seed=args.seed, previous=previous)
+    results = evaluate(args.model, cfg, engines=_pool(args), seed=args.seed, previous=previous)
     problem = None
     if baseline is not None:
         try:
@@ -123,10 +123,16 @@ def _eval(args) -> None:
               f"(paired over {tf['n_items']} turns)", file=sys.stderr)
 
 
+def _pool(args) -> EnginePool:
+    """The eval's engines: `--dtype` for whichever backend (vLLM's `auto` is its own default)."""
+    settings = {} if args.dtype == "auto" else {"dtype": args.dtype}
+    return EnginePool(args.backend, vllm=settings, transformers=settings)
+
+
 def _budget_curve(args, cfg, where: str) -> None:
     """`posttrain eval --budgets 16 32 64`: the accuracy-vs-budget curve as JSON (and a PNG beside it)."""
     curve = from_dict(BudgetCurveConfig, {"budgets": args.budgets}, f"{where} (--budgets)")
-    result = budget_curve(args.model, cfg, curve, engines=EnginePool(args.backend), seed=args.seed)
+    result = budget_curve(args.model, cfg, curve, engines=_pool(args), seed=args.seed)
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -182,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--config", help="YAML with an eval mapping (default pipelines/eval.yaml)")
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the engine's weights (auto: bfloat16 where its matmuls are native, else float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="also write the JSON here")
     p.add_argument("--baseline", help="an earlier eval JSON on the same suites: print the paired accuracy gain")

@@ -16,6 +16,7 @@ a teacher's forward adds 2·N_teacher); MFU is their rate as a share of the fast
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import resource
@@ -108,6 +109,32 @@ class Meter(TrainerCallback):
         self.rollout.append(self._rollout)
 
 
+class Profile(TrainerCallback):
+    """`torch.profiler` over the last step: the ops that took its time, the largest first. Its step
+    time includes the profiler's overhead: read it for where time goes, not for a ratio."""
+
+    def __init__(self, last_step: int, rows: int):
+        self.last, self.rows, self.top, self._prof = last_step, rows, [], None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.last - 1:
+            self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._prof.__enter__()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._prof is not None and state.global_step == self.last:
+            self._prof.__exit__(None, None, None)
+            self.top = top_ops(self._prof, self.rows)
+
+
+def top_ops(prof, rows: int) -> list[dict[str, Any]]:
+    """The `rows` ops with the most self CPU time in a finished profile, with their share of it."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 2), "calls": e.count,
+             "share": round(e.self_cpu_time_total / total, 3)} for e in events[:rows]]
+
+
 def _options(arm: str, steps: int, before: dict[str, Any] = BEFORE, **shape: Any) -> TrainOptions:
     return TrainOptions(max_steps=steps, save_steps=10_000, learning_rate=1e-5,
                         trainer=dict(before if arm == "before" else {}, report_to=[], disable_tqdm=True), **shape)
@@ -163,26 +190,36 @@ def _peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_tokens: int) -> dict[str, Any]:
-    """One kind, one arm, in this (fresh) process."""
+def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_tokens: int,
+             profile: int = 0) -> dict[str, Any]:
+    """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of the after arm."""
+    profile = profile if arm == "after" else 0
     if kind == "generate":
-        dtype = torch.float32 if arm == "before" else None  # None: the engine's default
-        engine = TransformersEngine.load(model, batch_size=16, dtype=dtype)
+        # before: float32 under sdpa, the engine up to issue 29; after: the engine's defaults
+        old = {"dtype": "float32", "attn_implementation": "sdpa"} if arm == "before" else {}
+        engine = TransformersEngine.load(model, batch_size=16, **old)
         prompts = generate("arithmetic", 32, seed=123)["prompt"]
         engine.generate(prompts[:2], max_new_tokens=4, seed=0)  # warm-up
-        start = time.perf_counter()
-        outs = engine.generate(prompts, mode="think", max_new_tokens=new_tokens, seed=0)
-        seconds = time.perf_counter() - start
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else \
+                contextlib.nullcontext() as prof:
+            start = time.perf_counter()
+            outs = engine.generate(prompts, mode="think", max_new_tokens=new_tokens, seed=0)
+            seconds = time.perf_counter() - start
         tokens = sum(len(c.token_ids) for o in outs for c in o)
         n = matmul_params(engine.model)
-        return {"dtype": str(engine.model.dtype).removeprefix("torch."), "seconds": round(seconds, 2),
-                "tokens_per_s": round(tokens / seconds, 1), "mfu": round(2 * n * tokens / seconds / 1e9 / peak, 4),
-                "peak_memory_gb": round(_peak_memory_gb(), 2)}
+        out = {"dtype": str(engine.model.dtype).removeprefix("torch."),
+               "attention": engine.model.config._attn_implementation, "seconds": round(seconds, 2),
+               "tokens_per_s": round(tokens / seconds, 1), "mfu": round(2 * n * tokens / seconds / 1e9 / peak, 4),
+               "peak_memory_gb": round(_peak_memory_gb(), 2)}
+        return {**out, "profile": top_ops(prof, profile)} if profile else out
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(stage_id=f"bench_{kind}", dir=Path(tmp) / kind, input_model=model, run_dir=Path(tmp))
         trainer = _trainer(kind, arm, ctx, model, steps, new_tokens)
         meter = Meter(trainer)
         trainer.add_callback(meter)
+        profiler = Profile(steps, profile)
+        if profile:
+            trainer.add_callback(profiler)
         trainer.train()
     n = matmul_params(trainer.model)
     teacher = matmul_params(trainer.teacher_model) if getattr(trainer, "teacher_model", None) is not None else 0
@@ -197,6 +234,8 @@ def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_token
            "tokens_per_step": int(tokens), "train_tokens_per_s": round(tokens / max(update, 1e-9), 1),
            "mfu": round((6 * n + 2 * teacher) * tokens / max(update, 1e-9) / 1e9 / peak, 6),
            "peak_memory_gb": round(_peak_memory_gb(), 2)}
+    if profile:
+        out["profile"] = profiler.top
     if rollout:
         out.update(rollout_s=round(rollout, 2), update_s=round(update, 2),
                    rollout_tokens_per_s=round(generated / rollout, 1),
@@ -213,7 +252,7 @@ def _child(queue, *args) -> None:
 
 
 def bench_train(model: str = "default", kinds: tuple[str, ...] = KINDS, steps: int = 3,
-                new_tokens: int = 128) -> dict[str, Any]:
+                new_tokens: int = 128, profile: int = 0) -> dict[str, Any]:
     """The roofline, then each kind before and after, each arm in a fresh process."""
     threads = torch.get_num_threads()
     sizes = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
@@ -226,7 +265,7 @@ def bench_train(model: str = "default", kinds: tuple[str, ...] = KINDS, steps: i
         for arm in ("before", "after"):
             queue = spawn.Queue()
             proc = spawn.Process(target=_child, args=(queue, kind, arm, model, steps, max(peaks.values()),
-                                                          new_tokens))
+                                                          new_tokens, profile))
             proc.start()
             results[kind][arm] = queue.get()
             proc.join()
@@ -259,6 +298,8 @@ def table(results: dict[str, Any]) -> str:
             mark = f"  {results[kind]['speedup']:.2f}x" if arm == "after" and "speedup" in results[kind] else ""
             lines.append(f"{kind:<13}{arm:<7}{step:>8.2f}{rollout:>10}{speed:>10.0f}{r['mfu']:>7.1%}"
                          f"{r['peak_memory_gb']:>9.2f}{mark}")
+            lines += [f"    {op['share']:>6.1%} {op['self_s']:>7.2f} s  {op['op']} (x{op['calls']})"
+                      for op in r.get("profile", [])]
     return "\n".join(lines)
 
 
@@ -269,9 +310,11 @@ def add_parser(kinds_parser) -> None:
     t.add_argument("--steps", type=int, default=3, help="steps per kind (the first, with its warm-up, left out)")
     t.add_argument("--max-new-tokens", type=int, default=128, help="rollout and generation length")
     t.add_argument("--json", help="also write the results here")
+    t.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile the after arm's last step: its N costliest ops (self CPU time)")
 
     def show(a):
-        results = bench_train(a.model, tuple(a.kinds), a.steps, a.max_new_tokens)
+        results = bench_train(a.model, tuple(a.kinds), a.steps, a.max_new_tokens, a.profile)
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))

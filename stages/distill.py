@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from data_builders.rl_queries import DataSource, QuerySelection, candidates, unseen
 from posttrain.core.chat import MODES, split_think, with_flag
 from posttrain.core.context import StageContext
@@ -135,10 +137,10 @@ def on_policy_trainer(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts):
     the teacher's); the divergence is taken on completion tokens up to and including end-of-turn."""
     from trl import DistillationConfig, DistillationTrainer
     student, tokenizer = load_model(ctx.input_model, train=True)
-    teacher_model, _ = load_model(teacher)
     args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train",
                           beta=DIVERGENCE_BETA[cfg.divergence], max_completion_length=cfg.max_completion_length,
                           temperature=cfg.temperature, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode)
+    teacher_model, _ = load_model(teacher, dtype=torch.bfloat16 if args.bf16 else torch.float32)  # the run's precision
     return rollouts_in_autocast(DistillationTrainer(
         model=student, teacher_model=teacher_model, args=args, train_dataset=prompts, processing_class=tokenizer,
         peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None))

@@ -172,14 +172,14 @@ def test_a_launched_stage_is_rebuilt_from_its_job_file_as_planned(tmp_path):
     from posttrain.core.generation import EnginePool
     from posttrain.pipeline.launch import read_job, write_job
     cfg, planned = pipeline.load(REPO / "pipelines" / "table21.yaml", output_dir=str(tmp_path / "run"),
-                                 overrides=["backend=vllm", "vllm.max_model_len=1024"])
+                                 overrides=["backend=vllm", "vllm.max_model_len=1024", "transformers.dtype=float32"])
     for p in (planned[0], next(p for p in planned if p.ctx.stage_id == "rl_branch")):
         p.ctx.dir.mkdir(parents=True)
         module, config, ctx = read_job(write_job(p.ctx, p.spec.stage, p.config))
         assert module.__name__ == f"stages.{p.spec.stage}" and config == p.config
         assert replace(ctx, cpu_start=None) == p.ctx and ctx.cpu_start > 0
     assert ctx.curve_points == 3 and ctx.curve_dir == p.ctx.dir / "curve"
-    assert ctx.engines == EnginePool("vllm", {"max_model_len": 1024}) and len(ctx.held_out) > 40
+    assert ctx.engines == EnginePool("vllm", {"max_model_len": 1024}, {"dtype": "float32"}) and len(ctx.held_out) > 40
 
 
 def test_launch_command_lines(tmp_path, monkeypatch):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+from posttrain.cli import _pool
 from posttrain.core.chat import BUDGET_STOP_TEXT, EMPTY_THINK, THINK_CLOSE
 from posttrain.core.generation import EnginePool, GenerationEngine, TransformersEngine
+from posttrain.core.models import fast_bf16, prepare_model
 
 PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Say hi. /no_think"}]]
 
@@ -51,7 +55,7 @@ def test_logprobs_match_a_forward_pass(engine):
     with torch.no_grad():
         logits = engine.model(ids).logits[0, len(prefix) - 1:-1].float().cpu()
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
-    atol = 1e-4 if engine.model.dtype == torch.float32 else 5e-2  # bf16 on GPU
+    atol = 1e-4 if engine.model.dtype == torch.float32 else 5e-2  # bf16 where native (GPU, AVX512-BF16)
     assert torch.allclose(torch.tensor(c.logprobs), expected, atol=atol)
 
 
@@ -144,6 +148,32 @@ def test_unknown_backend_is_refused(tiny_model):
         with pytest.raises(ValueError, match=r"backend must be one of \('transformers', 'vllm'\), got 'tgi'"):
             make()
     assert TransformersEngine.backend == "transformers"
+
+
+def test_engine_dtype_follows_the_machine_unless_set(tiny_model, tmp_path):
+    """`auto` is bfloat16 exactly where its matmuls are native (fast_bf16), float32 elsewhere; a set
+    dtype wins; on CPU the engine decodes with eager attention; the weights a run trains from stay float32."""
+    auto = TransformersEngine.load(tiny_model)
+    assert auto.model.dtype == (torch.bfloat16 if fast_bf16() else torch.float32)
+    pooled = EnginePool(transformers={"dtype": "float32"}).get(tiny_model)
+    assert pooled.model.dtype == torch.float32
+    if auto.model.device.type == "cpu":
+        assert auto.model.config._attn_implementation == pooled.model.config._attn_implementation == "eager"
+    # the same greedy tokens' logprobs in both precisions, within bf16's rounding
+    [[a]] = auto.generate(PROMPTS[:1], mode="think", max_new_tokens=6, temperature=0, logprobs=True)
+    [[b]] = pooled.generate(PROMPTS[:1], mode="think", max_new_tokens=6, temperature=0, logprobs=True)
+    n = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y), len(a.token_ids))
+    assert n > 0 and torch.allclose(torch.tensor(a.logprobs[:n]), torch.tensor(b.logprobs[:n]), atol=5e-2)
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, got 'fp8'"):
+        TransformersEngine.load(tiny_model, dtype="fp8")
+    with pytest.raises(ValueError, match="transformers: unknown setting.s. max_model_len"):
+        EnginePool(transformers={"max_model_len": 64})
+    for flag, settings in (("auto", {}), ("float32", {"dtype": "float32"})):  # `posttrain eval --dtype`
+        pool = _pool(argparse.Namespace(backend="transformers", dtype=flag))
+        assert pool.transformers == pool.vllm == settings
+    prepare_model(tmp_path / "m", tiny_model)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype="auto")
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}
 
 
 def test_vllm_backend_fails_clearly_without_vllm(tiny_model, monkeypatch):

@@ -112,7 +112,7 @@ def test_matmul_peak_is_measured_per_dtype():
 @pytest.mark.slow
 def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
     results = roofline.bench_train(str(tiny_model), kinds=("sft", "grpo", "reward_model", "generate"), steps=2,
-                                   new_tokens=16)
+                                   new_tokens=16, profile=3)
     assert results["peak_gflops"]["float32"] > 0
     for kind in ("sft", "grpo", "reward_model"):
         before, after = results[kind]["before"], results[kind]["after"]
@@ -132,8 +132,15 @@ def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
         assert grpo[arm]["update_s"] > 0
     gen = results["generate"]
     assert gen["before"]["dtype"] == "float32" and gen["before"]["tokens_per_s"] > 0
+    assert (gen["before"]["attention"], gen["after"]["dtype"]) == ("sdpa", "bfloat16" if fast_bf16() else "float32")
+    for kind in ("sft", "grpo", "reward_model", "generate"):  # --profile: the after arm's costliest ops
+        assert "profile" not in results[kind]["before"]
+        top = results[kind]["after"]["profile"]
+        assert len(top) == 3 and all(op["op"] and op["calls"] > 0 for op in top)
+        assert [op["self_s"] for op in top] == sorted((op["self_s"] for op in top), reverse=True)
+        assert 0 < sum(op["share"] for op in top) <= 1
     printed = roofline.table(results)
-    assert "bfloat16" in printed and printed.count("\n") == 1 + 2 * 4
+    assert "bfloat16" in printed and printed.count("\n") == 1 + 2 * 4 + 3 * 4
 
 
 def test_gpu_check_runs_a_valid_plan(tmp_path, capsys):

@@ -465,6 +465,21 @@ def test_grpo_is_configured_as_the_stage_config_says(tmp_path, tiny_model):
     assert trainer.ref_model is not None  # beta > 0 keeps the reference model for the KL term
 
 
+def test_on_policy_teacher_runs_in_the_runs_precision(tmp_path, tiny_model):
+    """The teacher only scores: its weights take the trainer's precision (bf16 where bf16 matmuls are
+    native), while the student's stay float32 under autocast."""
+    from posttrain.core.context import StageContext
+    from posttrain.core.models import fast_bf16
+    from posttrain.core.training import TrainOptions
+    from stages.distill import Config, OnPolicy, Prompts, on_policy_prompts, on_policy_trainer
+    ctx = StageContext(stage_id="distill", dir=tmp_path / "stage", input_model=str(tiny_model))
+    prompts = on_policy_prompts(ctx, Config(prompts=Prompts(families={"arithmetic": 2})))
+    trainer = on_policy_trainer(ctx, str(tiny_model), OnPolicy(train=TrainOptions(max_steps=1, batch_size=2)), prompts)
+    assert trainer.args.bf16 == fast_bf16()
+    assert trainer.teacher_model.dtype == (torch.bfloat16 if fast_bf16() else torch.float32)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+
 @pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
 def test_on_policy_distillation_minimises_the_divergence_it_names(tmp_path, divergence):
     """The loss of the stage's DistillationTrainer on a fixed batch is the named divergence of the
@@ -477,8 +492,10 @@ def test_on_policy_distillation_minimises_the_divergence_it_names(tmp_path, dive
     student = make_tiny_model(tmp_path / "student", layers=1, seed=2)
     ctx = StageContext(stage_id="distill", dir=tmp_path / "stage", input_model=str(student))
     prompts = on_policy_prompts(ctx, Config(prompts=Prompts(families={"arithmetic": 2})))
-    cfg = OnPolicy(divergence=divergence, max_completion_length=6, train=TrainOptions(max_steps=1, batch_size=2))
+    cfg = OnPolicy(divergence=divergence, max_completion_length=6,  # float32 (the teacher too): an exact check
+                   train=TrainOptions(max_steps=1, batch_size=2, trainer={"bf16": False}))
     trainer = on_policy_trainer(ctx, str(teacher), cfg, prompts)
+    assert trainer.teacher_model.dtype == torch.float32
     with torch.no_grad():  # peaked, unlike distributions (random tiny models are near uniform: all KLs ~equal)
         for model, scale in ((trainer.model, 10.0), (trainer.teacher_model, 40.0)):
             model.get_output_embeddings().weight.mul_(scale)
@@ -508,7 +525,8 @@ def test_lora_trains_adapters_and_saves_a_merged_model_that_reloads(tmp_path, ti
     from posttrain.core.training import LoraOptions, TrainOptions, finish, sft_trainer, train
     from stages.sft import load_messages
     ctx = StageContext(stage_id="lora", dir=tmp_path / "lora", input_model=str(tiny_model))
-    options = TrainOptions(max_steps=3, batch_size=4, learning_rate=1e-2, lora=LoraOptions(r=4, alpha=8, dropout=0.0))
+    options = TrainOptions(max_steps=3, batch_size=4, learning_rate=1e-2, lora=LoraOptions(r=4, alpha=8, dropout=0.0),
+                           trainer={"bf16": False})  # float32: accelerate's autocast would round `adapted` below
     trainer = sft_trainer(ctx, load_messages(str(chat_jsonl)), options, "train", max_length=64)
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

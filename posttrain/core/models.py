@@ -160,14 +160,15 @@ def fast_bf16() -> bool:
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, train: bool = False):
-    """(model, tokenizer) with the chat format applied: bf16 for inference on GPU, else float32.
+    """(model, tokenizer) with the chat format applied: bf16 for inference where bf16 matmuls are
+    native (`fast_bf16`), else float32.
 
-    Weights to be trained stay float32 on GPU too (the trainer's bf16 autocast does the speed-up):
+    Weights to be trained stay float32 everywhere (the trainer's bf16 autocast does the speed-up):
     pure-bf16 AdamW loses small updates, which cost a 135M model most of its cold-start gain.
     """
     path = resolve_model(path)
     dev = device()
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" and not train else torch.float32)
+    dtype = dtype or (torch.bfloat16 if fast_bf16() and not train else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev)
     tokenizer = AutoTokenizer.from_pretrained(path)
     apply_chat_format(tokenizer, model)
@@ -180,7 +181,7 @@ def prepare_model(output_dir: str | os.PathLike, model: str | os.PathLike = DEFA
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --output")
-    m, tok = load_model(model)
+    m, tok = load_model(model, dtype=torch.float32)  # a checkpoint to train from: full precision
     return save(m, tok, out)
 
 

@@ -50,6 +50,7 @@ class PipelineConfig:
     seed: int = 0
     backend: Literal["transformers", "vllm"] = "transformers"  # generation jobs: data, eval, judge, teacher
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM settings (posttrain.core.generation.vllm)
+    transformers: dict[str, Any] = field(default_factory=dict)  # its engine's dtype (auto), attn_implementation
     eval: dict[str, Any] | None = None  # posttrain.evaluate.EvalConfig
     compare: list[str] | None = None  # stage ids to set side by side in the report (accuracy vs compute)
     compare_points: int = 3  # points on each compared stage's accuracy-vs-CPU-seconds curve (the last: its model)
@@ -105,7 +106,7 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
     run_dir = Path(output_dir or cfg.output_dir or Path("runs") / cfg.name)
     eval_cfg = from_dict(EvalConfig, cfg.eval, f"{where}: eval") if cfg.eval is not None else None
     _check_model(cfg.model, f"{where}: model")
-    shared = {"seed": cfg.seed, "run_dir": run_dir, "engines": EnginePool(cfg.backend, cfg.vllm),
+    shared = {"seed": cfg.seed, "run_dir": run_dir, "engines": EnginePool(cfg.backend, cfg.vllm, cfg.transformers),
               "held_out": held_out(eval_cfg) if eval_cfg else []}  # one pool, one held-out list for the run
     planned: list[PlannedStage] = []
     previous = cfg.model

@@ -13,6 +13,8 @@ from transformers import TextIteratorStreamer
 from posttrain.core.generation.base import GenerationEngine
 from posttrain.core.models import load_model
 
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 class TransformersEngine(GenerationEngine):
     backend = "transformers"
@@ -22,10 +24,23 @@ class TransformersEngine(GenerationEngine):
         self.model, self.batch_size = model, batch_size
 
     @classmethod
-    def load(cls, model_path: str | os.PathLike, batch_size: int = 16,
-             dtype: torch.dtype | None = None) -> TransformersEngine:
-        """An engine on the model dir (or `default`), in inference mode (`dtype`: load_model's default)."""
-        return cls(*load_model(model_path, dtype=dtype), batch_size=batch_size)
+    def load(cls, model_path: str | os.PathLike, batch_size: int = 16, dtype: str | torch.dtype | None = "auto",
+             attn_implementation: str | None = None) -> TransformersEngine:
+        """An engine on the model dir (or `default`), in inference mode.
+
+        `dtype`: `auto` (load_model's choice: bfloat16 where its matmuls are native, else float32),
+        `float32` or `bfloat16`. `attn_implementation`: default `eager` on CPU, where one-token decode
+        steps ran faster than under sdpa's CPU flash kernel (`posttrain bench train`), else the model's.
+        """
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        model, tokenizer = load_model(model_path, dtype=dtype)
+        attn_implementation = attn_implementation or ("eager" if model.device.type == "cpu" else None)
+        if attn_implementation:
+            model.set_attn_implementation(attn_implementation)
+        return cls(model, tokenizer, batch_size=batch_size)
 
     def _knobs(self, sampling, seed) -> dict[str, Any]:
         if seed is not None:

@@ -25,10 +25,15 @@ BACKENDS = ("transformers", "vllm")
 class EnginePool:
     backend: Literal["transformers", "vllm"] = "transformers"  # generation jobs: data, eval, judge, teacher
     vllm: dict[str, Any] = field(default_factory=dict)  # vllm.LLM settings over vllm.py's defaults
+    transformers: dict[str, Any] = field(default_factory=dict)  # TransformersEngine.load's dtype, attn_implementation
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        unknown = set(self.transformers) - {"dtype", "attn_implementation"}
+        if unknown:
+            raise ValueError(f"transformers: unknown setting(s) {', '.join(sorted(unknown))} "
+                             "(known: dtype, attn_implementation)")
         self._open: dict[str, VLLMEngine] = {}  # oldest first; not a field: a pool's data is its settings
 
     def get(self, model: str | os.PathLike, backend: str | None = None, batch_size: int = 16,
@@ -38,7 +43,7 @@ class EnginePool:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "transformers":
-            return TransformersEngine.load(model, batch_size=batch_size)
+            return TransformersEngine.load(model, batch_size=batch_size, **{**self.transformers, **settings})
         path, settings = str(resolve_model(model)), {**self.vllm, **settings}
         key = json.dumps([path, settings], sort_keys=True, default=str)
         if key not in self._open:
