@@ -52,7 +52,7 @@ def _forward_logprobs(model, prefix, ids):
 
 def test_engine_samples_both_modes_with_logprobs_of_the_model(engine, pool, tiny_model):
     from posttrain.core.models import load_model
-    model, _ = load_model(tiny_model)
+    model, _ = load_model(tiny_model, dtype=torch.float32)  # as the engine's SETTINGS
     think, no_think = (engine.generate(PROMPTS, n=2, mode=m, max_new_tokens=8, seed=0, logprobs=True)
                        for m in ("think", "no_think"))
     assert [len(o) for o in think] == [2, 2] and all(c.text.startswith("<think>\n\n</think>\n\n")
@@ -80,7 +80,7 @@ def test_thinking_budget_and_verdict_probabilities(engine, tiny_model, monkeypat
     assert 3 < len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
     monkeypatch.undo()
     # Yes/No probabilities: the transformers engine's, for any rank of the options
-    reference = TransformersEngine(*load_model(tiny_model))
+    reference = TransformersEngine(*load_model(tiny_model, dtype=torch.float32))
     got, expected = (e.option_probs(PROMPTS, ["Yes", "No", "Maybe"]) for e in (engine, reference))
     assert torch.allclose(torch.tensor(got), torch.tensor(expected), atol=1e-3)
 
@@ -94,7 +94,7 @@ def test_settings_that_do_not_fit_fail_in_one_line(tiny_model):
 
 def test_reloaded_weights_drive_the_next_rollouts(engine, tiny_model):
     from posttrain.core.models import load_model
-    model, _ = load_model(tiny_model)
+    model, _ = load_model(tiny_model, dtype=torch.float32)
     prefix = engine.render(PROMPTS[0], "think")
     [[before]] = engine.generate(PROMPTS[:1], mode="think", max_new_tokens=8, temperature=0, logprobs=True)
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_grpo_rolls_out_with_colocated_vllm_and_syncs_trained_weights(tiny_model
     from posttrain.core.models import load_model
     monkeypatch.setenv("MASTER_PORT", _free_port())
     model, tokenizer = load_model(tiny_model, train=True)
-    untrained, _ = load_model(tiny_model)
+    untrained, _ = load_model(tiny_model, dtype=torch.float32)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(8)])
     args = GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=4,
                       max_completion_length=8, learning_rate=1e-2, use_vllm=True, vllm_mode="colocate",
