@@ -135,8 +135,10 @@ def top_ops(prof, rows: int) -> list[dict[str, Any]]:
              "share": round(e.self_cpu_time_total / total, 3)} for e in events[:rows]]
 
 
-def _options(arm: str, steps: int, before: dict[str, Any] = BEFORE, **shape: Any) -> TrainOptions:
-    return TrainOptions(max_steps=steps, save_steps=10_000, learning_rate=1e-5,
+def _options(arm: str, steps: int, before: dict[str, Any] = BEFORE, batch_size: int = 8, **shape: Any) -> TrainOptions:
+    """`before`: the whole batch in one forward/backward, as up to issue 29; `after`: the defaults."""
+    return TrainOptions(max_steps=steps, save_steps=10_000, learning_rate=1e-5, batch_size=batch_size,
+                        micro_batch_size=batch_size if arm == "before" else None,
                         trainer=dict(before if arm == "before" else {}, report_to=[], disable_tqdm=True), **shape)
 
 

@@ -137,7 +137,7 @@ def on_policy_trainer(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts):
     the teacher's); the divergence is taken on completion tokens up to and including end-of-turn."""
     from trl import DistillationConfig, DistillationTrainer
     student, tokenizer = load_model(ctx.input_model, train=True)
-    args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train",
+    args = cfg.train.args(ctx, DistillationConfig, f"stages.{ctx.stage_id}.config.on_policy.train", "distill",
                           beta=DIVERGENCE_BETA[cfg.divergence], max_completion_length=cfg.max_completion_length,
                           temperature=cfg.temperature, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode)
     teacher_model, _ = load_model(teacher, dtype=torch.bfloat16 if args.bf16 else torch.float32)  # the run's precision

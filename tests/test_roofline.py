@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from posttrain import roofline
+from posttrain.core.config import ConfigError, from_dict
 from posttrain.core.context import StageContext
-from posttrain.core.models import fast_bf16
-from posttrain.core.training import GRPOOptions, TrainOptions, grpo_trainer, sft_trainer
+from posttrain.core.models import decode_attention, fast_bf16
+from posttrain.core.training import GRPOOptions, TrainOptions, grpo_trainer, micro_batch, sft_trainer
 from tests.conftest import longer
 
 
@@ -24,9 +25,9 @@ def _matmul_dtypes(model) -> list[torch.dtype]:
     return seen
 
 
-def _sft(tmp_path, tiny_model, name: str, **trainer):
+def _sft(tmp_path, tiny_model, name: str, micro: int | None = None, **trainer):
     ctx = StageContext(stage_id=name, dir=tmp_path / name, input_model=str(tiny_model), seed=0)
-    options = TrainOptions(max_steps=4, batch_size=4, learning_rate=1e-3, save_steps=100,
+    options = TrainOptions(max_steps=4, batch_size=4, learning_rate=1e-3, save_steps=100, micro_batch_size=micro,
                            trainer={"report_to": [], "disable_tqdm": True, **trainer})
     return sft_trainer(ctx, roofline._conversations(16), options, f"{name}.train")
 
@@ -57,9 +58,10 @@ def test_a_bf16_step_on_cpu_keeps_float32_master_weights(tmp_path, tiny_model):
 def test_bf16_defaults_match_the_float32_loss(tmp_path, tiny_model):
     """Four SFT steps from the same seed: bf16 autocast without recomputation against float32 with
     activation checkpointing (the defaults up to issue 29). Stated tolerance: 1% of the loss."""
-    old = _sft(tmp_path, tiny_model, "old", **roofline.BEFORE)
+    old = _sft(tmp_path, tiny_model, "old", micro=4, **roofline.BEFORE)
     new = _sft(tmp_path, tiny_model, "new", **BF16)
     assert old.args.gradient_checkpointing and not old.args.bf16
+    assert (old.args.per_device_train_batch_size, old.args.gradient_accumulation_steps) == (4, 1)
     losses = {}
     for name, trainer in (("old", old), ("new", new)):
         trainer.train()
@@ -70,8 +72,42 @@ def test_bf16_defaults_match_the_float32_loss(tmp_path, tiny_model):
         assert abs(a - b) <= 0.01 * a, losses
 
 
+def test_micro_batches_make_the_whole_batchs_update(tmp_path, tiny_model):
+    """A batch of 4 in micro-batches of 1 (the CPU default for SFT) against one forward of 4, in
+    float32: TRL normalises the loss over the batch's tokens, so the updates agree to rounding."""
+    default = _sft(tmp_path, tiny_model, "default")
+    micro = micro_batch("sft") or 4
+    assert (default.args.per_device_train_batch_size, default.args.gradient_accumulation_steps) == (micro, 4 // micro)
+    whole = _sft(tmp_path, tiny_model, "whole", micro=4, bf16=False)
+    split = _sft(tmp_path, tiny_model, "split", micro=1, bf16=False)
+    assert (split.args.per_device_train_batch_size, split.args.gradient_accumulation_steps) == (1, 4)
+    losses = {}
+    for name, trainer in (("whole", whole), ("split", split)):
+        trainer.train()
+        losses[name] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses["whole"][-1] < losses["whole"][0]
+    for a, b in zip(losses["whole"], losses["split"], strict=True):
+        assert abs(a - b) <= 1e-3 * a, losses
+    for (name, a), b in zip(whole.model.named_parameters(), split.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4), name
+
+
+@pytest.mark.parametrize("micro", [3, 0, 16])
+def test_a_micro_batch_must_divide_the_batch(micro):
+    with pytest.raises(ConfigError, match=rf"^stage.yaml: train: micro_batch_size: {micro} does not divide batch_size"):
+        from_dict(TrainOptions, {"batch_size": 8, "micro_batch_size": micro}, "stage.yaml: train")
+
+
+def test_the_batch_shape_is_set_by_the_options_not_under_trainer():
+    with pytest.raises(ConfigError, match=r"^s.yaml: train: trainer: per_device_train_batch_size: set batch_size"):
+        from_dict(TrainOptions, {"trainer": {"per_device_train_batch_size": 4}}, "s.yaml: train")
+    with pytest.raises(ConfigError, match=r"^s.yaml: train: trainer: gradient_accumulation_steps: set grad_accum"):
+        from_dict(TrainOptions, {"trainer": {"gradient_accumulation_steps": 4}}, "s.yaml: train")
+
+
 def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
-    """TRL samples outside autocast; the project's GRPO trainer samples in bf16 as its loss runs."""
+    """TRL samples outside autocast; the project's GRPO trainer samples in bf16 as its loss runs, and
+    decodes with the generation engine's attention kernel."""
     from datasets import Dataset
     prompts = [[{"role": "user", "content": f"Count to {i}."}] for i in range(8)]
     ctx = StageContext(stage_id="rl", dir=tmp_path / "rl", input_model=str(tiny_model))
@@ -79,19 +115,26 @@ def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
                           train=TrainOptions(max_steps=1, batch_size=8, save_steps=100,
                                              trainer={"report_to": [], "disable_tqdm": True, **BF16}))
     trainer = grpo_trainer(ctx, options, Dataset.from_list([{"prompt": p} for p in prompts]), [longer], "rl.train")
-    seen = _matmul_dtypes(trainer.model)
-    in_rollouts = []
+    seen, kernels = _matmul_dtypes(trainer.model), []
+    trainer.model.register_forward_pre_hook(lambda mod, args: kernels.append(mod.config._attn_implementation))
+    training_kernel = trainer.model.config._attn_implementation
+    in_rollouts, decode_kernels = [], []
     generate = trainer._generate
 
     def spy(batch):
-        start = len(seen)
+        start, first = len(seen), len(kernels)
         out = generate(batch)
         in_rollouts.extend(seen[start:])
+        decode_kernels.extend(kernels[first:])
+        del kernels[first:]
         return out
     trainer._generate = spy
     trainer.train()
     assert in_rollouts and set(in_rollouts) == {torch.bfloat16}
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    # decoding with the generation engine's attention (eager on CPU), the loss with the model's own
+    assert set(decode_kernels) == {decode_attention(trainer.model) or training_kernel}
+    assert kernels and set(kernels) == {training_kernel} == {trainer.model.config._attn_implementation}
 
 
 def test_matmul_params_count_the_head_not_the_lookup(tiny_model):
@@ -124,6 +167,9 @@ def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
             assert arm["step_s"] > 0 and arm["tokens_per_step"] > 0 and 0 < arm["mfu"] < 1
             assert arm["peak_memory_gb"] > 0.1  # a process with torch loaded
         assert results[kind]["speedup"] == round(before["step_s"] / after["step_s"], 2)
+    sft, micro = results["sft"], micro_batch("sft") or 8
+    assert (sft["before"]["batch"], sft["before"]["grad_accum"]) == (8, 1)  # the whole batch at once
+    assert (sft["after"]["batch"], sft["after"]["grad_accum"]) == (micro, 8 // micro)
     grpo = results["grpo"]
     assert (grpo["before"]["batch"], grpo["before"]["grad_accum"]) == (32, 1)
     assert (grpo["after"]["batch"], grpo["after"]["grad_accum"]) == (8, 4)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from transformers.trainer_callback import ProgressCallback
 
 from posttrain.core.callbacks import bar_only, curve_snapshots, rank_record, status_lines
@@ -13,7 +15,7 @@ from posttrain.core.chat import SAMPLING
 from posttrain.core.config import check_trainer_overrides
 from posttrain.core.context import StageContext
 from posttrain.core.generation.vllm import release, use_reload_sync
-from posttrain.core.models import load_model, save
+from posttrain.core.models import attention, decode_attention, load_model, save
 from posttrain.core.rundir import distributed, wait_for_everyone
 
 log = logging.getLogger("posttrain.core.training")
@@ -33,25 +35,53 @@ class LoraOptions:
                           target_modules=self.target_modules, task_type=task_type)
 
 
+# Rows per forward/backward by trainer, on CPU (issue 29; default model, 2 cores, bf16 autocast; a
+# batch of 8 ~100-500-token conversations, `posttrain bench train`): SFT one row at a time trains
+# 2.2x the tokens/s of the whole padded batch of 8 (no padding, activations 4.6 GB instead of 12.8);
+# on-policy distillation in pairs 1.13x (its vocabulary-wide divergence dominates). GPUs, and the
+# trainers not listed, take the whole batch at once.
+CPU_MICRO_BATCH = {"sft": 1, "distill": 2}
+
+
+def micro_batch(kind: str | None) -> int | None:
+    """The default micro-batch size of trainer `kind` here (None: the whole batch)."""
+    return None if torch.cuda.is_available() else CPU_MICRO_BATCH.get(kind)
+
+
 @dataclass
 class TrainOptions:
     """What most stages tune. Anything else TRL's config takes goes under `trainer:` (checked)."""
 
     max_steps: int = 50
     learning_rate: float = 2e-5
-    batch_size: int = 8
+    batch_size: int = 8  # rows per device per optimizer step, times grad_accum
     grad_accum: int = 1
+    # rows per forward/backward: each batch runs as micro-batches of this size, their gradients
+    # accumulated (the same update: TRL's losses are normalised over the whole batch). None: the
+    # trainer's default (`micro_batch`).
+    micro_batch_size: int | None = None
     warmup_ratio: float = 0.0
     save_steps: int = 25
     lora: LoraOptions | None = None
     trainer: dict[str, Any] = field(default_factory=dict)
 
-    def args(self, ctx: StageContext, config_cls: type, where: str, **stage_defaults: Any):
-        """A TRL config object: run-dir defaults < stage defaults < the user's `trainer:` keys."""
+    def __post_init__(self):
+        micro = self.micro_batch_size
+        if micro is not None and (micro < 1 or self.batch_size % micro):
+            raise ValueError(f"micro_batch_size: {micro} does not divide batch_size {self.batch_size}")
+        for name, ours in (("per_device_train_batch_size", "batch_size and micro_batch_size"),
+                           ("gradient_accumulation_steps", "grad_accum")):
+            if name in self.trainer:  # the batch shape is computed from ours: one place to set it
+                raise ValueError(f"trainer: {name}: set {ours} instead")
+
+    def args(self, ctx: StageContext, config_cls: type, where: str, kind: str | None = None, **stage_defaults: Any):
+        """A TRL config object: run-dir defaults < stage defaults < the user's `trainer:` keys. `kind`
+        names the trainer whose micro-batch default applies (`micro_batch`)."""
         check_trainer_overrides(config_cls, self.trainer, f"{where}.trainer")
+        micro = self.micro_batch_size or math.gcd(self.batch_size, micro_batch(kind) or self.batch_size)
         kwargs = ctx.trainer_args(max_steps=self.max_steps, learning_rate=self.learning_rate,
-                                  per_device_train_batch_size=self.batch_size,
-                                  gradient_accumulation_steps=self.grad_accum,
+                                  per_device_train_batch_size=micro,
+                                  gradient_accumulation_steps=self.grad_accum * (self.batch_size // micro),
                                   warmup_steps=self.warmup_ratio, save_steps=self.save_steps)
         kwargs.update(stage_defaults)
         kwargs.update(self.trainer)
@@ -100,17 +130,18 @@ def train(ctx: StageContext, trainer) -> None:
 
 
 def rollouts_in_autocast(trainer):
-    """Make an on-policy trainer (GRPO, distillation) sample its transformers rollouts under its own
-    mixed-precision autocast, as its loss runs: TRL calls `generate` outside it, so a bf16 run would
-    sample with float32 matmuls (issue 29 reports bf16 at 3.6x float32 on an AVX512-BF16 CPU). The
+    """Make an on-policy trainer (GRPO, distillation) sample its transformers rollouts as the
+    generation engine decodes: under the trainer's mixed-precision autocast (TRL calls `generate`
+    outside it, so a bf16 run would sample with float32 matmuls) and with the engine's decoding
+    attention (`decode_attention`: eager on CPU), the training forward keeping its own. The
     float32 weights are untouched; the loss is recomputed from the sampled ids, so no sampled
     log-probability enters it (vLLM rollouts are left as they are)."""
     if getattr(trainer.args, "use_vllm", False):
         return trainer
-    generate = trainer._generate
+    generate, model = trainer._generate, trainer.accelerator.unwrap_model(trainer.model)
 
     def _generate(prompts):
-        with trainer.accelerator.autocast():
+        with trainer.accelerator.autocast(), attention(model, decode_attention(model)):
             return generate(prompts)
     trainer._generate = _generate
     return trainer
@@ -132,7 +163,7 @@ def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, m
 
     model, tokenizer = load_model(ctx.input_model, train=True)
     conversations = "messages" in dataset.column_names
-    args = options.args(ctx, SFTConfig, where, assistant_only_loss=conversations,
+    args = options.args(ctx, SFTConfig, where, "sft", assistant_only_loss=conversations,
                         completion_only_loss=None if conversations else True, max_length=max_length,
                         packing=packing, padding_free=packing, dataset_num_proc=None)
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import TextIteratorStreamer
 
 from posttrain.core.generation.base import GenerationEngine
-from posttrain.core.models import load_model
+from posttrain.core.models import decode_attention, load_model
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -29,15 +29,14 @@ class TransformersEngine(GenerationEngine):
         """An engine on the model dir (or `default`), in inference mode.
 
         `dtype`: `auto` (load_model's choice: bfloat16 where its matmuls are native, else float32),
-        `float32` or `bfloat16`. `attn_implementation`: default `eager` on CPU, where one-token decode
-        steps ran faster than under sdpa's CPU flash kernel (`posttrain bench train`), else the model's.
+        `float32` or `bfloat16`. `attn_implementation`: default `decode_attention` (eager on CPU), else the model's.
         """
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
             dtype = DTYPES[dtype]
         model, tokenizer = load_model(model_path, dtype=dtype)
-        attn_implementation = attn_implementation or ("eager" if model.device.type == "cpu" else None)
+        attn_implementation = attn_implementation or decode_attention(model)
         if attn_implementation:
             model.set_attn_implementation(attn_implementation)
         return cls(model, tokenizer, batch_size=batch_size)
