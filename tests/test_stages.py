@@ -288,14 +288,18 @@ def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_tu
     compute = trainer._compute_loss
     trainer._compute_loss = lambda student, inputs, n: batches.append(inputs) or compute(student, inputs, n)
     trainer.train()
-    assert len(seen["teacher"]) == 1 and torch.equal(seen["student"][-1], seen["teacher"][0])
-    inputs, engine = batches[0], GenerationEngine(tok)
+    n = len(batches)  # the step's micro-batches (`micro_batch_size`), each scored by both models
+    assert n == len(seen["teacher"]) >= 1
+    assert all(torch.equal(s, t) for s, t in zip(seen["student"][-n:], seen["teacher"], strict=True))
+    engine = GenerationEngine(tok)
     rendered = {tuple(engine.render(m, mode)): mode for m, mode in zip(prompts["messages"], prompts["mode"],
                                                                          strict=True)}
     ends, ended = {"think": "<|im_start|>assistant\n", "no_think": "<|im_start|>assistant\n<think>\n\n</think>\n\n"}, 0
-    for row, row_mask, prompt, prompt_mask in zip(inputs["completion_ids"].tolist(), inputs["completion_mask"].tolist(),
-                                                  inputs["prompt_ids"].tolist(), inputs["prompt_mask"].tolist(),
-                                                  strict=True):
+    rows = [row for inputs in batches for row in zip(
+        inputs["completion_ids"].tolist(), inputs["completion_mask"].tolist(), inputs["prompt_ids"].tolist(),
+        inputs["prompt_mask"].tolist(), strict=True)]
+    assert len(rows) == 6
+    for row, row_mask, prompt, prompt_mask in rows:
         prompt = tuple(t for t, m in zip(prompt, prompt_mask, strict=True) if m)
         assert prompt in rendered and tok.decode(prompt).endswith(ends[rendered[prompt]])
         length = sum(row_mask)
@@ -303,7 +307,7 @@ def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_tu
         if eot in row[:length]:
             ended += 1
             assert row.index(eot) == length - 1  # the end-of-turn token is the last one in the loss
-    assert ended and any(sum(m) < 12 for m in inputs["completion_mask"].tolist())
+    assert ended and any(sum(row_mask) < 12 for _, row_mask, _, _ in rows)
 
 
 def test_compared_stages_get_accuracy_against_cpu_seconds_curves(tmp_path, tiny_model):
