@@ -55,6 +55,9 @@ class TaskEvalConfig:
 class EvalConfig:
     suites: dict[str, SuiteConfig]
     modes: list[Literal["think", "no_think"]] = field(default_factory=lambda: ["think", "no_think"])
+    # in a pipeline: a mode named here scores only the models listed (`base`, stage ids), e.g.
+    # {no_think: [fusion]}; a mode not named scores every evaluated model
+    mode_models: dict[Literal["think", "no_think"], list[str]] = field(default_factory=dict)
     samples: int = 4  # samples per item and mode (pass@k needs k <= samples)
     pass_k: list[int] = field(default_factory=lambda: [1, 4])
     max_new_tokens: int = 256
@@ -64,6 +67,9 @@ class EvalConfig:
     tasks: TaskEvalConfig | None = None  # per-task-kind scores
 
     def __post_init__(self):
+        if set(self.mode_models) - set(self.modes):
+            raise ValueError(f"mode_models names {sorted(set(self.mode_models) - set(self.modes))}, "
+                             f"not among modes {self.modes}")
         if any(k > self.samples for k in self.pass_k):
             raise ValueError(f"pass_k {self.pass_k} needs samples >= {max(self.pass_k)}")
         if self.thinking_budget is not None and self.thinking_budget < 1:

@@ -297,20 +297,74 @@ def test_think_follow_paired_gain():
     assert compare_think_follow(before, {}) is None
 
 
-def test_terminal_summary_reads_the_last_evaluated_model():
-    from posttrain.report.tables import summary
-    think = {"lin": {"think": {"accuracy": 0.5}, "no_think": {"accuracy": 0.25}}}
-    report = {"pipeline": "p", "run_dir": "runs/p", "base": {"eval": {"suites": {"lin": {"think": {"accuracy": 0.1}}}}},
-              "stages": [{"id": "a", "wall_time_s": 10.0, "eval": {"suites": think, "think_follow": {"score": 0.75}}},
-                         {"id": "b", "wall_time_s": 5.5, "eval": None}]}
-    assert summary(report) == ["pipeline p: 2 stage(s), 16 s of stage wall time", "stages: a 10.0 s, b 5.5 s",
-                               "a think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750",
-                               "report: runs/p/report.md"]
-    report["stages"][1]["eval"] = {"suites": think}  # the last model has no ThinkFollow: the latest one that has
-    assert summary(report)[2:4] == ["b think accuracy: lin 0.500 (base 0.100)", "a ThinkFollow: 0.750"]
-    for stage in report["stages"]:  # suites, but no stage evaluated: not "the pipeline has no eval"
-        stage["eval"] = None
-    assert summary(report)[2] == "eval: none (no stage has `eval: true`)"
+def _suite(correct: list[int], length: float, truncated: float = 0.0) -> dict:
+    return {"accuracy": sum(correct) / (2 * len(correct)), "correct_per_item": correct, "samples": 2,
+            "items_sha": "s", "mean_length": length, "truncated": truncated}
+
+
+def _scores(per_item: list[float], area: str = "instruction") -> dict:
+    return {"score": sum(per_item) / len(per_item), "score_se": 0.0, "per_item": per_item, "area": area}
+
+
+def test_each_stage_effect_in_one_line_from_report_json():
+    """The terminal summary and report.md's opening lines: what each stage did, computed from the
+    report alone, paired on the same items where both models were scored on them."""
+    from posttrain.report.tables import markdown, summary
+
+    def model(correct, length=50.0, tf=None, tasks=None, name=None, truncated=0.0):
+        out = {"model": name, "suites": {"lin": {"think": _suite(correct, length, truncated),
+                                                  "no_think": _suite(correct, length / 4)}}}
+        if tf is not None:
+            out["think_follow"] = {"score": sum(tf) / len(tf), "per_turn": tf, "items_sha": "t", "turns": len(tf),
+                                   "by_mode": {}, "by_flag": {}}
+        if tasks is not None:
+            out["tasks"] = {"scores": tasks}
+        return out
+
+    def stage(sid, kind, source, **extra):
+        return {"id": sid, "stage": kind, "input_model": f"runs/p/{source}/model", "model": f"runs/p/{sid}/model",
+                "wall_time_s": 1.0, "metrics": {}, "eval": None} | extra
+
+    ifk = {"if_case": {"think": _scores([0, 0.5]), "no_think": _scores([0, 0])},
+           "rag": {"think": _scores([1, 1], "specialised")}}
+    report = {"pipeline": "p", "run_dir": "runs/p", "base": {"eval": model([0, 0, 0, 0], tf=[0, 0, 1, 1], name="b")},
+              "stages": [
+                  stage("cold", "cold_start", "base", eval=model([1, 2, 1, 0], name="runs/p/cold/model")),
+                  stage("rl", "reasoning_rl", "cold", train_reward=[[1, 0.1], [2, 0.2], [3, 0.3], [4, 0.5]]),
+                  stage("fusion", "fusion", "rl", eval=model([2, 2, 1, 0], 80.0, tf=[1, 1, 1, 1],
+                                                             name="runs/p/fusion/model")),
+                  stage("rm", "reward_model", "fusion", metrics={"heldout_accuracy": 0.75}),
+                  stage("grl", "general_rl", "fusion", eval=model([2, 2, 1, 0], 80.0, tasks={
+                      "if_case": {"think": _scores([1, 0.5]), "no_think": _scores([0.5, 0])},
+                      "rag": {"think": _scores([0, 0], "specialised")}}, name="runs/p/grl/model")),
+                  stage("student", "distill", "grl", params=50_000_000, input_params=100_000_000,
+                        eval=model([1, 1, 0, 0], 60.0, name="runs/p/student/model", truncated=0.25))]}
+    report["base"]["eval"]["model"] = "runs/p/base/model"  # the owner of the cold start's input
+    report["stages"][0]["input_model"] = "runs/p/base/model"
+    report["stages"][2]["eval"]["tasks"] = {"scores": ifk}  # fusion scored the kinds too: grl pairs with it
+    lines = summary(report)
+    assert lines[:2] == ["pipeline p: 6 stage(s), 6 s of stage wall time",
+                         "stages: cold 1.0 s, rl 1.0 s, fusion 1.0 s, rm 1.0 s, grl 1.0 s, student 1.0 s"]
+    assert lines[2] == "cold: think accuracy lin 0.000 -> 0.500 (+50.0 ± 20.4) vs base"
+    assert lines[3] == "rl: training reward 0.100 -> 0.500 (steps 1-4)"
+    # fusion's input (rl) was not evaluated: paired with the nearest model before that was
+    assert lines[4] == ("fusion: ThinkFollow 0.500 -> 1.000 (+50.0 ± 28.9 vs base); "
+                        "no-think answers 0.25x think length; instruction kinds' reward 0.125 (1 kind); "
+                        "think accuracy lin 0.500 -> 0.625 (+12.5 ± 12.5) vs cold")
+    assert lines[5] == "rm: held-out pair accuracy 0.750"
+    # instruction kinds only (not rag): per item (1-0, 0.5-0.5, 0.5-0, 0-0) over 4 items
+    assert lines[6] == ("grl: instruction kinds' reward 0.125 -> 0.500 (+0.375 ± 0.239, 1 kind) vs fusion; "
+                        "think accuracy lin 0.625 -> 0.625 (+0.0 ± 0.0) vs fusion")
+    assert lines[7] == ("student: student 50.0M params (0.50x the teacher); 12% of answers at the length cap; "
+                        "think accuracy lin 0.625 -> 0.250 (-37.5 ± 12.5, 0.40x the teacher's) vs grl")
+    assert lines[8:] == ["end to end, student think accuracy: lin 0.250 (base 0.000)", "report: runs/p/report.md"]
+    md = markdown(report, [], "t").splitlines()
+    assert md[2:2 + 6] == [f"- {line}" for line in lines[2:8]]  # report.md opens with the same lines
+    for s in report["stages"]:  # suites, but no stage evaluated
+        s["eval"] = None
+    assert summary(report)[2] == "cold: not evaluated (`eval: false`)"
+    report["base"]["eval"] = None
+    assert summary(report)[2] == "cold: not evaluated (the pipeline has no `eval`)"
 
 
 def test_a_stage_without_eval_or_training_curves_leaves_a_note_not_a_failure(tmp_path):

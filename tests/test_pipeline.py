@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import KILLER, REPO, checkpoint_digest, cli, records, untouched
@@ -63,9 +65,10 @@ def test_killed_stage_resumes_then_skips(toy, tmp_path):
     assert "- no evaluation: the pipeline has no `eval` suites" in (run / "report.md").read_text()
     assert "stage 2/2 second [sft]" in resumed.stderr and "second: training step 2/2" in resumed.stderr
     assert "first: training step 6/6" in resumed.stderr and "left" in resumed.stderr  # status lines
-    summary = resumed.stdout.strip().splitlines()[-4:]  # the terminal summary (this toy has no eval)
+    summary = resumed.stdout.strip().splitlines()[-5:]  # the terminal summary (this toy has no eval)
     assert summary[0].startswith("pipeline toy: 2 stage(s)") and summary[1].startswith("stages: first ")
-    assert summary[2:] == ["eval: none (the pipeline has no `eval`)", f"report: {run / 'report.md'}"]
+    assert summary[2:] == ["first: not evaluated (the pipeline has no `eval`)",
+                           "second: not evaluated (the pipeline has no `eval`)", f"report: {run / 'report.md'}"]
 
     stamp = (run / "02_second" / "model" / "model.safetensors").stat().st_mtime
     again = cli("run", str(toy))
@@ -201,20 +204,41 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     seen = {}
 
     def fake_evaluate(model, cfg, **kw):
-        seen[model] = (cfg.think_follow is not None, cfg.tasks is not None)
+        seen[model] = (cfg.think_follow is not None, cfg.tasks is not None, cfg.modes)
         return {"model": model, "suites": {}, **({"think_follow": {"score": 1.0}} if cfg.think_follow else {})}
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     cfg = PipelineConfig(name="t", stages=[], eval={
         "suites": {"lin": {"family": "linear", "n": 2}}, "think_follow": {"n": 2, "models": ["fusion"]},
-        "tasks": {"spec": str(REPO / "pipelines" / "tasks.yaml"), "models": ["fusion"]}})
+        "tasks": {"spec": str(REPO / "pipelines" / "tasks.yaml"), "models": ["fusion"]},
+        "mode_models": {"no_think": ["fusion"]}})
     run_eval = runner._evaluator(cfg, tmp_path, EnginePool())
     run_eval("a", tmp_path / "a.json", "base")
     run_eval("b", tmp_path / "b.json", "fusion")
-    assert seen == {"a": (False, False), "b": (True, True)}
+    assert seen == {"a": (False, False, ["think"]), "b": (True, True, ["think", "no_think"])}
     (tmp_path / "c.json").write_text(json.dumps({"suites": {}, "think_follow": {"score": 0.5}}))
     assert run_eval("c", tmp_path / "c.json", "base")["think_follow"] == {"score": 0.5}  # an earlier score is kept
     # which models are scored is not a setting of the score: earlier results stay reusable
     assert ThinkFollowConfig(models=["fusion"]).settings(0) == ThinkFollowConfig().settings(0)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mode_models", {"no_think": ["fusoin"]}, "eval.mode_models.no_think: 'fusoin' is not `base` or a stage id "
+                                             "(stages: first, second)"),
+    ("think_follow", {"models": ["base", "third"]}, "eval.think_follow.models: 'third' is not `base` or a stage id"),
+    ("mode_models", {"no_think": ["base"]}, None),
+])
+def test_eval_models_must_name_the_base_model_or_a_stage(toy, tmp_path, key, value, message):
+    from posttrain import pipeline
+    from posttrain.core.config import ConfigError
+    data = yaml.safe_load(toy.read_text())
+    data["eval"] = {"suites": {"lin": {"family": "linear", "n": 2}}, "modes": ["think", "no_think"], key: value}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    if message is None:
+        pipeline.load(path)
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        pipeline.load(path)
 
 
 def test_a_second_run_on_the_same_directory_is_refused_while_the_first_holds_it(toy, tmp_path):

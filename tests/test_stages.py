@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import pipeline
 from posttrain.core.models import make_tiny_model
+from posttrain.report.effects import effects
 from tests.conftest import REPO, checkpoint_digest
 
 
@@ -397,6 +398,11 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
                       on_policy: {{max_completion_length: 6, train: {{max_steps: 1, batch_size: 2}}}}}}
         """)
     report = (run_dir / "report.md").read_text()
+    # report.md opens with each stage's effect in one line, computed from report.json (as the terminal prints)
+    lines = effects(json.loads((run_dir / "report.json").read_text()))
+    assert [line.split(":")[0] for line in lines] == [p.ctx.stage_id for p in planned]
+    assert report.splitlines()[2:2 + len(lines)] == [f"- {line}" for line in lines]
+    assert "think accuracy arithmetic" in lines[0] and "ThinkFollow" in lines[2] and "training reward" in lines[4]
     data = report.split("## Data")[1].split("\n## ")[0]
     for sid, name in [("cold_start", "cold_start_data.json"), ("reasoning_rl", "selection.json"),
                       ("fusion", "fusion_data.json"), ("reward_model", "pairs.json"),

@@ -147,6 +147,8 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
             raise ConfigError(f"{where}: compare_points: must be at least 1, got {cfg.compare_points}")
         ctx = next(p for p in planned if p.ctx.stage_id == sid).ctx
         ctx.curve_points, ctx.curve_dir = cfg.compare_points, ctx.dir / "curve"
+    if eval_cfg is not None:
+        _check_eval_models(eval_cfg, ["base", *outputs], f"{where}: eval")
     if cfg.budget_curve is not None:
         if cfg.eval is None:
             raise ConfigError(f"{where}: budget_curve: needs the pipeline's `eval` suites")
@@ -155,6 +157,18 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
             raise ConfigError(f"{where}: budget_curve.stage: {curve.stage!r} is not a stage id "
                               f"(stages: {', '.join(outputs)})")
     return planned
+
+
+def _check_eval_models(eval_cfg: EvalConfig, labels: list[str], where: str) -> None:
+    """The models that ThinkFollow, the task kinds and `mode_models` name must be `base` or stage ids."""
+    named = [(f"mode_models.{m}", names) for m, names in eval_cfg.mode_models.items()] + [
+        (f"{part}.models", getattr(eval_cfg, part).models or []) for part in ("think_follow", "tasks")
+        if getattr(eval_cfg, part) is not None]
+    for key, names in named:
+        unknown = [n for n in names if n not in labels]
+        if unknown:
+            raise ConfigError(f"{where}.{key}: {', '.join(map(repr, unknown))} is not `base` or a stage id "
+                              f"(stages: {', '.join(labels[1:])})")
 
 
 def _check_trainer_keys(module, stage_cfg: Any, where: str) -> None:

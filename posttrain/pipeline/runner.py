@@ -127,12 +127,15 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path, engines: EnginePool):
 
     def run_eval(model: str, path: Path, label: str) -> dict:
         """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest;
-        task kinds and ThinkFollow only for the models their `models:` names (base or stage ids; default all)."""
+        task kinds, ThinkFollow and a mode of `mode_models` only for the models named there (base or
+        stage ids; default all)."""
         cached = read_json(path)
         wanted = {part: getattr(eval_cfg, part) is not None and (not getattr(eval_cfg, part).models
                                                                   or label in getattr(eval_cfg, part).models)
                   for part in ("tasks", "think_follow")}
-        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes})
+        modes = [m for m in eval_cfg.modes if label in eval_cfg.mode_models.get(m, [label])]
+        this_cfg = replace(eval_cfg, modes=modes, mode_models={},
+                           **{part: None for part, yes in wanted.items() if not yes})
         results = evaluate(model, this_cfg, engines=engines, seed=cfg.seed, previous=cached, resolve=resolve)
         for part, yes in wanted.items():
             if not yes and cached and cached.get(part):

@@ -1,5 +1,6 @@
-"""What the report is made of: report.json's content (each stage's times, metrics, eval results and
-the data files its module names in REPORT_FILES), TensorBoard scalars, paired gains, missing parts."""
+"""What the report is made of: report.json's content (each stage's times, metrics, eval results,
+model sizes, training reward and the data files its module names in REPORT_FILES), TensorBoard
+scalars, paired gains, missing parts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import stages
+from posttrain.core.models import params_on_disk
 from posttrain.core.rundir import read_json
 from posttrain.core.stats import compare, compare_think_follow
 
@@ -20,13 +22,24 @@ def collect(run_dir: Path, planned) -> dict[str, Any]:
         report["stages"].append({
             "id": p.ctx.stage_id, "stage": p.spec.stage, "input_model": p.ctx.input_model,
             "model": str(p.ctx.model_dir), "wall_time_s": info.get("wall_time_s"),
-            "cpu_time_s": info.get("cpu_time_s"),
+            "cpu_time_s": info.get("cpu_time_s"), "params": _params(p.ctx.model_dir),
+            "input_params": _params(p.ctx.input_model), "train_reward": train_reward(p.ctx),
             "resumed": info.get("resumed"), "metrics": read_json(p.ctx.dir / "metrics.json", {}),
             "eval": read_json(p.ctx.dir / "eval.json"), "curve": read_json(p.ctx.dir / "curve" / "curve.json"),
             "data": {name: read_json(p.ctx.dir / name) for name in stages.get(p.spec.stage).REPORT_FILES
                      if (p.ctx.dir / name).is_file()}})
     report["budget_curve"] = read_json(run_dir / "budget_curve.json")
     return report
+
+
+def _params(model_dir) -> int | None:
+    """Parameter count of a saved model directory (safetensors headers), None where there is none."""
+    return (params_on_disk(model_dir) or None) if model_dir and Path(model_dir).is_dir() else None
+
+
+def train_reward(ctx) -> list[tuple[int, float]]:
+    """The mean training reward per logged step of an RL stage (TRL's `train/reward`), in step order."""
+    return sorted(v for _, tb in curve_sources(ctx) for v in scalars(tb).get("train/reward", []))
 
 
 def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -58,10 +71,10 @@ def eval_rows(report: dict[str, Any]) -> list[tuple[str, str, str, dict]]:
     return rows
 
 
-def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
-    """Each stage's paired gain over the model it started from, or over the nearest model before it
-    that has the measure: per (stage, suite, mode) in accuracy, per (stage, "think_follow", "") in
-    ThinkFollow."""
+def evaluated(report: dict[str, Any]):
+    """(evals, nearest): each model's eval results by label (base, stage ids), and
+    `nearest(stage_id, part)`: the label of the nearest model before that stage (its input model, that
+    model's input, ...) whose results have `part` ("suites", "think_follow", "tasks"), or None."""
     evals = {"base": report["base"]["eval"]} | {s["id"]: s["eval"] for s in report["stages"]}
     owner = {str(m): "base" for m in [(report["base"]["eval"] or {}).get("model")] if m} | {
         str(s["model"]): s["id"] for s in report["stages"] if s.get("model")}
@@ -72,6 +85,14 @@ def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
         while ref and ref != "base" and not (evals[ref] or {}).get(part):
             ref = inputs.get(ref)
         return ref if ref and (evals[ref] or {}).get(part) else None
+    return evals, nearest
+
+
+def paired_gains(report: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Each stage's paired gain over the nearest evaluated model before it (`evaluated`), as
+    {"ref", "diff", "se"}: per (stage, suite, mode) in accuracy, per (stage, "think_follow", "") in
+    ThinkFollow; none where the two were scored on other items."""
+    evals, nearest = evaluated(report)
     out = {}
     for s in report["stages"]:
         if not s["eval"]:
@@ -79,7 +100,7 @@ def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
         ref = nearest(s["id"], "think_follow")
         tf = compare_think_follow(evals[ref], s["eval"]) if ref else None
         if tf:
-            out[(s["id"], "think_follow", "")] = f"{100 * tf['diff']:+.1f} ± {100 * tf['se']:.1f} vs {ref}"
+            out[(s["id"], "think_follow", "")] = {"ref": ref, **tf}
         ref = nearest(s["id"], "suites")
         if not ref:
             continue
@@ -89,8 +110,14 @@ def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
             continue
         for suite, modes in gains.items():
             for mode, g in modes.items():
-                out[(s["id"], suite, mode)] = f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} vs {ref}"
+                out[(s["id"], suite, mode)] = {"ref": ref, **g}
     return out
+
+
+def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
+    """`paired_gains` as report.md writes them: `+12.5 ± 3.1 vs cold_start` (points)."""
+    return {key: f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} vs {g['ref']}"
+            for key, g in paired_gains(report).items()}
 
 
 def notes(report: dict[str, Any], planned) -> list[str]:

@@ -1,5 +1,6 @@
-"""The report's text: report.md's tables (stages, evaluation with paired gains, data, ThinkFollow,
-task kinds, thinking budget, compared stages) and the terminal's end-of-run summary."""
+"""The report's text: report.md (each stage's effect in one line, then tables: stages, evaluation with
+paired gains, data, ThinkFollow, task kinds, thinking budget, compared stages) and the terminal's
+end-of-run summary."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 from posttrain.core.stats import compare, standard_error
 from posttrain.report.collect import eval_rows, gains
+from posttrain.report.effects import effects
 
 
 def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
-    lines = [f"# {title}", "", "## Stages", "",
+    lines = [f"# {title}", "", *[f"- {line}" for line in effects(report)], "", "## Stages", "",
              "| stage | kind | input | wall time (s) | CPU time (s) | steps | final loss |",
              "|---|---|---|---:|---:|---:|---:|"]
     for s in report["stages"]:
@@ -197,28 +199,24 @@ def _paired_rows(stages: dict[str, Any], ids: list[str], suites: list[str], mode
 
 
 def summary(report: dict[str, Any]) -> list[str]:
-    """Five lines for the terminal at the end of a run: stages and times, the last evaluated model's
-    accuracy (think mode) against the base model's, its ThinkFollow, and where the report is."""
+    """The terminal's lines at the end of a run: stages and times, each stage's effect in one line
+    (`effects`, as report.md opens), the last evaluated model's think accuracy against the base
+    model's, and where the report is."""
     stages = report["stages"]
     wall = sum(s.get("wall_time_s") or 0 for s in stages)
     times = ", ".join(f"{s['id']} {s.get('wall_time_s') or '-'} s" for s in stages)
+    lines = [f"pipeline {report.get('pipeline')}: {len(stages)} stage(s), {wall:.0f} s of stage wall time",
+             f"stages: {times}", *effects(report)]
     last = next((s for s in reversed(stages) if s.get("eval")), None)
     base = (report["base"].get("eval") or {}).get("suites") or {}
-    lines = [f"pipeline {report.get('pipeline')}: {len(stages)} stage(s), {wall:.0f} s of stage wall time",
-             f"stages: {times}"]
     if last:
         cells = [f"{suite} {r['think']['accuracy']:.3f}" + (f" (base {base[suite]['think']['accuracy']:.3f})"
                                                              if "think" in base.get(suite, {}) else "")
                  for suite, r in (last["eval"].get("suites") or {}).items() if "think" in r]
-        lines.append(f"{last['id']} think accuracy: {', '.join(cells) or 'not measured'}")
-        follow = next((s for s in reversed(stages) if (s.get("eval") or {}).get("think_follow")), None)
-        lines.append(f"{follow['id']} ThinkFollow: {follow['eval']['think_follow']['score']:.3f}" if follow
-                     else "ThinkFollow: not measured")
-    else:
-        lines += ["eval: none " + ("(no stage has `eval: true`)" if report["base"].get("eval")
-                                   else "(the pipeline has no `eval`)"), ""]
+        if cells:
+            lines.append(f"end to end, {last['id']} think accuracy: {', '.join(cells)}")
     lines.append(f"report: {Path(report['run_dir']) / 'report.md'}")
-    return [line for line in lines if line]
+    return lines
 
 
 def _fmt(value: Any) -> str:
