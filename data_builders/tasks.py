@@ -38,7 +38,7 @@ from data_builders.agent import ENVIRONMENTS, run_episodes
 from data_builders.sources import load
 from posttrain.core.chat import SAMPLING
 from posttrain.core.config import ConfigError, from_dict, load_yaml
-from posttrain.core.stats import standard_error
+from posttrain.core.stats import roc_auc, standard_error
 from rewards.routed import load_table
 
 log = logging.getLogger("posttrain.tasks")
@@ -189,7 +189,8 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
     """Each kind's mean reward on its held-out items, asked in every mode by flag (a kind whose
     source sets its own flags is asked once, as `flagged`); one sample per item at the mode's
     sampling settings, scored by the kind's own rewards, and by its `check` rules if it has any
-    (`agreement`: the share of items where reward and rules both pass, >= 0.5, or both fail)."""
+    (`agreement`: the share of items where reward and rules both pass, >= 0.5, or both fail; `auc`: the
+    ROC AUC of the reward's score against the rules' verdict, 0.5 for a grader that cannot tell))."""
     reward = rewards.get("routed", table=routing_table(kinds, resolve, engines=engines))
     checks = routing_table(kinds, resolve, "check", engines=engines)
     check = rewards.get("routed", table=checks) if checks else None
@@ -220,9 +221,11 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
             log.info("tasks: %s %s: %s over %d items", name, key, out[name][key]["score"], len(valid))
             if check is not None and name in checks:
                 ruled = check(texts, **columns)
-                both = [(s >= 0.5, c >= 0.5) for s, c in zip(scores, ruled, strict=True) if None not in (s, c)]
+                pairs = [(s, c >= 0.5) for s, c in zip(scores, ruled, strict=True) if None not in (s, c)]
+                both = [(s >= 0.5, c) for s, c in pairs]
                 out[name][key].update(agreement=sum(a == b for a, b in both) / len(both) if both else None,
-                                      rule_pass=sum(c for _, c in both) / len(both) if both else None)
+                                      rule_pass=sum(c for _, c in both) / len(both) if both else None,
+                                      auc=roc_auc(*zip(*pairs, strict=True)) if pairs else None)
     return out
 
 

@@ -287,6 +287,16 @@ def test_budget_curve_reuses_the_unlimited_point_of_the_eval():
     assert budgets == [4, 8, 4, None]  # other sample count: the unlimited point is generated again
 
 
+def test_roc_auc_on_a_hand_made_case():
+    from posttrain.core.stats import roc_auc
+    labels = [True, True, True, False, False]
+    # positives 0.9, 0.6, 0.4 against negatives 0.6, 0.1: 1 + 1, 0.5 + 1, 0 + 1 wins of 6 pairs
+    assert roc_auc([0.9, 0.6, 0.4, 0.6, 0.1], labels) == pytest.approx(4.5 / 6)
+    assert roc_auc([1, 1, 1, 1, 1], labels) == 0.5  # one score for everything: cannot tell
+    assert roc_auc([1, 1, 1, 0, 0], labels) == 1.0 and roc_auc([0, 0, 0, 1, 1], labels) == 0.0
+    assert roc_auc([0.3, 0.2], [True, True]) is None  # one class only: undefined
+
+
 def test_think_follow_paired_gain():
     from posttrain.core.stats import compare_think_follow
     before = {"think_follow": {"per_turn": [1, 0, 0, 1], "items_sha": "s"}}

@@ -255,6 +255,7 @@ def test_judged_kind_reports_agreement_and_waits_for_its_model(tiny_model):
     res = evaluate_tasks(Oracle(), kinds, n=8, modes=("no_think",), resolve=lambda ref: str(tiny_model))
     r = res["judged"]["no_think"]
     assert r["score"] == 1.0 and r["rule_pass"] == 0.5 and r["agreement"] == 0.5
+    assert r["auc"] == 0.5  # a judge that says yes to everything cannot tell right from wrong
     with pytest.raises(ConfigError, match="needs a pipeline run directory"):
         routing_table(kinds)
 

@@ -26,6 +26,17 @@ def standard_error(values: list[float]) -> float:
     return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
 
 
+def roc_auc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve of `scores` against binary `labels`: the chance that a random positive
+    scores above a random negative, ties counting half (the Mann-Whitney U over n_pos * n_neg). 0.5
+    for a grader that gives every item the same score; None unless both labels occur."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return None
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
 def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     """Accuracy gain of `after` over `before` on the same items (two results of one suite and mode):
     mean per-item difference and its standard error. Raises ValueError if the items differ."""

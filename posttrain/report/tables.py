@@ -107,12 +107,15 @@ def _task_table(report: dict[str, Any]) -> list[str]:
             before, after = (m[1].get(kind, {}).get(mode) for m in models[-2:])
             cells.append(_paired_task_change(before, after))
         lines.append(f"| {kind} | {area} | {mode} | " + " | ".join(cells) + " |")
-    agree = [f"{label} {kind} {mode}: {_fmt(r['agreement'])} (rules pass {_fmt(r.get('rule_pass'))})"
+    agree = [f"{label} {kind} {mode}: {_fmt(r['agreement'])} (rules pass {_fmt(r.get('rule_pass'))}, "
+             f"ROC AUC {_fmt(r.get('auc'))})"
              for label, scores in models for kind, modes in scores.items() for mode, r in modes.items()
              if r.get("agreement") is not None]
     if agree:
         lines += ["", "Agreement of model-based rewards (judge, reward model) with the kinds' rule checks, "
-                  "share of items where both pass or both fail: " + "; ".join(agree) + "."]
+                  "share of items where both pass or both fail, and the ROC AUC of the reward's score against "
+                  "the rules' verdict (0.5: it cannot tell a passing answer from a failing one): "
+                  + "; ".join(agree) + "."]
     rms = [f"{s['id']}: {_fmt(s['metrics']['heldout_accuracy'])}" for s in report["stages"]
            if (s.get("metrics") or {}).get("heldout_accuracy") is not None]
     if rms:
