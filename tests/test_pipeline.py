@@ -203,8 +203,8 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     from posttrain.thinkfollow import ThinkFollowConfig
     seen = {}
 
-    def fake_evaluate(model, cfg, **kw):
-        seen[model] = (cfg.think_follow is not None, cfg.tasks is not None, cfg.modes)
+    def fake_evaluate(model, cfg, suite_modes=None, **kw):
+        seen[model] = (cfg.think_follow is not None, cfg.tasks is not None, suite_modes)
         return {"model": model, "suites": {}, **({"think_follow": {"score": 1.0}} if cfg.think_follow else {})}
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     cfg = PipelineConfig(name="t", stages=[], eval={
@@ -221,17 +221,19 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     assert ThinkFollowConfig(models=["fusion"]).settings(0) == ThinkFollowConfig().settings(0)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("mode_models", {"no_think": ["fusoin"]}, "eval.mode_models.no_think: 'fusoin' is not `base` or a stage id "
-                                             "(stages: first, second)"),
-    ("think_follow", {"models": ["base", "third"]}, "eval.think_follow.models: 'third' is not `base` or a stage id"),
-    ("mode_models", {"no_think": ["base"]}, None),
+@pytest.mark.parametrize("given, message", [
+    ({"mode_models": {"no_think": ["fusoin"]}},
+     "eval.mode_models.no_think: 'fusoin' is not `base` or a stage id (stages: first, second)"),
+    ({"think_follow": {"models": ["base", "third"]}}, "eval.think_follow.models: 'third' is not `base` or a stage id"),
+    ({"modes": ["think"], "mode_models": {"no_think": ["first"]}},
+     "eval.mode_models: no_think is not one of the eval's modes ['think']"),
+    ({"mode_models": {"no_think": ["base"]}}, None),
 ])
-def test_eval_models_must_name_the_base_model_or_a_stage(toy, tmp_path, key, value, message):
+def test_eval_models_must_name_the_base_model_or_a_stage(toy, tmp_path, given, message):
     from posttrain import pipeline
     from posttrain.core.config import ConfigError
     data = yaml.safe_load(toy.read_text())
-    data["eval"] = {"suites": {"lin": {"family": "linear", "n": 2}}, "modes": ["think", "no_think"], key: value}
+    data["eval"] = {"suites": {"lin": {"family": "linear", "n": 2}}, "modes": ["think", "no_think"], **given}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     if message is None:

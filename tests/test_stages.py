@@ -418,6 +418,10 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
     evals = {p.ctx.stage_id: json.loads((p.ctx.dir / "eval.json").read_text()) for p in planned if p.spec.eval}
     assert "think_follow" in evals["fusion"] and "think_follow" not in evals["distill"]  # eval.think_follow.models
     assert "tasks" in evals["general_rl"] and "tasks" not in evals["cold_start"]
+    # eval.mode_models: the suites in no-think mode for the fused model only; the task kinds in both modes
+    assert [set(evals[m]["suites"]["arithmetic"]) for m in ("cold_start", "fusion", "distill")] == [
+        {"think"}, {"think", "no_think"}, {"think"}]
+    assert {"think", "no_think"} <= {m for r in evals["general_rl"]["tasks"]["scores"].values() for m in r}
 
 
 def test_grpo_with_fewer_prompts_than_one_step_stops_with_a_clear_error(tmp_path, tiny_model):

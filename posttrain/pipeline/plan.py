@@ -164,6 +164,9 @@ def _check_eval_models(eval_cfg: EvalConfig, labels: list[str], where: str) -> N
     named = [(f"mode_models.{m}", names) for m, names in eval_cfg.mode_models.items()] + [
         (f"{part}.models", getattr(eval_cfg, part).models or []) for part in ("think_follow", "tasks")
         if getattr(eval_cfg, part) is not None]
+    extra = sorted(set(eval_cfg.mode_models) - set(eval_cfg.modes))
+    if extra:
+        raise ConfigError(f"{where}.mode_models: {', '.join(extra)} is not one of the eval's modes {eval_cfg.modes}")
     for key, names in named:
         unknown = [n for n in names if n not in labels]
         if unknown:

@@ -134,9 +134,9 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path, engines: EnginePool):
                                                                   or label in getattr(eval_cfg, part).models)
                   for part in ("tasks", "think_follow")}
         modes = [m for m in eval_cfg.modes if label in eval_cfg.mode_models.get(m, [label])]
-        this_cfg = replace(eval_cfg, modes=modes, mode_models={},
-                           **{part: None for part, yes in wanted.items() if not yes})
-        results = evaluate(model, this_cfg, engines=engines, seed=cfg.seed, previous=cached, resolve=resolve)
+        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes})
+        results = evaluate(model, this_cfg, engines=engines, seed=cfg.seed, previous=cached, resolve=resolve,
+                           suite_modes=modes)
         for part, yes in wanted.items():
             if not yes and cached and cached.get(part):
                 results[part] = cached[part]  # scored under an earlier config: kept
