@@ -75,10 +75,10 @@ def evaluated(report: dict[str, Any]):
     """(evals, nearest): each model's eval results by label (base, stage ids), and
     `nearest(stage_id, part)`: the label of the nearest model before that stage (its input model, that
     model's input, ...) whose results have `part` ("suites", "think_follow", "tasks"), or None."""
-    evals = {"base": report["base"]["eval"]} | {s["id"]: s["eval"] for s in report["stages"]}
-    owner = {str(m): "base" for m in [(report["base"]["eval"] or {}).get("model")] if m} | {
+    evals = {"base": report["base"].get("eval")} | {s["id"]: s.get("eval") for s in report["stages"]}
+    owner = {str(m): "base" for m in [(evals["base"] or {}).get("model")] if m} | {
         str(s["model"]): s["id"] for s in report["stages"] if s.get("model")}
-    inputs = {s["id"]: owner.get(str(s["input_model"])) for s in report["stages"]}
+    inputs = {s["id"]: owner.get(str(s.get("input_model"))) for s in report["stages"]}
 
     def nearest(sid: str, part: str) -> str | None:
         ref = inputs[sid]

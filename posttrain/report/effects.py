@@ -53,7 +53,7 @@ def _accuracy(s: dict, gains: dict, evals: dict) -> str:
         if g:
             refs.add(g["ref"])
             before, after = _acc(evals[g["ref"]], suite), modes["think"]["accuracy"]
-            teacher = s["stage"] == "distill" and evals[g["ref"]].get("model") == s["input_model"]
+            teacher = s.get("stage") == "distill" and evals[g["ref"]].get("model") == s["input_model"]
             share = f", {after / before:.2f}x the teacher's" if teacher and before else ""
             cells.append(f"{suite} {before:.3f} -> {after:.3f} ({100 * g['diff']:+.1f} ± {100 * g['se']:.1f}{share})")
         else:
@@ -76,7 +76,7 @@ def _think_follow(s: dict, gains: dict, evals: dict) -> str:
 
 def _lengths(s: dict) -> str:
     """For the stage that fuses the modes: mean no-think answer length as a share of think mode's."""
-    if s["stage"] != "fusion":
+    if s.get("stage") != "fusion":
         return ""
     pairs = [(m["no_think"]["mean_length"], m["think"]["mean_length"])
              for m in (s["eval"].get("suites") or {}).values() if {"think", "no_think"} <= set(m)]
@@ -133,7 +133,7 @@ def _reward_model(s: dict) -> str:
 
 def _student(s: dict) -> str:
     """A distilled student: its size against the teacher's and its answers cut at the length cap."""
-    if s["stage"] != "distill" or not s.get("params") or not s.get("input_params"):
+    if s.get("stage") != "distill" or not s.get("params") or not s.get("input_params"):
         return ""
     parts = [f"student {s['params'] / 1e6:.1f}M params ({s['params'] / s['input_params']:.2f}x the teacher)"]
     cut = [r["truncated"] for m in ((s.get("eval") or {}).get("suites") or {}).values() for r in m.values()
