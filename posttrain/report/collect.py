@@ -114,6 +114,14 @@ def paired_gains(report: dict[str, Any]) -> dict[tuple[str, str, str], dict[str,
     return out
 
 
+def task_item_changes(before: dict | None, after: dict | None) -> list[float] | None:
+    """Per-item reward changes of one task kind and mode (eval.json `tasks.scores[kind][mode]`),
+    over the items both scored; None where either is missing or they were scored on other items."""
+    if not before or not after or len(before.get("per_item", [])) != len(after.get("per_item", [])):
+        return None
+    return [a - b for b, a in zip(before["per_item"], after["per_item"], strict=True) if None not in (a, b)]
+
+
 def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
     """`paired_gains` as report.md writes them: `+12.5 ± 3.1 vs cold_start` (points)."""
     return {key: f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} vs {g['ref']}"

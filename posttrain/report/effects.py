@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from posttrain.core.stats import standard_error
-from posttrain.report.collect import evaluated, paired_gains
+from posttrain.report.collect import evaluated, paired_gains, task_item_changes
 
 INSTRUCTION_AREA = "instruction"
 
@@ -107,13 +107,8 @@ def _tasks(s: dict, evals: dict, ref: str | None) -> str:
 def _item_diffs(before: dict, after: dict, rows: list[tuple[str, str]]) -> list[float] | None:
     """Per-item reward changes over every (kind, mode) row, or None where a row is missing before
     or was scored on other items."""
-    diffs = []
-    for kind, mode in rows:
-        a, b = after[kind][mode].get("per_item"), (before.get(kind) or {}).get(mode, {}).get("per_item")
-        if a is None or b is None or len(a) != len(b):
-            return None
-        diffs += [y - x for x, y in zip(b, a, strict=True) if None not in (x, y)]
-    return diffs or None
+    changes = [task_item_changes((before.get(kind) or {}).get(mode), after[kind][mode]) for kind, mode in rows]
+    return None if any(c is None for c in changes) else [d for c in changes for d in c] or None
 
 
 def _reward(s: dict) -> str:

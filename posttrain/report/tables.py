@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.stats import compare, standard_error
-from posttrain.report.collect import eval_rows, gains
+from posttrain.report.collect import eval_rows, gains, task_item_changes
 from posttrain.report.effects import effects
 
 
@@ -125,9 +125,7 @@ def _task_table(report: dict[str, Any]) -> list[str]:
 
 def _paired_task_change(before: dict | None, after: dict | None) -> str:
     """Mean per-item reward change over the items both scored, with its standard error."""
-    if not before or not after or len(before.get("per_item", [])) != len(after.get("per_item", [])):
-        return ""
-    diffs = [a - b for a, b in zip(after["per_item"], before["per_item"], strict=True) if None not in (a, b)]
+    diffs = task_item_changes(before, after)
     return f"{sum(diffs) / len(diffs):+.3f} ± {standard_error(diffs):.3f}" if diffs else ""
 
 
