@@ -107,8 +107,7 @@ class NoTools:
 ENVIRONMENTS = {"shop": ShopEnv, "none": NoTools}
 
 
-def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
-    """A purchase whose total needs the stored prices: `answer` is the total, `store` the prices."""
+def _purchase(rng: random.Random, items: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     fruits = rng.sample(FRUITS, 4)
     prices = {f"price:{f}": rng.randint(2, 9) for f in fruits}
     bought = [(f, rng.randint(2, 5)) for f in rng.sample(fruits, items)]
@@ -119,8 +118,52 @@ def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
               "answer in \\boxed{}.")
     calls = [f'{{"name": "kv_get", "arguments": {{"key": "price:{f}"}}}}' for f, _ in bought]
     return {"prompt": [{"role": "user", "content": prompt}], "answer": str(total), "store": json.dumps(prices),
-            "domain": "agent", "response": "\n".join(f"<tool_call>\n{c}\n</tool_call>"
-                                                                           for c in calls)}
+            "domain": "agent", "response": "\n".join(f"<tool_call>\n{c}\n</tool_call>" for c in calls)}, bought
+
+
+def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
+    """A purchase whose total needs the stored prices: `answer` is the total, `store` the prices."""
+    return _purchase(rng, items)[0]
+
+
+def _call(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _stored(message: dict[str, Any]) -> dict[str, Any]:
+    """MESSAGE with its calls' arguments as JSON strings (the Qwen3 templates write a string as is): a
+    datasets column of calls to different tools would otherwise unify their argument dicts, with nulls."""
+    calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+             for c in message.get("tool_calls") or []]
+    return {**message, "tool_calls": calls} if calls else message
+
+
+def shop_episode(rng: random.Random, mode: str, items: int = 2) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """A shop row and a worked episode for it in MODE, as stage-3 data: an assistant turn that looks
+    the prices up (kv_get), their results, one that totals them (calculate), its result, and the
+    boxed answer; thinking turns say why in their think block. The calls run on the row's ShopEnv,
+    so every result is the tool's own; None when a call fails (the answer is checked by the caller)."""
+    row, bought = _purchase(rng, items)
+    env, known = ShopEnv(), {t["function"]["name"] for t in tool_schemas(ShopEnv)}
+    env.reset(**row)
+    think = mode == "think"
+    names = " and ".join(f for f, _ in bought)
+
+    def turn(reasoning: str, content: str = "", calls: tuple = ()) -> dict[str, Any]:
+        return {"role": "assistant", "content": content, "reasoning_content": reasoning if think else "",
+                **({"tool_calls": list(calls)} if calls else {})}
+    lookups = [_call("kv_get", key=f"price:{f}") for f, _ in bought]
+    messages = [turn(f"I need the prices of {names} from the store first.", calls=lookups)]
+    messages += [_run_call(env, c, known) for c in lookups]
+    prices = [m["content"] for m in messages[1:]]
+    expression = " + ".join(f"{n} * {p}" for (_, n), p in zip(bought, prices, strict=True))
+    messages.append(turn(", ".join(f"{f} costs {p}" for (f, _), p in zip(bought, prices, strict=True))
+                         + f"; the total is {expression}.", calls=[_call("calculate", expression=expression)]))
+    messages.append(_run_call(env, messages[-1]["tool_calls"][0], known))
+    messages.append(turn(f"The calculator gives {messages[-1]['content']}.",
+                         f"The total is \\boxed{{{messages[-1]['content']}}}."))
+    failed = any(m["role"] == "tool" and m["content"].startswith("error:") for m in messages)
+    return row, None if failed else [_stored(m) for m in messages]
 
 
 def tool_schemas(env_cls: type) -> list[dict[str, Any]]:

@@ -12,14 +12,15 @@ from typing import Any
 from data_builders import direct, synthetic
 from posttrain.core.chat import NO_THINK_FLAG, THINK_FLAG, resolve_mode
 
-REASONING = "reasoning"  # the reasoning families (stage-1 queries); the other kinds are direct.KINDS
+REASONING = "reasoning"  # the reasoning families (stage-1 queries)
+TOOL_USE = "shop"  # agent episodes whose tools run (data_builders/agent.py); the other kinds are direct.KINDS
 
 
 @dataclass
 class FlagMix:
     think_share: float = 0.5  # share of assistant turns in thinking mode (the mix ratio)
-    # task kinds by weight, drawn independently of the mode: `reasoning` and the direct kinds
-    # (instruction, qa, rewrite)
+    # task kinds by weight, drawn independently of the mode: `reasoning`, the direct kinds
+    # (instruction, qa, rewrite) and `shop` (tool use)
     kinds: dict[str, float] = field(default_factory=lambda: {REASONING: 0.5, "instruction": 0.2, "qa": 0.15,
                                                               "rewrite": 0.15})
     no_flag_share: float = 0.3  # turns whose mode is already implied that carry no flag
@@ -31,10 +32,10 @@ class FlagMix:
         for name in ("think_share", "no_flag_share", "system_flag_share", "multi_turn_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
-        unknown = set(self.kinds) - {REASONING, *direct.KINDS}
+        unknown = set(self.kinds) - {REASONING, TOOL_USE, *direct.KINDS}
         if unknown or not self.kinds or min(self.kinds.values()) < 0:
             raise ValueError(f"kinds: unknown {sorted(unknown)} or empty/negative weights "
-                             f"(known: {REASONING}, {', '.join(direct.KINDS)})")
+                             f"(known: {REASONING}, {TOOL_USE}, {', '.join(direct.KINDS)})")
         if self.max_turns < 1:
             raise ValueError("max_turns must be at least 1")
 
@@ -75,6 +76,8 @@ def user_text(prompt: str, turn: dict[str, Any]) -> str:
 def suite(kinds: dict[str, float], n: int, seed: int, max_turns: int = 3) -> list[dict[str, Any]]:
     """Held-out multi-turn conversations with random flags (the ThinkFollow suite): per plan, its
     system flag and turns with their `prompt` and the `mode` a model must answer in."""
+    if TOOL_USE in kinds:
+        raise ValueError(f"think_follow kinds: {TOOL_USE!r} is a tool-use kind, not a ThinkFollow question source")
     cfg = FlagMix(kinds=kinds, max_turns=max_turns, multi_turn_share=0.6, system_flag_share=0.3, no_flag_share=0.4)
     plans = script(cfg, n, random.Random(f"think_follow:{seed}"))
     need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in kinds}
@@ -88,4 +91,49 @@ def suite(kinds: dict[str, float], n: int, seed: int, max_turns: int = 3) -> lis
         for turn in plan["turns"]:
             turn["prompt"] = items[turn["kind"]][used[turn["kind"]]]["prompt"][-1]["content"]
             used[turn["kind"]] += 1
+    return plans
+
+
+# Questions of the held-out ThinkFollow suite only (`carry_suite`): no training data draws on these
+# tables or on the countdown family, so the suite tests the flags on questions the model never saw.
+TRIVIA = ["How many legs does a spider have?", "What colour do you get by mixing blue and yellow?",
+          "How many minutes are in an hour?", "Which planet is closest to the sun?",
+          "What is frozen water called?", "How many sides does a hexagon have?",
+          "Which animal is known as the king of the jungle?", "What do bees make?",
+          "How many wheels does a tricycle have?", "Which ocean is the largest?",
+          "What is the plural of 'mouse'?", "How many hours are in a day?",
+          "What gas do plants take in from the air?", "Which instrument has black and white keys?",
+          "How many strings does a standard violin have?", "What is the tallest animal?",
+          "Name a fruit that is yellow when ripe.", "How many continents are there?",
+          "What is the boiling point of water in Celsius?", "Which bird is a symbol of peace?",
+          "How many players are on a football (soccer) team on the field?", "What is a baby cat called?",
+          "Which season comes after autumn?", "What shape has three sides?"]
+
+
+def carry_suite(n: int, seed: int, turns: int = 3) -> list[dict[str, Any]]:
+    """The held-out ThinkFollow suite: N conversations of TURNS turns whose questions come from sources
+    no training data uses (TRIVIA and countdown puzzles), with a flag on the first turn (in the user
+    or the system message), a flag on the second in half of them, and none after: the last turn's
+    mode is decided one or two turns back (`distance`), so the flag must carry over. Same plan format
+    as `suite`."""
+    rng = random.Random(f"think_follow_carry:{seed}")
+    puzzles = [r["prompt"][-1]["content"] for r in synthetic.generate("countdown", n * turns, seed=seed)]
+    questions = [q for pair in zip(rng.sample(TRIVIA * (1 + n * turns // len(TRIVIA)), n * turns), puzzles,
+                                   strict=False) for q in pair]
+    plans = []
+    for i in range(n):
+        plan: dict[str, Any] = {"system": None, "turns": []}
+        seen: list[dict[str, str]] = []
+        second = rng.random() < 0.5
+        for t in range(turns):
+            flag = rng.choice([THINK_FLAG, NO_THINK_FLAG]) if t == 0 or (t == 1 and second) else None
+            where = None if flag is None else "system" if t == 0 and rng.random() < 0.3 else "user"
+            if where == "system":
+                plan["system"] = flag
+            if flag:
+                seen.append({"role": where, "content": flag})
+            plan["turns"].append({"kind": "held_out", "flag": flag, "where": where, "mode": resolve_mode(seen),
+                                  "default": False, "distance": None if flag else (t - (1 if second else 0)),
+                                  "prompt": questions[i * turns + t]})
+        plans.append(plan)
     return plans

@@ -7,6 +7,9 @@
   checked by the rule rewards before it is kept.
 - Every kind is asked in both modes (a direct kind's thinking turn is its solver plan), so the flag,
   not the topic, decides the mode.
+- Tool use (`shop`): the tools listed in the system message as the Qwen3 template lists them, then
+  worked episodes from the stage-4 environment (data_builders/agent.py): `<tool_call>` turns, the
+  tools' own results, and the final answer, kept when it grades right.
 - Flags (data_builders/flags.py) sit in the user message or in the system message; some thinking
   turns carry none (thinking is the default); multi-turn conversations draw a flag per turn and
   every assistant turn follows the last flag seen so far. Non-thinking turns have
@@ -21,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from data_builders import direct, filters
+from data_builders import agent, direct, filters
 from data_builders.cold_start import responder_engine
-from data_builders.flags import REASONING, FlagMix, script, user_text
+from data_builders.flags import REASONING, TOOL_USE, FlagMix, script, user_text
 from data_builders.rl_queries import QuerySelection, candidates, eval_asks
 from data_builders.synthetic import generate_mix
-from posttrain.core.chat import split_think
+from posttrain.core.chat import MODES, split_think, tools_system_message
 from posttrain.core.context import StageContext
 from posttrain.core.rundir import write_json
 from rewards.grading import grade
@@ -38,6 +41,9 @@ log = logging.getLogger("posttrain.fusion")
 class FusionData(FlagMix):
     """The mix (FlagMix: mode share, kinds, flag positions, turns) and where its answers come from."""
 
+    # task kinds by weight; `shop` turns teach the tool-call format stage 4's agent kinds ask for
+    kinds: dict[str, float] = field(default_factory=lambda: {REASONING: 0.45, "instruction": 0.2, "qa": 0.125,
+                                                              "rewrite": 0.125, TOOL_USE: 0.1})
     examples: int = 800  # conversations in the mix
     # thinking responses: rejection sampling with the input model on the queries of this stage's
     # training data in the run (or of a saved dataset dir), or on `families` when there is none
@@ -125,6 +131,22 @@ def _checked(rows: list[dict], texts: list[str]) -> list[bool]:
     return [s == 1.0 for s in grade(rows, texts)]
 
 
+def _reply(reasoning: str | None, answer: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": answer, "reasoning_content": reasoning or ""}]
+
+
+def tool_episodes(n: int, seed: int, asked) -> dict[tuple[str, str], list[tuple[dict, list[dict]]]]:
+    """Per mode, N worked shop episodes (data_builders/agent.py) whose calls ran and whose answer grades right."""
+    pools = {}
+    for mode in MODES:
+        rng = random.Random(f"{seed}:{TOOL_USE}:{mode}")
+        drawn = [agent.shop_episode(rng, mode) for _ in range(n)]
+        drawn = [(row, msgs) for row, msgs in drawn if msgs and not asked(row["prompt"][-1]["content"])]
+        ok = _checked([row for row, _ in drawn], [msgs[-1]["content"] for _, msgs in drawn])
+        pools[(TOOL_USE, mode)] = [d for d, good in zip(drawn, ok, strict=True) if good]
+    return pools
+
+
 def build(ctx: StageContext, cfg: FusionData):
     """The fusion conversations (`messages`, `kinds`, `modes`); writes fusion_data.json beside them."""
     from datasets import Dataset
@@ -153,19 +175,22 @@ def build(ctx: StageContext, cfg: FusionData):
         pools[(REASONING, "think")], pools[(REASONING, "no_think")] = [], []
         for row, sampled, solution, good in zip(rows, thinking, direct_texts, ok, strict=True):
             if good:
-                pools[(REASONING, "no_think")].append((row, "", solution))
+                pools[(REASONING, "no_think")].append((row, _reply("", solution)))
             if sampled and (good or cfg.think_answer == "sampled"):
                 reasoning, answer = split_think(sampled)
                 answer = answer if cfg.think_answer == "sampled" else solution
-                pools[(REASONING, "think")].append((row, reasoning, answer))
-    for kind in (k for k in cfg.kinds if k != REASONING and need[k]):
+                pools[(REASONING, "think")].append((row, _reply(reasoning, answer)))
+    if need.get(TOOL_USE):
+        pools.update(tool_episodes(need[TOOL_USE], cfg.seed, asked))
+    for kind in (k for k in cfg.kinds if k not in (REASONING, TOOL_USE) and need[k]):
         drawn = direct.generate(kind, max(need[kind], 1), seed=cfg.seed)
         items = [i for i in drawn if not asked(i["prompt"][-1]["content"])]
         stats.setdefault("dropped_as_held_out", {})[kind] = len(drawn) - len(items)
         ok = _checked(items, [i["response"] for i in items])
         stats.setdefault("no_think_solver_rejected", {})[kind] = ok.count(False)
-        pools[(kind, "think")] = [(i, i["reasoning"], i["response"]) for i, g in zip(items, ok, strict=True) if g]
-        pools[(kind, "no_think")] = [(i, "", i["response"]) for i, g in zip(items, ok, strict=True) if g]
+        good = [i for i, g in zip(items, ok, strict=True) if g]
+        pools[(kind, "think")] = [(i, _reply(i["reasoning"], i["response"])) for i in good]
+        pools[(kind, "no_think")] = [(i, _reply("", i["response"])) for i in good]
     for key, pool in pools.items():
         if not pool:
             write_json(ctx.dir / "fusion_data.json", stats)
@@ -174,15 +199,16 @@ def build(ctx: StageContext, cfg: FusionData):
         rng.shuffle(pool)
     used = {key: 0 for key in pools}
     out, counts = [], {}
-    for plan in plans:
-        messages = [{"role": "system", "content": plan["system"]}] if plan["system"] else []
+    tools = tools_system_message(agent.tool_schemas(agent.ShopEnv))["content"]
+    for plan in plans:  # a conversation with a tool-use turn lists the tools in its system message
+        system = " ".join(filter(None, [tools if any(t["kind"] == TOOL_USE for t in plan["turns"]) else None,
+                                        plan["system"]]))
+        messages = [{"role": "system", "content": system}] if system else []
         for turn in plan["turns"]:
             key = (turn["kind"], turn["mode"])
-            row, reasoning, answer = pools[key][used[key] % len(pools[key])]
+            row, reply = pools[key][used[key] % len(pools[key])]
             used[key] += 1
-            prompt = row["prompt"][-1]["content"]
-            messages += [{"role": "user", "content": user_text(prompt, turn)},
-                         {"role": "assistant", "content": answer, "reasoning_content": reasoning or ""}]
+            messages += [{"role": "user", "content": user_text(row["prompt"][-1]["content"], turn)}, *reply]
             name = f"{turn['kind']}/{turn['mode']}"
             counts[name] = counts.get(name, 0) + 1
         out.append({"messages": messages, "kinds": [t["kind"] for t in plan["turns"]],

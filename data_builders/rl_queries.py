@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_builders import filters, sources, synthetic
+from posttrain.core.chat import without_flag
 from posttrain.core.context import StageContext
 from posttrain.core.rundir import write_json
 from rewards.grading import sample_and_grade
@@ -59,8 +60,8 @@ def candidates(cfg: QuerySelection):
 def unseen(ctx: StageContext, pool, stage_ids: list[str]):
     """`pool` without the prompts that the named earlier stages trained on or that the pipeline's
     eval suites ask (exact match after whitespace folding), and how many of each were dropped."""
-    used, held = used_prompts(ctx, stage_ids), {_norm(t) for t in ctx.held_out}
-    keys = [_norm(p[-1]["content"]) for p in pool["prompt"]]
+    used, held = used_prompts(ctx, stage_ids), {without_flag(t) for t in ctx.held_out}
+    keys = [without_flag(p[-1]["content"]) for p in pool["prompt"]]
     counts = {"excluded_as_used": sum(k in used for k in keys),
               "excluded_as_eval": sum(k in held and k not in used for k in keys)}
     if counts["excluded_as_eval"]:
@@ -71,8 +72,8 @@ def unseen(ctx: StageContext, pool, stage_ids: list[str]):
 def eval_asks(ctx: StageContext):
     """A test `text -> bool`: whether a user text is one the pipeline evaluates on (`ctx.held_out`),
     exactly after whitespace folding and without a trailing mode flag."""
-    held = {_norm(t) for t in ctx.held_out}
-    return lambda text: _norm(text) in held
+    held = {without_flag(t) for t in ctx.held_out}
+    return lambda text: without_flag(text) in held
 
 
 def used_prompts(ctx: StageContext, stage_ids: list[str]) -> set[str]:
@@ -85,16 +86,8 @@ def used_prompts(ctx: StageContext, stage_ids: list[str]) -> set[str]:
                 ds = load_from_disk(str(data))
                 column = "messages" if "messages" in ds.column_names else "prompt"
                 for conv in ds[column]:
-                    seen.update(_norm(m["content"]) for m in conv if m["role"] == "user")
+                    seen.update(without_flag(m["content"]) for m in conv if m["role"] == "user")
     return seen
-
-
-def _norm(text: str) -> str:
-    """Whitespace-folded text without a trailing mode flag (distillation prompts carry one)."""
-    text = " ".join(text.split())
-    for flag in (" /no_think", " /think"):
-        text = text.removesuffix(flag)
-    return text
 
 
 def select_queries(ctx: StageContext, cfg: QuerySelection):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_builders import sources, synthetic
-from data_builders.flags import suite as think_follow_suite
 from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
 from posttrain.core.config import ExistingPath
 from posttrain.core.generation import EnginePool
@@ -100,7 +99,7 @@ def held_out(cfg: EvalConfig) -> list[str]:
     texts = [row["prompt"][-1]["content"] for name, suite in cfg.suites.items() for row in load_suite(name, suite)]
     if cfg.think_follow is not None:
         tf = cfg.think_follow
-        texts += [t["prompt"] for p in think_follow_suite(tf.kinds, tf.n, tf.seed, tf.max_turns) for t in p["turns"]]
+        texts += [t["prompt"] for p in tf.plans() + tf.held_out_plans() for t in p["turns"]]
     return texts
 
 
@@ -150,13 +149,16 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
             log.info("eval %s %s: accuracy %.3f pass@k %s", name, mode, r["accuracy"], r["pass_at_k"])
     if cfg.think_follow is not None:
         tf, old = cfg.think_follow, previous.get("think_follow")
-        sha = plans_sha(think_follow_suite(tf.kinds, tf.n, tf.seed, tf.max_turns))
+        sha = plans_sha(tf.plans())
         if _reusable(old, sha, tf.settings(seed)):
             results["think_follow"] = old
         else:
             results["think_follow"] = think_follow(get_engine(), tf, seed=seed)
-            log.info("eval ThinkFollow: %.3f over %d turns", results["think_follow"]["score"],
-                     results["think_follow"]["turns"])
+            done = results["think_follow"]
+            log.info("eval ThinkFollow: %.3f over %d turns", done["score"], done["turns"])
+            if tf.held_out:
+                log.info("eval ThinkFollow, held-out suite: %.3f over %d turns", done["held_out"]["score"],
+                         done["held_out"]["turns"])
     if cfg.tasks is not None:
         results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine, resolve, engines)
     results["wall_time_s"] = round(time.time() - start, 2)

@@ -6,6 +6,10 @@ its own earlier replies in the history (reasoning dropped, as the Qwen3 template
 and no mode is forced: the flags are plain text, as in `posttrain chat`. A turn follows when its
 think block is empty exactly when the last flag so far is `/no_think`, and has content when it is
 `/think` or there is none. The score is the share of assistant turns that follow.
+
+`held_out: N` adds a second suite (`flags.carry_suite`): N three-turn conversations on questions no
+training data draws from, where the last turn has no flag and its mode was set one or two turns
+back; it is scored the same way and reported beside the first (`held_out` in the results).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from data_builders.flags import FlagMix, suite, user_text
+from data_builders.flags import FlagMix, carry_suite, suite, user_text
 from posttrain.core.chat import MODES, SAMPLING, split_think
 from rewards.formats import follows_mode
 
@@ -29,10 +33,17 @@ class ThinkFollowConfig:
     kinds: dict[str, float] = field(default_factory=lambda: {"reasoning": 0.5, "instruction": 0.2, "qa": 0.15,
                                                               "rewrite": 0.15})
     max_new_tokens: int = 96  # enough to see the block; a thinking turn may be cut off
+    held_out: int = 0  # conversations of the held-out carry-over suite (flags.carry_suite); 0: none
     models: list[str] | None = None  # in a pipeline: the models scored (`base`, stage ids); default all
 
     def __post_init__(self):
         FlagMix(kinds=self.kinds)  # the same checks as the builder's
+
+    def plans(self) -> list[dict[str, Any]]:
+        return suite(self.kinds, self.n, self.seed, self.max_turns)
+
+    def held_out_plans(self) -> list[dict[str, Any]]:
+        return carry_suite(self.held_out, self.seed) if self.held_out else []
 
     def settings(self, seed: int) -> dict[str, Any]:
         """What a score depends on (which models get one does not change it)."""
@@ -44,9 +55,15 @@ def plans_sha(plans: list[dict[str, Any]]) -> str:
 
 
 def think_follow(engine, cfg: ThinkFollowConfig, seed: int = 0, plans: list[dict] | None = None) -> dict[str, Any]:
-    """Generate every turn of the suite (or of `plans`, in its format) and score it; per-turn
-    results are kept for paired comparisons."""
-    plans = plans if plans is not None else suite(cfg.kinds, cfg.n, cfg.seed, cfg.max_turns)
+    """Generate every turn of the suite (or of `plans`, in its format) and score it, and the held-out
+    suite when the config has one; per-turn results are kept for paired comparisons."""
+    out = _score(engine, cfg, seed, plans if plans is not None else cfg.plans())
+    if plans is None and cfg.held_out:
+        out["held_out"] = _score(engine, cfg, seed, cfg.held_out_plans())
+    return out
+
+
+def _score(engine, cfg: ThinkFollowConfig, seed: int, plans: list[dict]) -> dict[str, Any]:
     convs = [[{"role": "system", "content": p["system"]}] if p["system"] else [] for p in plans]
     ok: list[list[bool]] = [[] for _ in plans]
     for t in range(max(len(p["turns"]) for p in plans)):
@@ -71,7 +88,10 @@ def think_follow(engine, cfg: ThinkFollowConfig, seed: int = 0, plans: list[dict
         picked = [o for t, o in turns if keep(t)]
         return sum(picked) / len(picked) if picked else None
     multi = {id(t) for p in plans if len(p["turns"]) > 1 for t in p["turns"]}
+    distances = sorted({t["distance"] for t, _ in turns if t.get("distance")})  # the held-out suite's
     return {"score": share(lambda t: True), "turns": len(turns), "conversations": len(plans),
+            **({"by_distance": {str(d): share(lambda t, d=d: t.get("distance") == d) for d in distances}}
+               if distances else {}),
             "by_mode": {m: share(lambda t, m=m: t["mode"] == m) for m in MODES},
             "by_flag": {w or "none": share(lambda t, w=w: t["where"] == w) for w in ("user", "system", None)},
             "multi_turn": share(lambda t: id(t) in multi),

@@ -62,6 +62,18 @@ def parse_score(verdict: str, scale: float = 10.0) -> float | None:
     return None
 
 
+def judge_prompt(rubric: str, text: str, row: Row) -> str | None:
+    """RUBRIC filled with the row's question (its last user message), its `reference` and the answer
+    part of TEXT; None without a reference."""
+    reference = row.get("reference")
+    if reference is None or not str(reference).strip():
+        return None
+    users = [m.get("content") for m in prompt_of(row) if m.get("role") == "user"]
+    question = users[-1] if users and isinstance(users[-1], str) else "(not given)"
+    answer = split_think(text)[1].strip() or "(empty response)"
+    return rubric.format(question=question, reference=str(reference), response=answer)
+
+
 class JudgeReward(Reward):
     """Params: `engine` or `model` (+ `backend`, default the pool's or transformers; in a pipeline the
     routing table passes `engines`, the run's pool), `cache_path`, `verdict`
@@ -104,13 +116,7 @@ class JudgeReward(Reward):
         return self.engine
 
     def judge_prompt(self, text: str, row: Row) -> str | None:
-        reference = row.get("reference")
-        if reference is None or not str(reference).strip():
-            return None
-        users = [m.get("content") for m in prompt_of(row) if m.get("role") == "user"]
-        question = users[-1] if users and isinstance(users[-1], str) else "(not given)"
-        answer = split_think(text)[1].strip() or "(empty response)"
-        return self.rubric.format(question=question, reference=str(reference), response=answer)
+        return judge_prompt(self.rubric, text, row)
 
     def score_batch(self, texts: list[str], rows: list[Row]) -> list[float | None]:
         prompts = [self.judge_prompt(t, r) for t, r in zip(texts, rows, strict=True)]

@@ -14,6 +14,7 @@ REGISTRY = {
     "general_rl": "stages.general_rl",
     "distill": "stages.distill",
     "reward_model": "stages.reward_model",
+    "judge": "stages.judge",
 }
 
 

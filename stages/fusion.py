@@ -39,14 +39,16 @@ class Config:
 
 
 def per_turn(conversations):
-    """One prompt/completion example per assistant turn: the messages before it, and the turn."""
+    """One prompt/completion example per assistant turn: the messages before it, and the turn. The
+    history keeps tool calls and results, and the think blocks of a tool episode's earlier turns
+    (the template shows those after the last user message, as an agent loop renders them)."""
     from datasets import Dataset
     rows = []
     for conv in conversations["messages"]:
+        conv = [{k: v for k, v in m.items() if v is not None} for m in conv]  # a datasets column fills in None
         for i, message in enumerate(conv):
             if message["role"] == "assistant":
-                history = [{"role": m["role"], "content": m["content"]} for m in conv[:i]]
-                rows.append({"prompt": history, "completion": [message]})
+                rows.append({"prompt": conv[:i], "completion": [message]})
     return Dataset.from_list(rows)
 
 

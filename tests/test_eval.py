@@ -321,12 +321,15 @@ def test_each_stage_effect_in_one_line_from_report_json():
     report alone, paired on the same items where both models were scored on them."""
     from posttrain.report.tables import markdown, summary
 
-    def model(correct, length=50.0, tf=None, tasks=None, name=None, truncated=0.0):
+    def model(correct, length=50.0, tf=None, tasks=None, name=None, truncated=0.0, held=None):
         out = {"model": name, "suites": {"lin": {"think": _suite(correct, length, truncated),
                                                   "no_think": _suite(correct, length / 4)}}}
         if tf is not None:
             out["think_follow"] = {"score": sum(tf) / len(tf), "per_turn": tf, "items_sha": "t", "turns": len(tf),
                                    "by_mode": {}, "by_flag": {}}
+        if held is not None:  # the held-out carry-over suite
+            out["think_follow"]["held_out"] = {"score": sum(held) / len(held), "per_turn": held, "items_sha": "h",
+                                               "turns": len(held), "by_mode": {}, "by_flag": {}}
         if tasks is not None:
             out["tasks"] = {"scores": tasks}
         return out
@@ -337,12 +340,13 @@ def test_each_stage_effect_in_one_line_from_report_json():
 
     ifk = {"if_case": {"think": _scores([0, 0.5]), "no_think": _scores([0, 0])},
            "rag": {"think": _scores([1, 1], "specialised")}}
-    report = {"pipeline": "p", "run_dir": "runs/p", "base": {"eval": model([0, 0, 0, 0], tf=[0, 0, 1, 1], name="b")},
+    report = {"pipeline": "p", "run_dir": "runs/p", "base": {"eval": model([0, 0, 0, 0], tf=[0, 0, 1, 1], name="b",
+                                                                                   held=[0, 1, 0, 1])},
               "stages": [
                   stage("cold", "cold_start", "base", eval=model([1, 2, 1, 0], name="runs/p/cold/model")),
                   stage("rl", "reasoning_rl", "cold", train_reward=[[1, 0.1], [2, 0.2], [3, 0.3], [4, 0.5]]),
                   stage("fusion", "fusion", "rl", eval=model([2, 2, 1, 0], 80.0, tf=[1, 1, 1, 1],
-                                                             name="runs/p/fusion/model")),
+                                                             name="runs/p/fusion/model", held=[1, 1, 1, 0])),
                   stage("rm", "reward_model", "fusion", metrics={"heldout_accuracy": 0.75}),
                   stage("grl", "general_rl", "fusion", eval=model([2, 2, 1, 0], 80.0, tasks={
                       "if_case": {"think": _scores([1, 0.5]), "no_think": _scores([0.5, 0])},
@@ -358,7 +362,8 @@ def test_each_stage_effect_in_one_line_from_report_json():
     assert lines[2] == "cold: think accuracy lin 0.000 -> 0.500 (+50.0 ± 20.4) vs base"
     assert lines[3] == "rl: training reward 0.100 -> 0.500 (steps 1-4)"
     # fusion's input (rl) was not evaluated: paired with the nearest model before that was
-    assert lines[4] == ("fusion: ThinkFollow 0.500 -> 1.000 (+50.0 ± 28.9 vs base); "
+    assert lines[4] == ("fusion: ThinkFollow 0.500 -> 1.000 (+50.0 ± 28.9 vs base), "
+                        "held-out 0.500 -> 0.750 (+25.0 ± 47.9 vs base); "
                         "no-think answers 0.25x think length; instruction kinds' reward 0.125 (1 kind); "
                         "think accuracy lin 0.500 -> 0.625 (+12.5 ± 12.5) vs cold")
     assert lines[5] == "rm: held-out pair accuracy 0.750"

@@ -83,7 +83,8 @@ def mix(tmp_path_factory, tiny_model):
     ctx = StageContext(stage_id="fusion", dir=tmp / "run" / "03_fusion", input_model=str(tiny_model),
                        run_dir=tmp / "run")
     cfg = FusionData(examples=120, think_share=0.5, multi_turn_share=0.3, system_flag_share=0.25,
-                     responder="trace", families={"arithmetic": 30, "linear": 30})
+                     responder="trace", families={"arithmetic": 30, "linear": 30},
+                     kinds={"reasoning": 0.5, "instruction": 0.2, "qa": 0.15, "rewrite": 0.15})  # one reply per turn
     return ctx, cfg, build(ctx, cfg)
 
 
@@ -222,7 +223,7 @@ eval:
   samples: 1
   pass_k: [1]
   max_new_tokens: 6
-  think_follow: {{n: 3, max_new_tokens: 6}}
+  think_follow: {{n: 3, max_new_tokens: 6, held_out: 2}}
 budget_curve: {{budgets: [2], samples: 1}}
 stages:
   - stage: fusion
@@ -243,6 +244,11 @@ stages:
     assert "plots/budget_curve.png" in report and (run_dir / "plots" / "budget_curve.png").is_file()
     score = f"{evals[1]['think_follow']['score']:.3f}"
     assert any(line.startswith(f"| fusion | {score} |") and "vs base" in line for line in report.splitlines())
+    held = [e["think_follow"]["held_out"] for e in evals]  # the held-out suite, scored and paired too
+    assert [h["turns"] for h in held] == [6, 6] and held[0]["items_sha"] == held[1]["items_sha"]
+    score = f"{held[1]['score']:.3f}"
+    assert "ThinkFollow (held-out)" in report
+    assert sum(line.startswith(f"| fusion | {score} |") and "vs base" in line for line in report.splitlines()) >= 1
 
 
 @pytest.mark.parametrize("bad,error", [("budget_curve: {budgets: [8], stage: nope}", "budget_curve.stage: 'nope'"),
@@ -263,7 +269,6 @@ def test_think_follow_items_never_reach_the_fusion_mix(tmp_path, tiny_model):
     mix held a third of the suite's prompts."""
     from dataclasses import replace
 
-    from data_builders.flags import suite
     from posttrain import pipeline
     from tests.conftest import REPO
     cfg, planned = pipeline.load(REPO / "pipelines" / "hybrid.yaml", output_dir=str(tmp_path / "run"),
@@ -271,7 +276,8 @@ def test_think_follow_items_never_reach_the_fusion_mix(tmp_path, tiny_model):
     stage = next(p for p in planned if p.spec.stage == "fusion")
     from posttrain.thinkfollow import ThinkFollowConfig
     follow = ThinkFollowConfig(**cfg.eval["think_follow"])
-    asked = {t["prompt"] for p in suite(follow.kinds, follow.n, follow.seed, follow.max_turns) for t in p["turns"]}
+    asked = {t["prompt"] for p in follow.plans() + follow.held_out_plans() for t in p["turns"]}
+    assert follow.held_out and len(follow.held_out_plans()) == follow.held_out
     data = build(stage.ctx, replace(stage.config.data, examples=400, responder="trace", queries_from="none",
                                     direct_families={}))
     users = {m["content"].removesuffix(" /no_think").removesuffix(" /think") for conv in data["messages"]
@@ -279,3 +285,63 @@ def test_think_follow_items_never_reach_the_fusion_mix(tmp_path, tiny_model):
     assert len(asked) > 40 and len(users) > 200 and not users & asked
     dropped = json.loads((stage.ctx.dir / "fusion_data.json").read_text())["dropped_as_held_out"]
     assert dropped["qa"] > 0  # there were some to drop
+
+
+@pytest.mark.parametrize("mode", ["think", "no_think"])
+def test_shop_episodes_are_worked_by_the_tools_themselves(mode):
+    """A stage-3 tool episode: the price lookups and the total run on the row's ShopEnv, so each result
+    is the store's own, and the boxed answer is the row's total; only thinking turns say why."""
+    from data_builders.agent import shop_episode
+    rng = random.Random(0)
+    for _ in range(20):
+        row, messages = shop_episode(rng, mode)
+        store = json.loads(row["store"])
+        roles = [m["role"] for m in messages]
+        assert roles == ["assistant", "tool", "tool", "assistant", "tool", "assistant"]
+        keys = [json.loads(c["function"]["arguments"])["key"] for c in messages[0]["tool_calls"]]
+        assert [m["content"] for m in messages[1:3]] == [str(store[k]) for k in keys]
+        expression = json.loads(messages[3]["tool_calls"][0]["function"]["arguments"])["expression"]
+        assert messages[4]["content"] == row["answer"] == str(eval(expression))  # noqa: S307 - digits, + and *
+        assert messages[-1]["content"] == f"The total is \\boxed{{{row['answer']}}}."
+        reasons = [m["reasoning_content"] for m in messages if m["role"] == "assistant"]
+        assert all(reasons) if mode == "think" else not any(reasons)
+
+
+@pytest.mark.parametrize("history", ["inference", "training_template"])
+def test_tool_use_turns_render_as_qwen3_and_train_on_calls_not_results(tmp_path, tiny_model, history):
+    """Fusion conversations with a tool-use turn: the tools listed in the system message as the Qwen3
+    template lists them, calls in `<tool_call>` JSON, results as `<tool_response>`; the loss mask covers
+    each call and the final answer, never a tool result."""
+    from posttrain.core.chat import CHAT_TEMPLATE
+    from posttrain.core.training import sft_trainer
+    from stages.fusion import Config, training_data
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp_path / "run")
+    ds = build(ctx, FusionData(examples=24, kinds={"shop": 0.5, "instruction": 0.5}, multi_turn_share=0.5))
+    stats = json.loads((ctx.dir / "fusion_data.json").read_text())
+    assert stats["per_kind_mode"]["shop/think"] > 0 and stats["per_kind_mode"]["shop/no_think"] > 0
+    idx = next(i for i, r in enumerate(ds) if "shop" in r["kinds"] and len(r["kinds"]) > 1)
+    conv = [{k: v for k, v in m.items() if v is not None} for m in ds[idx]["messages"]]
+    assert conv[0]["role"] == "system" and '"name": "kv_get"' in conv[0]["content"] and "<tools>" in conv[0]["content"]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rendered = tok.apply_chat_template(conv, tokenize=False, chat_template=CHAT_TEMPLATE)
+    assert '<tool_call>\n{"name": "kv_get", "arguments": {"key": "price:' in rendered
+    assert '<tool_call>\n{"name": "calculate", "arguments": {"expression": "' in rendered
+    results = [m["content"] for m in conv if m["role"] == "tool"]
+    assert "<|im_start|>user\n<tool_response>\n" + results[0] + "\n</tool_response>\n<tool_response>\n" in rendered
+
+    trainer = sft_trainer(ctx, training_data(ds, history), Config().train, "stages.fusion.config.train",
+                          max_length=2048)
+    trained = trainer.train_dataset
+    first = sum(len(m) for m in ds["messages"][:idx] for m in m if m["role"] == "assistant")
+    n_turns = sum(m["role"] == "assistant" for m in conv)
+    rows = [idx] if history == "training_template" else list(range(first, first + n_turns))
+    batch = trainer.data_collator([trained[i] for i in rows])
+    labelled = "".join(trainer.processing_class.decode([t for t in labels.tolist() if t != -100])
+                       for labels in batch["labels"])
+    calls = [c for m in conv if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    for call in calls:
+        fn = call["function"]
+        assert f'<tool_call>\n{{"name": "{fn["name"]}", "arguments": {fn["arguments"]}}}\n</tool_call>' in labelled
+    assert "\\boxed{" in labelled and "The total is" in labelled  # the final answer
+    assert "<tool_response>" not in labelled and "<|im_start|>user" not in labelled  # never a tool result

@@ -257,6 +257,44 @@ def test_reward_model_stage_ranks_heldout_pairs(tmp_path, tiny_model, lora):
     assert AutoModelForSequenceClassification.from_pretrained(model_dir).config.num_labels == 1
 
 
+def test_judge_stage_trains_a_yes_no_verifier_and_measures_it_on_held_out_verdicts(tmp_path, tiny_model):
+    """The judge stage: SFT on the verdicts it builds (Yes/No after the empty think block, as the judge
+    reward reads P(Yes) in no-think mode), then accuracy and ROC AUC of P(Yes) on held-out verdicts,
+    which report.json's effect line shows."""
+    from posttrain.core.generation import TransformersEngine
+    from posttrain.core.stats import roc_auc
+    from tests.conftest import REPO
+    run_dir, planned = run_pipeline(tmp_path, f"""
+        name: j
+        model: {tiny_model}
+        output_dir: {tmp_path / 'run'}
+        stages:
+          - stage: judge
+            eval: false
+            config:
+              verdicts: {{tasks: {REPO / 'pipelines' / 'tasks_recipe.yaml'}, kinds: [judged_qa], n: 40}}
+              held_out: 4
+              heldout_fraction: 0.25
+              train: {{max_steps: 6, batch_size: 8, learning_rate: 1.0e-3}}
+        """)
+    ctx = planned[0].ctx
+    data = json.loads((ctx.dir / "judge_data.json").read_text())
+    metrics = json.loads((ctx.dir / "judge.json").read_text())
+    assert data["judged_qa/yes"] == data["judged_qa/no"] and data["verdicts"] == 2 * data["judged_qa/yes"]
+    from datasets import load_from_disk
+    verdicts = load_from_disk(str(ctx.data_dir / "train"))
+    held = verdicts.train_test_split(test_size=0.25, seed=ctx.seed)["test"]
+    assert metrics["heldout_verdicts"] == len(held) > 0
+    probs = TransformersEngine.load(str(ctx.model_dir)).option_probs([m[:1] for m in held["messages"]],
+                                                                    ["Yes", "No"], mode="no_think")
+    assert metrics["heldout_auc"] == pytest.approx(roc_auc([p[0] for p in probs], held["label"]))
+    assert metrics["heldout_accuracy"] == pytest.approx(
+        sum((p[0] >= 0.5) == y for p, y in zip(probs, held["label"], strict=True)) / len(held))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert effects(report) == [f"judge: held-out verdict accuracy {metrics['heldout_accuracy']:.3f}, "
+                               f"ROC AUC {metrics['heldout_auc']:.3f}"]
+
+
 def test_on_policy_distillation_scores_the_students_exact_tokens_up_to_end_of_turn(tmp_path):
     """The on-policy defects to rule out: the student must sample each mode as the evaluation does
     (a no-think prompt prefilled with the empty think block: left to the flag, a stage-2 teacher

@@ -232,6 +232,38 @@ def test_preference_pairs_are_checked_by_the_kinds_rules():
         build_pairs(PairsConfig(tasks=str(TASKS), kinds=["nope"]), 0)
 
 
+def test_judge_verdicts_are_the_rules_verdicts_balanced_and_never_an_eval_question():
+    """The judge stage's training data (data_builders/pairs.build_verdicts): each conversation is the
+    yes/no rubric on a question, its reference and a candidate answer, answered Yes exactly when the
+    kind's check rules pass the candidate; as many Yes as No; no question of the evaluation's items."""
+    import re
+
+    from data_builders.pairs import PairsConfig, build_verdicts
+    from posttrain.core.chat import without_flag
+    from rewards.judge import RUBRIC_YES_NO
+    tasks = TASKS.parent / "tasks_recipe.yaml"
+    kinds = load_tasks(tasks)
+    asked = {without_flag(r["prompt"][-1]["content"]) for mode in ("think", "no_think")
+             for r in items("judged_qa", kinds["judged_qa"], 16, 0, "eval", mode=mode)}
+    verdicts, stats = build_verdicts(PairsConfig(tasks=str(tasks), kinds=["judged_qa"], n=80), 0, asked)
+    assert 60 <= len(verdicts) <= 84 and stats["judged_qa/dropped_as_eval"] > 0
+    assert sum(v["label"] for v in verdicts) * 2 == len(verdicts)
+    head = RUBRIC_YES_NO.split("{question}")[0]
+    shown = re.compile(r"QUESTION:\n(.*)\n\nREFERENCE:\n(.*)\n\nRESPONSE:\n(.*)\n\nIs the RESPONSE", re.S)
+    check = rewards.get("instruction")
+    rows = {without_flag(r["prompt"][-1]["content"]): r for r in items("judged_qa", kinds["judged_qa"], 400, 0)}
+    for v in verdicts:
+        user, answer = v["messages"]
+        assert user["content"].startswith(head) and answer == {"role": "assistant", "content": "Yes" if v["label"]
+                                                              else "No", "reasoning_content": ""}
+        question, reference, response = shown.search(user["content"]).groups()
+        assert without_flag(question) not in asked and reference == rows[without_flag(question)]["reference"]
+        passed = check([response], constraints=[rows[without_flag(question)]["constraints"]])[0] == 1.0
+        assert passed == v["label"]
+    with pytest.raises(ConfigError, match="with check rules"):
+        build_verdicts(PairsConfig(tasks=str(tasks), kinds=["if_counts"]), 0)
+
+
 def scripted_judge(completions, model, reference, **_):
     """A stand-in judge: right when the reference is in the answer, but it also passes any answer
     with '!' in it (so it disagrees with the rules there)."""

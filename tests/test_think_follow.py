@@ -81,3 +81,49 @@ def test_suite_is_held_out_multi_turn_and_deterministic():
     assert {t["mode"] for t in turns} == {"think", "no_think"}
     assert {t["kind"] for t in turns} == set(cfg.kinds)
     assert len({t["prompt"] for t in turns}) > 0.8 * len(turns)
+
+
+def test_held_out_suite_carries_the_flag_over_on_questions_no_training_data_uses():
+    """The held-out suite: three turns, the last unflagged and decided one or two turns back, on TRIVIA
+    and countdown questions that neither the fusion mix's sources nor the first suite draw from."""
+    from data_builders import direct, synthetic
+    from data_builders.flags import TRIVIA, carry_suite
+    plans = carry_suite(60, 10_002)
+    assert plans == carry_suite(60, 10_002) and all(len(p["turns"]) == 3 for p in plans)
+    for p in plans:
+        seen = [{"role": "system", "content": p["system"]}] if p["system"] else []
+        for i, t in enumerate(p["turns"]):
+            seen.append({"role": "user", "content": f"{t['prompt']} {t['flag']}" if t["where"] == "user" else ""})
+            assert t["mode"] == resolve_mode(seen)
+            flagged = [j for j, u in enumerate(p["turns"][:i + 1]) if u["flag"]]
+            assert t["distance"] == (None if t["flag"] else i - flagged[-1])
+        assert p["turns"][-1]["flag"] is None and p["turns"][-1]["distance"] in (1, 2)
+    last = [p["turns"][-1] for p in plans]
+    assert {t["distance"] for t in last} == {1, 2} and {t["mode"] for t in last} == {"think", "no_think"}
+    assert {t["where"] for p in plans for t in p["turns"]} == {"user", "system", None}
+    asked = {t["prompt"] for p in plans for t in p["turns"]}
+    countdown = [q for q in asked if q not in TRIVIA]
+    assert countdown and all(q.startswith("Using the numbers") for q in countdown)
+    trained = {r["prompt"][-1]["content"] for kind in direct.KINDS for r in direct.generate(kind, 300, seed=0)}
+    trained |= {r["prompt"][-1]["content"] for f in ("arithmetic", "linear") for r in synthetic.generate(f, 300)}
+    assert not asked & trained
+
+
+def test_held_out_suite_is_scored_beside_the_first_and_paired():
+    """`held_out: N` scores the carry-over suite too, paired turn by turn; a model that sees only the
+    flags of the last two user turns fails where the deciding flag is further back or in the system."""
+    from posttrain.core.stats import compare_think_follow
+
+    def forgetful(messages):
+        return resolve_mode([m for m in messages if m["role"] == "user"][-2:])
+    cfg = ThinkFollowConfig(n=4, held_out=24, kinds={"qa": 1.0})
+    good, bad = (think_follow(FlagEngine(p), cfg) for p in (resolve_mode, forgetful))
+    assert good["held_out"]["score"] == 1.0 and good["held_out"]["by_distance"] == {"1": 1.0, "2": 1.0}
+    turns = [(t, p["turns"][max(0, i - 1):i + 1]) for p in cfg.held_out_plans() for i, t in enumerate(p["turns"])]
+    right = [next((u["flag"] for u in reversed(recent) if u["where"] == "user"), "/think") == f"/{t['mode']}"
+             for t, recent in turns]
+    assert 0 < sum(right) < len(right) and bad["held_out"]["per_turn"] == [int(r) for r in right]
+    far = [r for (t, _), r in zip(turns, right, strict=True) if t["distance"] == 2]
+    assert bad["held_out"]["by_distance"]["2"] == pytest.approx(sum(far) / len(far)) and not all(far)
+    gain = compare_think_follow({"think_follow": bad}, {"think_follow": good}, held_out=True)
+    assert gain["diff"] == pytest.approx(1 - sum(right) / len(right))

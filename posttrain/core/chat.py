@@ -76,6 +76,14 @@ def with_flag(messages: list[dict[str, Any]], mode: str, where: str = "user") ->
     raise ValueError("with_flag: no user message to carry the flag")
 
 
+def without_flag(text: str) -> str:
+    """TEXT whitespace-folded, without a trailing mode flag: a user text as asked in either mode."""
+    text = " ".join(text.split())
+    for flag in (f" {NO_THINK_FLAG}", f" {THINK_FLAG}"):
+        text = text.removesuffix(flag)
+    return text
+
+
 def split_think(text: str) -> tuple[str | None, str]:
     """Split a response into (reasoning, answer). reasoning is None when there is no think block;
     an unterminated block is all reasoning and no answer."""

@@ -66,10 +66,14 @@ def compare(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, float] | None:
-    """The paired ThinkFollow gain turn by turn (same conversations and flags), or None when either
-    result has no ThinkFollow or they were made on other conversations."""
+def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any],
+                         held_out: bool = False) -> dict[str, float] | None:
+    """The paired ThinkFollow gain turn by turn (same conversations and flags), on the held-out
+    carry-over suite with `held_out`, or None when either result has no such suite or they were made
+    on other conversations."""
     a, b = baseline.get("think_follow"), results.get("think_follow")
+    if held_out:
+        a, b = (a or {}).get("held_out"), (b or {}).get("held_out")
     if not (a and b) or a.get("items_sha") != b.get("items_sha"):
         return None
     as_items = [{"correct_per_item": r["per_turn"], "samples": 1, "items_sha": r["items_sha"]} for r in (a, b)]

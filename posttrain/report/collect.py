@@ -91,16 +91,18 @@ def evaluated(report: dict[str, Any]):
 def paired_gains(report: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Each stage's paired gain over the nearest evaluated model before it (`evaluated`), as
     {"ref", "diff", "se"}: per (stage, suite, mode) in accuracy, per (stage, "think_follow", "") in
-    ThinkFollow; none where the two were scored on other items."""
+    ThinkFollow (and "think_follow_held_out" on its held-out suite); none where the two were scored on
+    other items."""
     evals, nearest = evaluated(report)
     out = {}
     for s in report["stages"]:
         if not s["eval"]:
             continue
         ref = nearest(s["id"], "think_follow")
-        tf = compare_think_follow(evals[ref], s["eval"]) if ref else None
-        if tf:
-            out[(s["id"], "think_follow", "")] = {"ref": ref, **tf}
+        for key, held in (("think_follow", False), ("think_follow_held_out", True)):
+            tf = compare_think_follow(evals[ref], s["eval"], held_out=held) if ref else None
+            if tf:
+                out[(s["id"], key, "")] = {"ref": ref, **tf}
         ref = nearest(s["id"], "suites")
         if not ref:
             continue

@@ -64,14 +64,21 @@ def _accuracy(s: dict, gains: dict, evals: dict) -> str:
 
 
 def _think_follow(s: dict, gains: dict, evals: dict) -> str:
-    tf = s["eval"].get("think_follow")
-    if not tf:
-        return ""
-    g = gains.get((s["id"], "think_follow", ""))
-    if not g:
-        return f"ThinkFollow {tf['score']:.3f}"
-    before = evals[g["ref"]]["think_follow"]["score"]
-    return f"ThinkFollow {before:.3f} -> {tf['score']:.3f} ({100 * g['diff']:+.1f} ± {100 * g['se']:.1f} vs {g['ref']})"
+    """ThinkFollow, and on its held-out suite, before -> after (paired gain) where both were scored."""
+    tf, cells = s["eval"].get("think_follow"), []
+    for key, name, result in (("think_follow", "ThinkFollow", tf), ("think_follow_held_out", "held-out",
+                                                                     (tf or {}).get("held_out"))):
+        if not result:
+            continue
+        g = gains.get((s["id"], key, ""))
+        if not g:
+            cells.append(f"{name} {result['score']:.3f}")
+            continue
+        before = evals[g["ref"]]["think_follow"]["score"] if key == "think_follow" else \
+            evals[g["ref"]]["think_follow"]["held_out"]["score"]
+        cells.append(f"{name} {before:.3f} -> {result['score']:.3f} ({100 * g['diff']:+.1f} ± {100 * g['se']:.1f} "
+                     f"vs {g['ref']})")
+    return ", ".join(cells)
 
 
 def _lengths(s: dict) -> str:
@@ -122,8 +129,14 @@ def _reward(s: dict) -> str:
 
 
 def _reward_model(s: dict) -> str:
-    acc = (s.get("metrics") or {}).get("heldout_accuracy")
-    return f"held-out pair accuracy {acc:.3f}" if acc is not None else ""
+    """A reward model's held-out pair accuracy; a judge's held-out verdict accuracy and ROC AUC."""
+    metrics = s.get("metrics") or {}
+    acc, auc = metrics.get("heldout_accuracy"), metrics.get("heldout_auc")
+    if acc is None:
+        return ""
+    if "heldout_verdicts" in metrics:
+        return f"held-out verdict accuracy {acc:.3f}, ROC AUC " + (f"{auc:.3f}" if auc is not None else "n/a")
+    return f"held-out pair accuracy {acc:.3f}"
 
 
 def _student(s: dict) -> str:

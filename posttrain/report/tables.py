@@ -82,6 +82,17 @@ def _think_follow(report: dict[str, Any], gains: dict) -> list[str]:
                      f"| {_fmt(tf['by_mode'].get('think'))} "
                      f"| {_fmt(tf['by_mode'].get('no_think'))} | {_fmt(tf.get('multi_turn'))} "
                      f"| {_fmt(tf['by_flag'].get('system'))} | {_fmt(tf['by_flag'].get('none'))} |")
+    held = [(label, tf["held_out"]) for label, tf in rows if tf.get("held_out")]
+    if held:
+        lines += ["", "Held-out suite: three-turn conversations on questions no training data uses, the last turn "
+                  "unflagged, its mode set one or two turns back.", "",
+                  "| model | ThinkFollow (held-out) | gain, points (paired ± s.e.) | turns | flag 1 turn back "
+                  "| 2 turns back | asked not to think |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, tf in held:
+            dist = tf.get("by_distance") or {}
+            lines.append(f"| {label} | {_fmt(tf['score'])} | {gains.get((label, 'think_follow_held_out', ''), '')} "
+                         f"| {tf['turns']} | {_fmt(dist.get('1'))} | {_fmt(dist.get('2'))} "
+                         f"| {_fmt(tf['by_mode'].get('no_think'))} |")
     return lines
 
 
