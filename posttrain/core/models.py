@@ -13,12 +13,14 @@ text form is learned in a few steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -150,14 +152,35 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+BF16_MIN_SPEEDUP = 1.2  # on CPU, bf16 must beat float32 matmuls by this much to be the default
+
+
+@functools.cache
+def bf16_speedup(size: int = 1024, reps: int = 3) -> float:
+    """Measured here, once per process: the time of a SIZE x SIZE float32 matmul over a bfloat16 one
+    (at the process's thread count). The CPU flags alone do not tell: the 2-core Zen 5 this project
+    started on ran bf16 at 3.6x float32, a 2-core Xeon with AVX512-BF16 but no AMX at 0.6x (255
+    GFLOP/s in float32, 85-150 in bf16)."""
+    def timed(dtype: torch.dtype) -> float:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # warm-up: the library picks its kernel
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        return time.perf_counter() - start
+    return timed(torch.float32) / timed(torch.bfloat16)
+
+
 def fast_bf16() -> bool:
-    """Whether bf16 matmuls run natively here: a GPU that has them, or a CPU with AVX512-BF16 or AMX.
-    Without them (an AVX2-only CPU) PyTorch's bf16 matmul takes a slow path: 0.3 GFLOP/s against
-    166 in float32 on a 2048x2048 product on this project's 2-core machine (`posttrain bench train`)."""
+    """Whether bf16 is the faster precision here: a GPU that has it, or a CPU with AVX512-BF16 or AMX
+    whose measured bf16 matmuls beat float32 by BF16_MIN_SPEEDUP (`bf16_speedup`). Without those
+    instructions (an AVX2-only CPU) PyTorch's bf16 matmul takes a slow path: 0.3 GFLOP/s against 166
+    in float32 on a 2048x2048 product (`posttrain bench train`), so it is not even measured."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return any(getattr(torch.cpu, probe, lambda: False)()
-               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    native = any(getattr(torch.cpu, probe, lambda: False)()
+                 for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return native and bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def decode_attention(model: PreTrainedModel) -> str | None:
