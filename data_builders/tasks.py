@@ -137,6 +137,12 @@ def items(name: str, kind: TaskKind, n: int, seed: int = 0, split: str = "train"
     return out
 
 
+def eval_items(kinds: dict[str, TaskKind], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Every kind's `n` held-out items in both modes: what `evaluate_tasks` asks, never to be trained on."""
+    return [r for name, kind in kinds.items() for mode in ("think", "no_think")
+            for r in items(name, kind, n, seed, split="eval", mode=mode)] if n else []
+
+
 def build_mix(kinds: dict[str, TaskKind], n: int, seed: int = 0, held_out: list[dict] | None = None) -> list[dict]:
     """`n` training rows split over the kinds by share (largest remainders), shuffled, every row
     with the same columns (missing ones are empty strings), none equal to a `held_out` prompt."""

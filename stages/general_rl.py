@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import rewards
 from data_builders.agent import ENVIRONMENTS
 from data_builders.rl_queries import eval_asks
-from data_builders.tasks import build_mix, items, load_tasks, routing_table
+from data_builders.tasks import build_mix, eval_items, load_tasks, routing_table
 from posttrain.core.config import ExistingPath
 from posttrain.core.context import StageContext
 from posttrain.core.rundir import write_json
@@ -48,8 +48,7 @@ def build(ctx: StageContext, cfg: Config):
     """The training prompts, with per-kind counts written next to them (`general_rl_data.json`)."""
     from datasets import Dataset
     kinds = load_tasks(cfg.tasks)
-    held = [r for name, kind in kinds.items() for mode in ("think", "no_think")
-            for r in items(name, kind, cfg.held_out, ctx.seed, split="eval", mode=mode)] if cfg.held_out else []
+    held = eval_items(kinds, cfg.held_out, ctx.seed)
     mix, asked = build_mix(kinds, cfg.examples, ctx.seed, held_out=held), eval_asks(ctx)
     rows = [r for r in mix if not any(asked(m["content"]) for m in r["prompt"] if m["role"] == "user")]
     per_kind = Counter(r["task"] for r in rows)

@@ -3,7 +3,8 @@ with reference answer").
 
 The report has Qwen2.5-72B-Instruct score each response against a reference answer. A model of the
 default size cannot grade zero-shot: asked the yes/no rubric (rewards/judge.py), it says Yes to
-nearly every answer, so its scores carry no signal (ROC AUC about 0.5 against the rule checks). This
+nearly every answer (measured on the demo's stage-3 model, judged_qa: ROC AUC 0.43 in think mode and
+0.72 in no-think mode against the rule checks, 32 answers each, s.e. ~0.1). This
 stage trains one, as a generative verifier: SFT of the input model to answer `Yes` or `No` to that
 rubric, on verdicts the pipeline builds from rule-checked task kinds (`build_verdicts`: an item's
 question, its reference, a right or wrong candidate answer, and the kind's check rules' verdict), none
@@ -18,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_builders.pairs import PairsConfig, build_verdicts
-from data_builders.tasks import items, load_tasks
-from posttrain.core.chat import MODES, without_flag
+from data_builders.tasks import eval_items, load_tasks
+from posttrain.core.chat import without_flag
 from posttrain.core.context import StageContext
 from posttrain.core.rundir import is_main_process, write_json
 from posttrain.core.stats import roc_auc
@@ -35,7 +36,8 @@ class Config:
     held_out: int = 16  # per kind and mode: the evaluation's task items (= eval.tasks.n), never trained on
     heldout_fraction: float = 0.15  # verdicts kept aside to measure the judge
     max_length: int = 512
-    train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=40, learning_rate=5e-5))
+    # 80 steps at 1e-4: held-out AUC 0.80 / 0.87 on those answers (40 steps at 5e-5: 0.75 / 0.71)
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=80, learning_rate=1e-4))
 
     def __post_init__(self):
         if not 0.0 < self.heldout_fraction < 1.0 or self.held_out < 0:
@@ -47,8 +49,7 @@ def build(ctx: StageContext, cfg: Config):
     """The verdict conversations, without any question of the evaluation's task items or suites."""
     from datasets import Dataset
     kinds = load_tasks(cfg.verdicts.tasks)
-    asked = {without_flag(r["prompt"][-1]["content"]) for name, kind in kinds.items() for mode in MODES
-             for r in items(name, kind, cfg.held_out, ctx.seed, split="eval", mode=mode)}
+    asked = {without_flag(r["prompt"][-1]["content"]) for r in eval_items(kinds, cfg.held_out, ctx.seed)}
     verdicts, stats = build_verdicts(cfg.verdicts, ctx.seed, asked | {without_flag(t) for t in ctx.held_out})
     write_json(ctx.dir / "judge_data.json", {"verdicts": len(verdicts), **stats})
     return Dataset.from_list(verdicts)
