@@ -5,7 +5,7 @@ PIPELINE ?= pipelines/demo.yaml
 CONFIG  ?=
 ARGS    ?=
 
-.PHONY: install install-vllm test test-vllm gpu-check lint demo pipeline cold-start reasoning-rl fusion general-rl distill help
+.PHONY: install install-vllm test test-vllm test-lm-eval gpu-check lint demo pipeline cold-start reasoning-rl fusion general-rl distill help
 
 help:
 	@echo "make install   create .venv/ with torch (CPU wheel) and posttrain"
@@ -13,6 +13,7 @@ help:
 	@echo "make demo      run pipelines/demo.yaml on the embedded default model (reuses finished stages; FRESH=1: a new run)"
 	@echo "make test      run the test suite (CPU, a few minutes)"
 	@echo "make test-vllm the vLLM tests (installs vLLM first)"
+	@echo "make test-lm-eval  the lm-evaluation-harness bridge's tests (installs the lm-eval extra first)"
 	@echo "make gpu-check  the GPU paths (bf16, colocated vLLM) sized for ~8 minutes, one line per check (GPU machines)"
 	@echo "make lint      ruff and the import-layer rule (configured in pyproject.toml)"
 	@echo "make pipeline PIPELINE=pipelines/X.yaml [ARGS=\"stages.ID.config.train.max_steps=10 seed=3\"]"
@@ -50,6 +51,10 @@ test: install
 
 test-vllm: install-vllm
 	$(PY) -m pytest -x --timeout 900 tests/test_vllm.py
+
+test-lm-eval: install
+	$(PY) -m pip install -q -e ".[lm-eval]"
+	$(PY) -m pytest -x --timeout 900 tests/test_harness.py
 
 gpu-check: install-vllm
 	$(PY) benchmarks/gpu_check.py

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from rewards.instruction import CHECKS
+from rewards.instruction import meets
 
 TOPICS = {
     "the sea": ["The sea is wide and deep.", "Waves roll onto the sand.", "Fish swim under the blue water.",
@@ -76,9 +76,11 @@ def _constraint(rng: random.Random, kind: str, topic: str) -> tuple[str, dict, C
     """(instruction text, constraint, how it reshapes the response's list of sentences)."""
     bank = TOPICS[topic]
     if kind == "lower":
-        return ("Write in lowercase letters only.", {"type": "case", "case": "lower"}, lambda s: [x.lower() for x in s])
+        return ("Your entire response should be in English, and in all lowercase letters.",
+                {"type": "change_case:english_lowercase"}, lambda s: [x.lower() for x in s])
     if kind == "upper":
-        return ("Write in capital letters only.", {"type": "case", "case": "upper"}, lambda s: [x.upper() for x in s])
+        return ("Your entire response should be in English, and in all capital letters.",
+                {"type": "change_case:english_capital"}, lambda s: [x.upper() for x in s])
     if kind == "keyword":
         word = rng.choice(KEYWORDS)
         return (f"Include the word '{word}'.", {"type": "include_keywords", "keywords": [word]},
@@ -127,7 +129,7 @@ def instruction(rng: random.Random) -> dict[str, Any]:
         for _, _, shape in parts:
             text = shape(text)
         response = " ".join(text)
-        if all(CHECKS[c["type"]](response, c) for _, c, _ in parts):
+        if all(meets(response, c) for _, c, _ in parts):
             break
     else:  # pragma: no cover - the solver meets single constraints by construction
         raise RuntimeError("instruction: no satisfiable constraint draw in 50 tries")

@@ -24,7 +24,7 @@ from typing import Any
 
 from data_builders import agent, direct, flags, synthetic
 from posttrain.core.chat import tools_system_message, with_flag
-from rewards.instruction import CHECKS
+from rewards.instruction import meets
 from rewards.rag import REFUSAL as NOT_IN_CONTEXT
 
 
@@ -51,7 +51,7 @@ def instruction(rng: random.Random, families: list[str] | None = None, count: in
         for _, _, shape in parts:
             text = shape(text)
         response = " ".join(text)
-        if all(CHECKS[c["type"]](response, c) for _, c, _ in parts):
+        if all(meets(response, c) for _, c, _ in parts):
             rules = " ".join(p[0] for p in parts)
             return _row([{"role": "user", "content": f"Write about {topic}. {rules}"}], response=response,
                         constraints=json.dumps([p[1] for p in parts]), domain="instruction")
@@ -148,9 +148,14 @@ def tool_call(rng: random.Random) -> dict[str, Any]:
 # language consistency: answer in the language asked
 
 QUESTIONS = {
-    "fr": ("Quelle est la capitale de {country} ? Réponds en une phrase.", "La capitale est {city}."),
-    "es": ("¿Cuál es la capital de {country}? Responde con una frase.", "La capital es {city}."),
-    "de": ("Was ist die Hauptstadt von {country}? Antworte mit einem Satz.", "Die Hauptstadt ist {city}."),
+    # answers long enough for langdetect (IFEval's language check) to tell the language every time
+    "fr": ("Quelle est la capitale de {country} ? Réponds en une phrase.",
+           "La capitale de ce pays est {city}, une ville très connue que beaucoup de gens visitent chaque année."),
+    "es": ("¿Cuál es la capital de {country}? Responde con una frase.",
+           "La capital de este país es {city}, una ciudad muy conocida que mucha gente visita cada año."),
+    "de": ("Was ist die Hauptstadt von {country}? Antworte mit einem Satz.",
+           "Die Hauptstadt dieses Landes ist {city}, eine sehr bekannte Stadt, die jedes Jahr viele Menschen "
+           "besuchen."),
 }
 
 

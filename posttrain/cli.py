@@ -7,15 +7,18 @@ import errno
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from posttrain import bench, interactive, pipeline
+from posttrain.benchmarks import KINDS, BenchmarkConfig
 from posttrain.core.config import ConfigError, apply_overrides, from_dict, load_yaml
 from posttrain.core.generation import EnginePool, VLLMError
 from posttrain.core.models import prepare_model
 from posttrain.core.rundir import LOCK, find_teacher, run_lock
 from posttrain.core.stats import compare, compare_think_follow
 from posttrain.evaluate import BudgetCurveConfig, EvalConfig, budget_curve, evaluate
+from posttrain.harness import harness_rows
 from posttrain.logs import setup_logging
 from posttrain.pipeline.launch import LaunchError
 from posttrain.report import plot_budget_curve, summary
@@ -81,6 +84,15 @@ def _eval(args) -> None:
     where = args.config or "pipelines/eval.yaml"
     data = load_yaml(where)
     cfg = from_dict(EvalConfig, data.get("eval", data), where)
+    if args.benchmark or args.lm_eval:  # a standard benchmark instead of the config's suites
+        bench = {"data": args.data, "columns": dict(c.split("=", 1) for c in args.columns or []),
+                 "limit": args.limit, "samples": args.samples or 1, "pass_k": sorted({1, args.samples or 1}),
+                 **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})}
+        named = {args.benchmark: from_dict(BenchmarkConfig, bench, f"--benchmark {args.benchmark}")} \
+            if args.benchmark else {}
+        cfg = replace(cfg, suites={}, think_follow=None, tasks=None, modes=args.modes or cfg.modes, benchmarks=named)
+    elif args.data or args.limit or args.columns or args.max_new_tokens:
+        raise ValueError("--data, --columns, --limit and --max-new-tokens go with --benchmark NAME")
     if args.thinking_budget is not None:
         cfg = from_dict(EvalConfig, {**data.get("eval", data), "thinking_budget": args.thinking_budget},
                         f"{where} (--thinking-budget)")
@@ -100,10 +112,16 @@ def _eval(args) -> None:
             else:
                 previous = loaded
     results = evaluate(args.model, cfg, engines=_pool(args), seed=args.seed, previous=previous)
+    if args.lm_eval:
+        results.setdefault("benchmarks", {}).update(harness_rows(
+            args.model, args.lm_eval.split(","), cfg.modes, backend=args.backend, include_path=args.lm_eval_include,
+            limit=args.limit, seed=args.seed))
     problem = None
     if baseline is not None:
         try:
             results["vs_baseline"] = {"baseline": args.baseline, "suites": compare(baseline, results),
+                                      "benchmarks": compare({"suites": baseline.get("benchmarks") or {}},
+                                                            {"suites": results.get("benchmarks") or {}}),
                                       "think_follow": compare_think_follow(baseline, results)}
         except ValueError as err:  # still write the results: they took minutes to make
             problem = f"--baseline {args.baseline}: {err}"
@@ -113,7 +131,8 @@ def _eval(args) -> None:
     print(text)
     if problem:
         raise ValueError(problem)
-    for suite, modes in results.get("vs_baseline", {}).get("suites", {}).items():
+    paired = results.get("vs_baseline", {})
+    for suite, modes in [*paired.get("suites", {}).items(), *paired.get("benchmarks", {}).items()]:
         for mode, g in modes.items():
             print(f"{suite} {mode}: {100 * g['diff']:+.1f} \u00b1 {100 * g['se']:.1f} points vs {args.baseline} "
                   f"(paired over {g['n_items']} items)", file=sys.stderr)
@@ -198,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thinking-budget", type=int, help="stop thinking after N tokens, then answer (think mode)")
     p.add_argument("--budgets", type=int, nargs="+", metavar="N",
                    help="instead: think-mode accuracy at each budget and with none (JSON; --output also gets a PNG)")
+    p.add_argument("--benchmark", choices=KINDS, help="instead of the suites: a standard benchmark "
+                   "(humaneval; ifeval and math take --data FILE)")
+    p.add_argument("--data", help="the benchmark's file: IFEval's JSONL format (ifeval), or a dataset file (math)")
+    p.add_argument("--columns", nargs="+", metavar="SRC=DST", help="math: map the file's columns to prompt/answer")
+    p.add_argument("--limit", type=int, help="the first N items of the benchmark (a quick look)")
+    p.add_argument("--samples", type=int, help="samples per item (pass@k for k = 1 and this)")
+    p.add_argument("--max-new-tokens", type=int, help="the benchmark's answer length cap (default 512)")
+    p.add_argument("--modes", nargs="+", choices=["think", "no_think"], help="the modes (default: the config's)")
+    p.add_argument("--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, comma-separated (extra lm-eval)")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="a folder of lm-eval task YAMLs (local tasks)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("prepare-model", help="write the default model (or --model) as an HF dir in the chat format")

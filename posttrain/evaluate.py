@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Literal
 
 from data_builders import sources, synthetic
 from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
+from posttrain.benchmarks import BenchmarkConfig, run_benchmark
+from posttrain.core.chat import split_think
 from posttrain.core.config import ExistingPath
 from posttrain.core.generation import EnginePool
 from posttrain.core.stats import pass_at_k, standard_error
@@ -26,6 +29,25 @@ from posttrain.thinkfollow import ThinkFollowConfig, plans_sha, think_follow
 from rewards.grading import sample_and_grade
 
 log = logging.getLogger("posttrain.evaluate")
+
+# Reasoning leaking into answers (arXiv 2510.12680 measured it in no-think mode). An answer reflects
+# when it second-guesses itself in words; it reasons step by step when it derives over several lines
+# (two or more lines with an `=`, or lines opened by "Step N", "First,", "Next,", "Then,").
+REFLECTION = re.compile(r"\b(wait|hmm+|let me (check|verify|re-?check|think|see)|double[- ]check|let's (check|verify)"
+                        r"|on second thought|actually,|check:|verify)", re.I)
+STEP_LINE = re.compile(r"^\s*(step \d+|first,|next,|then,)", re.I | re.M)
+
+
+def leakage(texts: list[str]) -> dict[str, float]:
+    """Shares of answers (the text after the think block) that reflect, that reason step by step, that do
+    either (`leaky`), and of responses with no reasoning in their think block (`think_skipped`)."""
+    parts = [split_think(t) for t in texts]
+    reflect = [bool(REFLECTION.search(a)) for _, a in parts]
+    steps = [sum("=" in line for line in a.splitlines()) >= 2 or bool(STEP_LINE.search(a)) for _, a in parts]
+    n = max(len(texts), 1)
+    return {"reflective": sum(reflect) / n, "step_by_step": sum(steps) / n,
+            "leaky": sum(r or s for r, s in zip(reflect, steps, strict=True)) / n,
+            "think_skipped": sum(not (r or "").strip() for r, _ in parts) / n}
 
 @dataclass
 class SuiteConfig:
@@ -65,6 +87,8 @@ class EvalConfig:
     batch_size: int = 32
     think_follow: ThinkFollowConfig | None = None  # the ThinkFollow suite (posttrain/thinkfollow.py)
     tasks: TaskEvalConfig | None = None  # per-task-kind scores
+    # standard benchmarks (posttrain/benchmarks.py) by name, e.g. {humaneval: {}, gsm8k: {kind: math, data: F}}
+    benchmarks: dict[str, BenchmarkConfig] = field(default_factory=dict)
 
     def __post_init__(self):
         if any(k > self.samples for k in self.pass_k):
@@ -144,7 +168,7 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
                  "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
                  "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
                  "budget_hit": sum(c.budget_hit for c in flat) / len(flat),
-                 "correct_per_item": correct}
+                 "leakage": leakage([c.text for c in flat]), "correct_per_item": correct}
             results["suites"][name][mode] = r
             log.info("eval %s %s: accuracy %.3f pass@k %s", name, mode, r["accuracy"], r["pass_at_k"])
     if cfg.think_follow is not None:
@@ -161,6 +185,17 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
                          done["held_out"]["turns"])
     if cfg.tasks is not None:
         results["tasks"] = _task_scores(cfg, seed, previous.get("tasks"), get_engine, resolve, engines)
+    if cfg.benchmarks:
+        results["benchmarks"] = {}
+        for name, bench in cfg.benchmarks.items():
+            settings = {**asdict(bench), "models": None, "seed": seed}
+            for mode in cfg.modes:
+                old = ((previous.get("benchmarks") or {}).get(name) or {}).get(mode)
+                results["benchmarks"].setdefault(name, {})[mode] = old if old and old.get("settings") == settings \
+                    else {**run_benchmark(get_engine(), name, bench, mode, seed), "settings": settings}
+                r = results["benchmarks"][name][mode]
+                log.info("benchmark %s %s: accuracy %.3f ± %.3f over %d items", name, mode, r["accuracy"],
+                         r["accuracy_se"], r["n_items"])
     results["wall_time_s"] = round(time.time() - start, 2)
     return results
 
@@ -209,8 +244,9 @@ def budget_curve(model: str, cfg: EvalConfig, curve: BudgetCurveConfig, engines:
 
     `previous` (the model's eval results) supplies any point made with the same settings, usually
     the unlimited one."""
-    base = replace(cfg, modes=["think"], think_follow=None, tasks=None, samples=curve.samples or cfg.samples,
-                   pass_k=[1], max_new_tokens=curve.max_new_tokens or cfg.max_new_tokens)
+    base = replace(cfg, modes=["think"], think_follow=None, tasks=None, benchmarks={},
+                   samples=curve.samples or cfg.samples, pass_k=[1],
+                   max_new_tokens=curve.max_new_tokens or cfg.max_new_tokens)
     engine = engine or (engines or EnginePool()).get(model, batch_size=cfg.batch_size)
     points = []
     for budget in [*sorted(set(curve.budgets)), None]:

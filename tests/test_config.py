@@ -168,3 +168,24 @@ def test_fresh_keeps_the_previous_run_and_starts_a_new_one(tmp_path, base, monke
     assert len(kept) == 1 and (kept[0] / "01_first" / "COMPLETE").is_file()
     assert not (out / "01_first").exists() and "1. first" in capsys.readouterr().out
     assert not started[0][0].ctx.is_complete()
+
+
+def test_a_field_added_later_leaves_finished_runs_resumable():
+    """A field marked `added` counts in the config hash only when set away from its default."""
+    import dataclasses
+
+    from posttrain.core.config import identity
+
+    @dataclasses.dataclass
+    class Before:
+        steps: int = 10
+
+    @dataclasses.dataclass
+    class After:
+        steps: int = 10
+        keep: str = dataclasses.field(default="all", metadata={"added": True})
+        extra: list = dataclasses.field(default_factory=list, metadata={"added": True})
+
+    assert identity(After()) == identity(Before()) == {"steps": 10}
+    assert identity(After(keep="think")) == {"steps": 10, "keep": "think"}
+    assert identity({"a": [After(extra=[1])]}) == {"a": [{"steps": 10, "extra": [1]}]}

@@ -1,4 +1,4 @@
-"""`instruction`: IFEval-style verifiable constraints."""
+"""`instruction`: IFEval's verifiable instructions (its own checkers, from if-verifiable)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import pytest
 
 import rewards
+from rewards.instruction import meets, parse_constraints
 
 ANSWER = "<think>\nplan\n</think>\n\n"
 
@@ -16,7 +17,7 @@ ANSWER = "<think>\nplan\n</think>\n\n"
     ({"type": "word_count", "min": 3, "max": 5}, "one two three four", "one two"),
     ({"type": "word_count", "max": 3}, "short one", "this one is too long"),
     ({"type": "sentence_count", "count": 2}, "First one. Second one!", "Only one."),
-    ({"type": "paragraph_count", "min": 2}, "Para one.\n\nPara two.", "Just one paragraph."),
+    ({"type": "paragraph_count", "min": 2}, "Para one.\n***\nPara two.", "Just one paragraph."),
     ({"type": "paragraph_count", "count": 2}, "A\n***\nB", "A\n***\nB\n***\nC"),
     ({"type": "bullet_count", "count": 3}, "* a\n* b\n- c", "* a\n* b"),
     ({"type": "include_keywords", "keywords": ["Paris", "river"]}, "Paris has a River.", "Paris is nice."),
@@ -29,13 +30,95 @@ ANSWER = "<think>\nplan\n</think>\n\n"
     ({"type": "language", "language": "de"}, "Das ist nicht der Hund, den ich mit dir sah.",
      "Esto no es el perro que vi con el gato."),
     ({"type": "case", "case": "lower"}, "all lower here.", "Not all lower."),
-    ({"type": "case", "case": "upper"}, "ALL CAPS!", "Mostly CAPS"),
+    ({"type": "case", "case": "upper"}, "THE RIVER RUNS TO THE SEA.", "The river RUNS to the sea."),
     ({"type": "starts_with", "phrase": "Dear team"}, "dear team, hello", "Hello, dear team"),
     ({"type": "ends_with", "phrase": "Any questions?"}, "Done. Any questions? ", "Any questions? Done."),
 ])
 def test_each_constraint_type(constraint, good, bad):
     reward = rewards.get("instruction")
     assert reward([ANSWER + good, ANSWER + bad], constraints=[constraint] * 2) == [1.0, 0.0]
+
+
+# Boundary cases, each with IFEval's verdict (the official checkers' rules, which the project's own
+# earlier code got wrong on several of them).
+@pytest.mark.parametrize("constraint, text, verdict", [
+    # counts at and off the limit: "at most 5 words" is IFEval's "less than 6"
+    ({"type": "word_count", "max": 5}, "one two three four five", True),
+    ({"type": "word_count", "max": 5}, "one two three four five six", False),
+    ({"type": "word_count", "min": 3}, "one two three", True),
+    ({"type": "word_count", "min": 3}, "one-two", False),  # "one", "two": two words
+    ({"type": "length_constraints:number_words", "relation": "less than", "num_words": 3}, "a b c", False),
+    ({"type": "bullet_count", "count": 3}, "* a\n* b\n- c", True),
+    ({"type": "bullet_count", "count": 2}, "* a\n* b\n- c", False),
+    # bullet markers: "*" or "-" at a line's start, not "**" (bold) nor "•"
+    ({"type": "bullet_count", "count": 1}, "**Title**\n* one", True),
+    ({"type": "bullet_count", "count": 2}, "• a\n• b", False),
+    ({"type": "bullet_count", "count": 2}, "-a\n-b", True),
+    # fenced JSON passes, JSON inside prose does not
+    ({"type": "json"}, '```json\n{"a": 1}\n```', True),
+    ({"type": "json"}, '```\n[1, 2]\n```', True),
+    ({"type": "json"}, 'Here it is: {"a": 1}', False),
+    # quoted endings: IFEval strips outer quotes before comparing
+    ({"type": "ends_with", "phrase": "Any questions?"}, '"That is all. Any questions?"', True),
+    ({"type": "ends_with", "phrase": "Any questions?"}, "That is all. Any questions?!", False),
+    # paragraph separators: the markdown divider ***, not a blank line; an empty paragraph fails
+    ({"type": "paragraph_count", "count": 2}, "One.\n***\nTwo.", True),
+    ({"type": "paragraph_count", "count": 2}, "One.\n\nTwo.", False),
+    ({"type": "paragraph_count", "count": 2}, "One.\n***\n***\nTwo.", False),
+    ({"type": "paragraph_count", "count": 2}, "***\nOne.\n***\nTwo.\n***", True),
+    # case with digits: digits are not letters, so they neither break nor make the case; IFEval's
+    # case instructions also ask for English
+    ({"type": "change_case:english_capital"}, "THE TRAIN LEAVES AT 9 AND ARRIVES AT 11 IN THE MORNING.", True),
+    ({"type": "change_case:english_lowercase"}, "the train leaves at 9 and arrives at 11 in the morning.", True),
+    ({"type": "change_case:english_lowercase"}, "the train leaves at 9 and arrives at 11 in the Morning.", False),
+    ({"type": "change_case:english_lowercase"}, "le train part à 9 heures et arrive à 11 heures du matin.", False),
+    ({"type": "case", "case": "lower"}, "le train part à 9 heures et arrive à 11 heures du matin.", True),
+    ({"type": "case", "case": "upper"}, "123 !", False),
+    # keywords inside longer words: existence is a substring test, forbidden words are whole words
+    ({"type": "include_keywords", "keywords": ["art"]}, "We went to a party.", True),
+    ({"type": "exclude_keywords", "keywords": ["art"]}, "We went to a party.", True),
+    ({"type": "exclude_keywords", "keywords": ["art"]}, "We saw Art today.", False),
+    ({"type": "keywords:existence", "keywords": ["Sea"]}, "the sea", True),
+])
+def test_boundary_cases_follow_ifeval(constraint, text, verdict):
+    assert meets(text, constraint) is verdict
+    assert rewards.get("instruction")([ANSWER + text], constraints=[constraint]) == [float(verdict)]
+
+
+def test_the_verdicts_are_the_official_checkers():
+    """Every short form that maps to an IFEval instruction gives that checker's verdict."""
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+    text = "* Paris is big\n* Lyon is old\n***\nThat is all. Bye"
+    for c, (iid, kwargs) in [({"type": "bullet_count", "count": 2}, ("detectable_format:number_bullet_lists",
+                                                                     {"num_bullets": 2})),
+                             ({"type": "ends_with", "phrase": "bye"}, ("startend:end_checker", {"end_phrase": "bye"})),
+                             ({"type": "paragraph_count", "count": 3}, ("length_constraints:number_paragraphs",
+                                                                        {"num_paragraphs": 3}))]:
+        checker = INSTRUCTION_DICT[iid](iid)
+        checker.build_description(**kwargs)
+        assert meets(text, c) is bool(checker.check_following(text)), c
+
+
+def test_loose_mode_forgives_a_preamble_and_markdown():
+    c = {"type": "starts_with", "phrase": "dear team"}
+    text = "Sure, here it is:\nDear team, the report is done."
+    assert (meets(text, c), meets(text, c, loose=True)) == (False, True)
+    bold = {"type": "ends_with", "phrase": "the end."}
+    assert (meets("It was **the end.**", bold), meets("It was **the end.**", bold, loose=True)) == (False, True)
+    loose = rewards.get("instruction", loose=True)
+    assert loose([ANSWER + text], constraints=[c]) == [1.0]
+
+
+def test_ifeval_ids_take_their_kwargs_and_no_others():
+    with pytest.raises(ValueError, match="keywords:existence: needs keywords"):
+        parse_constraints({"type": "keywords:existence"})
+    with pytest.raises(ValueError, match="unknown kwargs"):
+        parse_constraints({"type": "keywords:existence", "keywords": ["a"], "count": 2})
+    # the two that need NLTK's punkt data are the project's own
+    assert meets("One. Two. Three.", {"type": "length_constraints:number_sentences", "relation": "less than",
+                                      "num_sentences": 3}) is False
+    assert meets("I LOVE NEW YORK and Paris", {"type": "change_case:capital_word_frequency",
+                                               "capital_relation": "at least", "capital_frequency": 3}) is True
 
 
 def test_fraction_strict_json_string_and_conversational():

@@ -236,6 +236,24 @@ def check_trainer_overrides(config_cls: type, overrides: dict[str, Any], where: 
     return overrides
 
 
+def identity(obj: Any) -> Any:
+    """`to_dict` as a finished stage's config hash sees it: a field added after runs were made
+    (`field(..., metadata={"added": True})`) counts only when set away from its default, so those runs
+    still resume."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("added") and getattr(obj, f.name) == _default(f))}
+    if isinstance(obj, dict):
+        return {k: identity(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [identity(v) for v in obj]
+    return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass (nested, or in dicts and lists) as plain data, for snapshots, hashing and job files."""
     if dataclasses.is_dataclass(obj):

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import stages
+from posttrain.benchmarks import resolved
 from posttrain.core.config import (
     ConfigError,
     apply_overrides,
     check_trainer_overrides,
     from_dict,
+    identity,
     is_placeholder,
     load_yaml,
     placeholders,
@@ -76,7 +78,7 @@ class PlannedStage:
         return recorded in {self.config_hash, self._hash(model), self._hash(str(Path(model).absolute()))}
 
     def _hash(self, model: str) -> str:
-        blob = json.dumps([self.spec.stage, to_dict(self.config), model], sort_keys=True, default=str)
+        blob = json.dumps([self.spec.stage, identity(self.config), model], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -163,7 +165,13 @@ def _check_eval_models(eval_cfg: EvalConfig, labels: list[str], where: str) -> N
     """The models that ThinkFollow, the task kinds and `mode_models` name must be `base` or stage ids."""
     named = [(f"mode_models.{m}", names) for m, names in eval_cfg.mode_models.items()] + [
         (f"{part}.models", getattr(eval_cfg, part).models or []) for part in ("think_follow", "tasks")
-        if getattr(eval_cfg, part) is not None]
+        if getattr(eval_cfg, part) is not None] + [
+        (f"benchmarks.{name}.models", b.models or []) for name, b in eval_cfg.benchmarks.items()]
+    for name, bench in eval_cfg.benchmarks.items():
+        try:
+            resolved(name, bench)
+        except ValueError as err:
+            raise ConfigError(f"{where}.benchmarks: {err}") from None
     extra = sorted(set(eval_cfg.mode_models) - set(eval_cfg.modes))
     if extra:
         raise ConfigError(f"{where}.mode_models: {', '.join(extra)} is not one of the eval's modes {eval_cfg.modes}")

@@ -105,7 +105,8 @@ def _curve(cfg: PipelineConfig, p: PlannedStage, engines: EnginePool) -> list[di
     points.append({"phase": p.ctx.stage_id, "step": step,
                    "cpu_time_s": info.get("cpu_time_s"), "model": str(p.ctx.model_dir), "final": True,
                    "suites": (read_json(p.ctx.dir / "eval.json") or {}).get("suites")})
-    eval_cfg = replace(from_dict(EvalConfig, cfg.eval, "eval"), modes=["think"], think_follow=None, tasks=None)
+    eval_cfg = replace(from_dict(EvalConfig, cfg.eval, "eval"), modes=["think"], think_follow=None, tasks=None,
+                       benchmarks={})
     for point in points:
         if not point.get("suites") or not all("think" in r for r in point["suites"].values()):
             log.info("compute curve of %s: scoring %s", p.ctx.stage_id, point["model"])
@@ -134,13 +135,18 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path, engines: EnginePool):
                                                                   or label in getattr(eval_cfg, part).models)
                   for part in ("tasks", "think_follow")}
         modes = [m for m in eval_cfg.modes if label in eval_cfg.mode_models.get(m, [label])]
-        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes})
+        benchmarks = {k: b for k, b in eval_cfg.benchmarks.items() if not b.models or label in b.models}
+        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes}, benchmarks=benchmarks)
         results = evaluate(model, this_cfg, engines=engines, seed=cfg.seed, previous=cached, resolve=resolve,
                            suite_modes=modes)
         for part, yes in wanted.items():
             if not yes and cached and cached.get(part):
                 results[part] = cached[part]  # scored under an earlier config: kept
-        if cached is None or any(results.get(k) != cached.get(k) for k in ("suites", "think_follow", "tasks")):
+        kept = {k: v for k, v in ((cached or {}).get("benchmarks") or {}).items() if k not in benchmarks}
+        if kept:
+            results["benchmarks"] = {**kept, **results.get("benchmarks", {})}
+        if cached is None or any(results.get(k) != cached.get(k)
+                                 for k in ("suites", "think_follow", "tasks", "benchmarks")):
             write_json(path, results)
         return results
     return run_eval

@@ -58,8 +58,10 @@ def _accuracy(s: dict, gains: dict, evals: dict) -> str:
             cells.append(f"{suite} {before:.3f} -> {after:.3f} ({100 * g['diff']:+.1f} ± {100 * g['se']:.1f}{share})")
         else:
             cells.append(f"{suite} {modes['think']['accuracy']:.3f}")
-    if not cells:
-        return ""
+    if not cells:  # a model asked in no-think mode only (an instruct model)
+        suites = (s["eval"].get("suites") or {}).items()
+        plain = [f"{suite} {modes['no_think']['accuracy']:.3f}" for suite, modes in suites if "no_think" in modes]
+        return "no-think accuracy " + ", ".join(plain) if plain else ""
     return "think accuracy " + ", ".join(cells) + (f" vs {', '.join(sorted(refs))}" if refs else "")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from posttrain.core.stats import compare, standard_error
 from posttrain.report.collect import eval_rows, gains, task_item_changes
 from posttrain.report.effects import effects
+from posttrain.report.hybrid import hybrid_tax
 
 
 def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
@@ -38,7 +39,9 @@ def markdown(report: dict[str, Any], plots: list[str], title: str) -> str:
                          f"| {paired.get((label, suite, mode), '')} | {passk} "
                          f"| {_fmt(r.get('mean_length'))} |")
     lines += _data_section(report)
-    lines += _think_follow(report, gains(report)) + _task_table(report) + _budget_table(report.get("budget_curve"))
+    lines += _think_follow(report, gains(report)) + hybrid_tax(report) + _task_table(report)
+    lines += benchmark_table(_models(report))
+    lines += _budget_table(report.get("budget_curve"))
     for extra in report.get("sections", []):
         lines += ["", extra]
     if plots:
@@ -96,10 +99,44 @@ def _think_follow(report: dict[str, Any], gains: dict) -> list[str]:
     return lines
 
 
+def _models(report: dict[str, Any]) -> list[tuple[str, dict]]:
+    return [("base", report["base"]["eval"])] + [(s["id"], s["eval"]) for s in report["stages"]]
+
+
+def benchmark_table(models: list[tuple[str, dict | None]]) -> list[str]:
+    """Standard benchmarks (posttrain/benchmarks.py, lm-eval), one column per model that has them: accuracy
+    (pass@1; IFEval prompt-level strict) ± s.e., or an lm-eval task's first metric ± its stderr."""
+    models = [(label, r["benchmarks"]) for label, r in models if r and r.get("benchmarks")]
+    if not models:
+        return []
+    keys = sorted({(name, mode) for _, b in models for name, modes in b.items() for mode in modes})
+    lines = ["", "## Benchmarks", "", "| benchmark | mode | items | " + " | ".join(m for m, _ in models) + " |",
+             "|---|---|---:|" + "---:|" * len(models)]
+    for name, mode in keys:
+        rows = [b.get(name, {}).get(mode) for _, b in models]
+        cells = [_benchmark_cell(r) for r in rows]
+        items = next(r["n_items"] for r in rows if r)
+        lines.append(f"| {name} | {mode} | {items} | " + " | ".join(cells) + " |")
+    ifeval = [f"{label} {name} {mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items())
+              for label, b in models for name, modes in b.items() for mode, r in modes.items()
+              if r.get("benchmark") == "ifeval"]
+    if ifeval:
+        lines += ["", "IFEval accuracies (prompt and instruction level, strict and loose): " + "; ".join(ifeval) + "."]
+    return lines
+
+
+def _benchmark_cell(r: dict | None) -> str:
+    if not r:
+        return ""
+    if "accuracy" in r:
+        return f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}"
+    metric = next(iter(r.get("metrics") or {}), None)
+    return "" if metric is None else f"{metric} {r['metrics'][metric]:.3f} ± {r['stderr'].get(metric, 0.0):.3f}"
+
+
 def _task_table(report: dict[str, Any]) -> list[str]:
     """Stage 4's per-task-kind scores (mean reward on held-out items ± s.e.), one column per model."""
-    models = [("base", report["base"]["eval"])] + [(s["id"], s["eval"]) for s in report["stages"]]
-    models = [(label, r["tasks"]["scores"]) for label, r in models if r and r.get("tasks")]
+    models = [(label, r["tasks"]["scores"]) for label, r in _models(report) if r and r.get("tasks")]
     if not models:
         return []
     keys = sorted({(kind, mode, r[mode].get("area", "")) for _, scores in models for kind, r in scores.items()
