@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from posttrain import bench, interactive, pipeline
-from posttrain.benchmarks import KINDS, BenchmarkConfig
+from posttrain.benchmarks import KINDS, BenchmarkConfig, resolved
 from posttrain.core.config import ConfigError, apply_overrides, from_dict, load_yaml
 from posttrain.core.generation import EnginePool, VLLMError
 from posttrain.core.models import prepare_model
@@ -84,18 +84,23 @@ def _eval(args) -> None:
     where = args.config or "pipelines/eval.yaml"
     data = load_yaml(where)
     cfg = from_dict(EvalConfig, data.get("eval", data), where)
+    if args.thinking_budget is not None:
+        cfg = from_dict(EvalConfig, {**data.get("eval", data), "thinking_budget": args.thinking_budget},
+                        f"{where} (--thinking-budget)")
     if args.benchmark or args.lm_eval:  # a standard benchmark instead of the config's suites
+        bad = [c for c in args.columns or [] if "=" not in c]
+        if bad:
+            raise ValueError(f"--columns: {bad[0]!r} is not SRC=DST (e.g. question=prompt)")
         bench = {"data": args.data, "columns": dict(c.split("=", 1) for c in args.columns or []),
                  "limit": args.limit, "samples": args.samples or 1, "pass_k": sorted({1, args.samples or 1}),
                  **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})}
         named = {args.benchmark: from_dict(BenchmarkConfig, bench, f"--benchmark {args.benchmark}")} \
             if args.benchmark else {}
+        for name, b in named.items():
+            resolved(name, b)  # a missing or superfluous --data fails before the model loads
         cfg = replace(cfg, suites={}, think_follow=None, tasks=None, modes=args.modes or cfg.modes, benchmarks=named)
     elif args.data or args.limit or args.columns or args.max_new_tokens:
         raise ValueError("--data, --columns, --limit and --max-new-tokens go with --benchmark NAME")
-    if args.thinking_budget is not None:
-        cfg = from_dict(EvalConfig, {**data.get("eval", data), "thinking_budget": args.thinking_budget},
-                        f"{where} (--thinking-budget)")
     if args.budgets:
         return _budget_curve(args, cfg, where)
     baseline, previous = None, None

@@ -125,6 +125,8 @@ def test_eval_cli_runs_a_benchmark_on_a_model(tiny_model, ifeval_file, tmp_path)
         "strict_prompt", "strict_instruction", "loose_prompt", "loose_instruction"}
     bad = cli("eval", "--model", str(tiny_model), "--data", str(ifeval_file))
     assert bad.returncode != 0 and "go with --benchmark NAME" in bad.stderr
+    bad = cli("eval", "--model", "no/such/model", "--benchmark", "ifeval")
+    assert bad.returncode != 0 and "benchmark 'ifeval' (ifeval) needs data: FILE" in bad.stderr
 
 
 def test_the_report_table_has_a_row_per_benchmark_and_mode():
