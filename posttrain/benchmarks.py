@@ -29,7 +29,7 @@ from typing import Any, Literal
 from data_builders import sources
 from posttrain.core.chat import split_think
 from posttrain.core.config import ExistingPath
-from posttrain.core.stats import pass_at_k, standard_error
+from posttrain.core.stats import accuracy_summary
 from rewards import sandbox
 from rewards.code_exec import extract_code
 from rewards.grading import grade
@@ -151,9 +151,7 @@ def run_benchmark(engine, name: str, cfg: BenchmarkConfig, mode: str, seed: int 
     flat = [c for o in outs for c in o]
     return {"benchmark": kind, "n_items": len(rows), "samples": cfg.samples, "mode": mode,
             "items_sha": hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()[:16],
-            "accuracy": sum(correct) / (len(rows) * cfg.samples),
-            "accuracy_se": standard_error([c / cfg.samples for c in correct]),
-            "pass_at_k": {str(k): sum(pass_at_k(cfg.samples, c, k) for c in correct) / len(rows) for k in cfg.pass_k},
-            **extra, "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
+            **accuracy_summary(correct, cfg.samples, cfg.pass_k), **extra,
+            "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
             "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
             "correct_per_item": correct, "wall_time_s": round(time.time() - start, 1)}

@@ -24,7 +24,7 @@ from posttrain.benchmarks import BenchmarkConfig, run_benchmark
 from posttrain.core.chat import split_think
 from posttrain.core.config import ExistingPath
 from posttrain.core.generation import EnginePool
-from posttrain.core.stats import pass_at_k, standard_error
+from posttrain.core.stats import accuracy_summary
 from posttrain.thinkfollow import ThinkFollowConfig, plans_sha, think_follow
 from rewards.grading import sample_and_grade
 
@@ -161,10 +161,7 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
                                       thinking_budget=cfg.thinking_budget, seed=seed, progress=True)
             flat, correct = [c for o in graded.completions for c in o], graded.correct
             r = {"n_items": len(rows), "samples": cfg.samples, "items_sha": sha, "settings": settings,
-                 "accuracy": sum(correct) / (len(rows) * cfg.samples),
-                 "accuracy_se": standard_error([c / cfg.samples for c in correct]),
-                 "pass_at_k": {str(k): sum(pass_at_k(cfg.samples, int(c), k) for c in correct) / len(rows)
-                               for k in cfg.pass_k},
+                 **accuracy_summary(correct, cfg.samples, cfg.pass_k),
                  "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
                  "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
                  "budget_hit": sum(c.budget_hit for c in flat) / len(flat),

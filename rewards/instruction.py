@@ -103,6 +103,13 @@ def _starts_with(text: str, c: dict[str, Any]) -> bool:
     return text.strip().lower().startswith(phrase.strip().lower())
 
 
+def _language(text: str, c: dict[str, Any]) -> bool:
+    if c.get("language") not in SCRIPTS_OF:
+        raise ValueError(f"language: unknown language {c.get('language')!r} "
+                         f"(IFEval's: {', '.join(LANGUAGE_CODES)}; or {', '.join(SCRIPTS_OF)})")
+    return detect_language(text) == c["language"]
+
+
 # The project's own checks (see the module docstring for why each is not IFEval's)
 OWN: dict[str, Callable[[str, dict[str, Any]], bool]] = {
     "sentence_count": lambda t, c: _between(_sentences(t), c),
@@ -110,20 +117,13 @@ OWN: dict[str, Callable[[str, dict[str, Any]], bool]] = {
     "bullet_count": lambda t, c: _between(len(_BULLET.findall(t)), c),
     "starts_with": _starts_with,
     "case": _case,
-    "language": lambda t, c: _language(t, c),
+    "language": _language,
     "length_constraints:number_sentences": lambda t, c: _relation(
         _sentences(t), c.get("num_sentences"), c.get("relation"), c["type"]),
     "change_case:capital_word_frequency": lambda t, c: _relation(
         sum(w.isupper() for w in re.findall(r"\w+", t)), c.get("capital_frequency"), c.get("capital_relation"),
         c["type"]),
 }
-
-
-def _language(text: str, c: dict[str, Any]) -> bool:
-    if c.get("language") not in SCRIPTS_OF:
-        raise ValueError(f"language: unknown language {c.get('language')!r} "
-                         f"(IFEval's: {', '.join(LANGUAGE_CODES)}; or {', '.join(SCRIPTS_OF)})")
-    return detect_language(text) == c["language"]
 
 
 def _words(c: dict[str, Any]) -> list[str]:
@@ -190,11 +190,12 @@ def ifeval_checker(instruction_id: str, kwargs: dict[str, Any], prompt: str = ""
 def checks(c: dict[str, Any], prompt: str = "") -> list[Callable[[str], bool]]:
     """The tests one constraint makes of a text (all must pass); ValueError if it is malformed."""
     kind = c.get("type")
-    if kind in OWN and (kind not in TO_IFEVAL or TO_IFEVAL[kind](c) is None):
+    mapped = TO_IFEVAL[kind](c) if kind in TO_IFEVAL else None
+    if mapped is not None:
+        return [ifeval_checker(i, kw, prompt).check_following for i, kw in mapped]
+    if kind in OWN:
         OWN[kind]("", c)  # malformed constraints fail now, not on the first answer
         return [lambda t: bool(OWN[kind](t, c))]
-    if kind in TO_IFEVAL:
-        return [ifeval_checker(i, kw, prompt).check_following for i, kw in TO_IFEVAL[kind](c)]
     if kind in INSTRUCTION_DICT:
         return [ifeval_checker(kind, {k: v for k, v in c.items() if k != "type"}, prompt).check_following]
     raise ValueError(f"unknown constraint type {kind!r} (short forms: {', '.join(sorted(TO_IFEVAL))}; "

@@ -21,6 +21,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prob_all_fail
 
 
+def accuracy_summary(correct: list[int], samples: int, pass_k: list[int]) -> dict[str, Any]:
+    """From right answers per item (of `samples` each): accuracy (= pass@1), its standard error over
+    items, and unbiased pass@k for each k."""
+    return {"accuracy": sum(correct) / (len(correct) * samples),
+            "accuracy_se": standard_error([c / samples for c in correct]),
+            "pass_at_k": {str(k): sum(pass_at_k(samples, int(c), k) for c in correct) / len(correct) for k in pass_k}}
+
+
 def standard_error(values: list[float]) -> float:
     """Standard error of the mean of `values` (sample standard deviation / sqrt(n)); 0 for n < 2."""
     return stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
