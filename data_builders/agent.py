@@ -126,11 +126,11 @@ def shop(rng: random.Random, items: int = 2) -> dict[str, Any]:
     return _purchase(rng, items)[0]
 
 
-def _call(name: str, **arguments: Any) -> dict[str, Any]:
+def function_call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _stored(message: dict[str, Any]) -> dict[str, Any]:
+def stored(message: dict[str, Any]) -> dict[str, Any]:
     """MESSAGE with its calls' arguments as JSON strings (the Qwen3 templates write a string as is): a
     datasets column of calls to different tools would otherwise unify their argument dicts, with nulls."""
     calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
@@ -152,18 +152,18 @@ def shop_episode(rng: random.Random, mode: str, items: int = 2) -> tuple[dict[st
     def turn(reasoning: str, content: str = "", calls: tuple = ()) -> dict[str, Any]:
         return {"role": "assistant", "content": content, "reasoning_content": reasoning if think else "",
                 **({"tool_calls": list(calls)} if calls else {})}
-    lookups = [_call("kv_get", key=f"price:{f}") for f, _ in bought]
+    lookups = [function_call("kv_get", key=f"price:{f}") for f, _ in bought]
     messages = [turn(f"I need the prices of {names} from the store first.", calls=lookups)]
     messages += [_run_call(env, c, known) for c in lookups]
     prices = [m["content"] for m in messages[1:]]
     expression = " + ".join(f"{n} * {p}" for (_, n), p in zip(bought, prices, strict=True))
     messages.append(turn(", ".join(f"{f} costs {p}" for (f, _), p in zip(bought, prices, strict=True))
-                         + f"; the total is {expression}.", calls=[_call("calculate", expression=expression)]))
+                         + f"; the total is {expression}.", calls=[function_call("calculate", expression=expression)]))
     messages.append(_run_call(env, messages[-1]["tool_calls"][0], known))
     messages.append(turn(f"The calculator gives {messages[-1]['content']}.",
                          f"The total is \\boxed{{{messages[-1]['content']}}}."))
     failed = any(m["role"] == "tool" and m["content"].startswith("error:") for m in messages)
-    return row, None if failed else [_stored(m) for m in messages]
+    return row, None if failed else [stored(m) for m in messages]
 
 
 def tool_schemas(env_cls: type) -> list[dict[str, Any]]:

@@ -14,13 +14,15 @@ from posttrain.core.chat import NO_THINK_FLAG, THINK_FLAG, resolve_mode
 
 REASONING = "reasoning"  # the reasoning families (stage-1 queries)
 TOOL_USE = "shop"  # agent episodes whose tools run (data_builders/agent.py); the other kinds are direct.KINDS
+TOOL_CALL = "tool_call"  # one call of a tool given by its schema (stage 4's `tool_call_format` items)
+TOOL_KINDS = (TOOL_USE, TOOL_CALL)
 
 
 @dataclass
 class FlagMix:
     think_share: float = 0.5  # share of assistant turns in thinking mode (the mix ratio)
     # task kinds by weight, drawn independently of the mode: `reasoning`, the direct kinds
-    # (instruction, qa, rewrite) and `shop` (tool use)
+    # (instruction, qa, rewrite), `shop` (tool use) and `tool_call` (one call)
     kinds: dict[str, float] = field(default_factory=lambda: {REASONING: 0.5, "instruction": 0.2, "qa": 0.15,
                                                               "rewrite": 0.15})
     no_flag_share: float = 0.3  # turns whose mode is already implied that carry no flag
@@ -32,10 +34,10 @@ class FlagMix:
         for name in ("think_share", "no_flag_share", "system_flag_share", "multi_turn_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
-        unknown = set(self.kinds) - {REASONING, TOOL_USE, *direct.KINDS}
+        unknown = set(self.kinds) - {REASONING, *TOOL_KINDS, *direct.KINDS}
         if unknown or not self.kinds or min(self.kinds.values()) < 0:
             raise ValueError(f"kinds: unknown {sorted(unknown)} or empty/negative weights "
-                             f"(known: {REASONING}, {TOOL_USE}, {', '.join(direct.KINDS)})")
+                             f"(known: {', '.join([REASONING, *TOOL_KINDS, *direct.KINDS])})")
         if self.max_turns < 1:
             raise ValueError("max_turns must be at least 1")
 
@@ -76,8 +78,9 @@ def user_text(prompt: str, turn: dict[str, Any]) -> str:
 def suite(kinds: dict[str, float], n: int, seed: int, max_turns: int = 3) -> list[dict[str, Any]]:
     """Held-out multi-turn conversations with random flags (the ThinkFollow suite): per plan, its
     system flag and turns with their `prompt` and the `mode` a model must answer in."""
-    if TOOL_USE in kinds:
-        raise ValueError(f"think_follow kinds: {TOOL_USE!r} is a tool-use kind, not a ThinkFollow question source")
+    if set(TOOL_KINDS) & set(kinds):
+        raise ValueError(f"think_follow kinds: {sorted(set(TOOL_KINDS) & set(kinds))} are tool-use kinds, not "
+                         "ThinkFollow question sources")
     cfg = FlagMix(kinds=kinds, max_turns=max_turns, multi_turn_share=0.6, system_flag_share=0.3, no_flag_share=0.4)
     plans = script(cfg, n, random.Random(f"think_follow:{seed}"))
     need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in kinds}

@@ -10,6 +10,9 @@
 - Tool use (`shop`): the tools listed in the system message as the Qwen3 template lists them, then
   worked episodes from the stage-4 environment (data_builders/agent.py): `<tool_call>` turns, the
   tools' own results, and the final answer, kept when it grades right.
+- One tool call (`tool_call`): a request that one call of a listed tool answers (stage 4's
+  `tool_call_format` items, data_builders/general.py), the call as the assistant's `tool_calls`;
+  kept when the `tool_call` reward gives it full marks.
 - Flags (data_builders/flags.py) sit in the user message or in the system message; some thinking
   turns carry none (thinking is the default); multi-turn conversations draw a flag per turn and
   every assistant turn follows the last flag seen so far. Non-thinking turns have
@@ -18,21 +21,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from data_builders import agent, direct, filters
+from data_builders import agent, direct, filters, general
 from data_builders.cold_start import responder_engine
-from data_builders.flags import REASONING, TOOL_USE, FlagMix, script, user_text
+from data_builders.flags import REASONING, TOOL_CALL, TOOL_KINDS, TOOL_USE, FlagMix, script, user_text
 from data_builders.rl_queries import QuerySelection, candidates, eval_asks
 from data_builders.synthetic import generate_mix
 from posttrain.core.chat import MODES, split_think, tools_system_message
 from posttrain.core.context import StageContext
 from posttrain.core.rundir import write_json
 from rewards.grading import grade
+from rewards.tool_call import ToolCallReward
 
 log = logging.getLogger("posttrain.fusion")
 
@@ -41,9 +46,9 @@ log = logging.getLogger("posttrain.fusion")
 class FusionData(FlagMix):
     """The mix (FlagMix: mode share, kinds, flag positions, turns) and where its answers come from."""
 
-    # task kinds by weight; `shop` turns teach the tool-call format stage 4's agent kinds ask for
-    kinds: dict[str, float] = field(default_factory=lambda: {REASONING: 0.45, "instruction": 0.2, "qa": 0.125,
-                                                              "rewrite": 0.125, TOOL_USE: 0.1})
+    # task kinds by weight; `shop` and `tool_call` turns teach the tool-call format stage 4's tool kinds ask for
+    kinds: dict[str, float] = field(default_factory=lambda: {REASONING: 0.45, "instruction": 0.2, "qa": 0.1,
+                                                              "rewrite": 0.1, TOOL_USE: 0.1, TOOL_CALL: 0.05})
     examples: int = 800  # conversations in the mix
     # thinking responses: rejection sampling with the input model on the queries of this stage's
     # training data in the run (or of a saved dataset dir), or on `families` when there is none
@@ -147,6 +152,31 @@ def tool_episodes(n: int, seed: int, asked) -> dict[tuple[str, str], list[tuple[
     return pools
 
 
+def tool_calls(n: int, seed: int, asked) -> dict[tuple[str, str], list[tuple[dict, list[dict]]]]:
+    """Per mode, N requests answered by one call of a listed tool (general.tool_call); a thinking turn
+    names the tool and its arguments first. Kept when the `tool_call` reward gives the call 1.0."""
+    check, pools = ToolCallReward(), {}
+    for mode in MODES:
+        rng = random.Random(f"{seed}:{TOOL_CALL}:{mode}")
+        rows = [r for r in (general.tool_call(rng) for _ in range(n)) if not asked(r["prompt"][-1]["content"])]
+        pool = []
+        for row in (r for r in rows if check.score(r["response"], r) == 1.0):
+            call = json.loads(row["answer"])
+            args = ", ".join(f"{k} {json.dumps(v)}" for k, v in call["arguments"].items())
+            reasoning = f"The {call['name']} tool does this; its arguments: {args}." if mode == "think" else ""
+            pool.append((row, [agent.stored({"role": "assistant", "content": "", "reasoning_content": reasoning,
+                                             "tool_calls": [agent.function_call(call["name"], **call["arguments"])]})]))
+        pools[(TOOL_CALL, mode)] = pool
+    return pools
+
+
+def tools_listed(kinds: set[str]) -> str | None:
+    """The system text that lists the tools of the tool kinds in a conversation (None without any)."""
+    schemas = {TOOL_USE: agent.tool_schemas(agent.ShopEnv), TOOL_CALL: general.TOOLS}
+    tools = [t for k in TOOL_KINDS if k in kinds for t in schemas[k]]
+    return tools_system_message(tools)["content"] if tools else None
+
+
 def build(ctx: StageContext, cfg: FusionData):
     """The fusion conversations (`messages`, `kinds`, `modes`); writes fusion_data.json beside them."""
     from datasets import Dataset
@@ -182,7 +212,9 @@ def build(ctx: StageContext, cfg: FusionData):
                 pools[(REASONING, "think")].append((row, _reply(reasoning, answer)))
     if need.get(TOOL_USE):
         pools.update(tool_episodes(need[TOOL_USE], cfg.seed, asked))
-    for kind in (k for k in cfg.kinds if k not in (REASONING, TOOL_USE) and need[k]):
+    if need.get(TOOL_CALL):
+        pools.update(tool_calls(need[TOOL_CALL], cfg.seed, asked))
+    for kind in (k for k in cfg.kinds if k not in (REASONING, *TOOL_KINDS) and need[k]):
         drawn = direct.generate(kind, max(need[kind], 1), seed=cfg.seed)
         items = [i for i in drawn if not asked(i["prompt"][-1]["content"])]
         stats.setdefault("dropped_as_held_out", {})[kind] = len(drawn) - len(items)
@@ -199,10 +231,10 @@ def build(ctx: StageContext, cfg: FusionData):
         rng.shuffle(pool)
     used = {key: 0 for key in pools}
     out, counts = [], {}
-    tools = tools_system_message(agent.tool_schemas(agent.ShopEnv))["content"]
-    for plan in plans:  # a conversation with a tool-use turn lists the tools in its system message
-        system = " ".join(filter(None, [tools if any(t["kind"] == TOOL_USE for t in plan["turns"]) else None,
-                                        plan["system"]]))
+    listed = {kinds: tools_listed(set(kinds)) for kinds in ((), (TOOL_USE,), (TOOL_CALL,), TOOL_KINDS)}
+    for plan in plans:  # a conversation with a tool turn lists its tools in the system message
+        tools = listed[tuple(k for k in TOOL_KINDS if any(t["kind"] == k for t in plan["turns"]))]
+        system = " ".join(filter(None, [tools, plan["system"]]))
         messages = [{"role": "system", "content": system}] if system else []
         for turn in plan["turns"]:
             key = (turn["kind"], turn["mode"])

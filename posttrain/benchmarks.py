@@ -109,6 +109,12 @@ def load_benchmark(name: str, cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     return rows[:cfg.limit] if cfg.limit else rows
 
 
+def items_sha(rows: list[dict[str, Any]]) -> str:
+    """What a result was scored on: the items with their answers and tests, so an edited data file is
+    scored again rather than reused, and only results on the same items are paired."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def humaneval_passes(answer: str, row: dict[str, Any], timeout: float) -> bool:
     """The answer's last code block (or the whole answer) after the problem's prompt, so its imports and
     helpers are there and a body-only answer completes the signature; then the tests, in the sandbox."""
@@ -122,10 +128,12 @@ def ifeval_verdicts(answer: str, row: dict[str, Any]) -> dict[str, list[bool]]:
             for level in ("strict", "loose")}
 
 
-def run_benchmark(engine, name: str, cfg: BenchmarkConfig, mode: str, seed: int = 0) -> dict[str, Any]:
+def run_benchmark(engine, name: str, cfg: BenchmarkConfig, mode: str, seed: int = 0,
+                  rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One benchmark in one mode: accuracy (pass@1) ± s.e., pass@k, lengths, per-item counts (and for
-    ifeval, IFEval's four accuracies)."""
-    start, kind, rows = time.time(), resolved(name, cfg), load_benchmark(name, cfg)
+    ifeval, IFEval's four accuracies). `rows`: the items when the caller has loaded them already."""
+    start, kind = time.time(), resolved(name, cfg)
+    rows = load_benchmark(name, cfg) if rows is None else rows
     if not rows:
         raise ValueError(f"benchmark {name!r}: no items")
     outs = engine.generate([r["prompt"] for r in rows], n=cfg.samples, mode=mode, max_new_tokens=cfg.max_new_tokens,
@@ -150,7 +158,7 @@ def run_benchmark(engine, name: str, cfg: BenchmarkConfig, mode: str, seed: int 
     correct = [int(sum(scores[i * cfg.samples:(i + 1) * cfg.samples])) for i in range(len(rows))]
     flat = [c for o in outs for c in o]
     return {"benchmark": kind, "n_items": len(rows), "samples": cfg.samples, "mode": mode,
-            "items_sha": hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()[:16],
+            "items_sha": items_sha(rows),
             **accuracy_summary(correct, cfg.samples, cfg.pass_k), **extra,
             "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
             "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),

