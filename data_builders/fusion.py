@@ -59,6 +59,9 @@ class FusionData(FlagMix):
     # more reasoning-family items answered directly (synthetic, drawn with `seed`), beyond the
     # stage-1 queries: the non-thinking side needs no sampling, so it can be wider
     direct_families: dict[str, int] = field(default_factory=dict)
+    # ... and in think mode too, their solver trace as the think block: the thinking side otherwise has
+    # only the stage-1 queries that kept a sampled answer (35 of 68 in recipe_vllm.yaml's run)
+    direct_thinking: bool = field(default=False, metadata={"added": True})
     responder: str = "input"  # "input" (the stage's model), a model dir, or "trace" (solver traces)
     n_responses: int = 4  # samples per query
     max_new_tokens: int = 192
@@ -198,7 +201,9 @@ def build(ctx: StageContext, cfg: FusionData):
             fresh = [r for r in extra if not index.is_near_duplicate(r["prompt"][-1]["content"])]
             stats["direct_families"] = {"items": len(extra), "near_duplicate_of_eval": len(extra) - len(fresh)}
             extra = fresh
-        rows, thinking = rows + extra, thinking + [None] * len(extra)
+        traced = [f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}" if cfg.direct_thinking else None
+                  for r in extra]
+        rows, thinking = rows + extra, thinking + traced
         direct_texts = [direct.direct_answer(r) for r in rows]
         ok = _checked(rows, direct_texts)
         stats["no_think_solver_rejected"] = {REASONING: ok.count(False)}

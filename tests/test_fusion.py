@@ -151,6 +151,23 @@ def test_direct_families_widen_the_non_thinking_side(tmp_path, tiny_model):
     assert stats["direct_families"]["near_duplicate_of_eval"] >= 5
 
 
+@pytest.mark.parametrize("direct_thinking", [False, True])
+def test_direct_thinking_widens_the_thinking_side_with_solver_traces(tmp_path, tiny_model, direct_thinking):
+    """With `direct_thinking`, the extra items are asked in think mode too, their solver trace as the think
+    block; without it the thinking side has only the (3) stage-1 queries."""
+    ctx = StageContext(stage_id="fusion", dir=tmp_path / "run" / "03_fusion", input_model=str(tiny_model),
+                       run_dir=tmp_path / "run")
+    from data_builders.synthetic import generate
+    cfg = FusionData(examples=40, kinds={"reasoning": 1.0}, think_share=1.0, responder="trace", max_turns=1,
+                     families={"linear": 3}, direct_families={"arithmetic": 30}, direct_thinking=direct_thinking)
+    traces = {r["prompt"][-1]["content"]: r["reasoning"] for r in generate("arithmetic", 30, seed=cfg.seed)}
+    convs = build(ctx, cfg)["messages"]
+    asked = {c[-2]["content"].removesuffix(" /think"): c[-1]["reasoning_content"] for c in convs}
+    extra = {p: r for p, r in asked.items() if p in traces}
+    assert len(asked) > 20 if direct_thinking else len(asked) == 3
+    assert all(r == traces[p] for p, r in extra.items()) and bool(extra) == direct_thinking
+
+
 def test_thinking_queries_come_from_stage_1_data(tmp_path):
     from datasets import Dataset
     run = tmp_path / "run"

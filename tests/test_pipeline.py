@@ -313,3 +313,24 @@ def test_no_space_left_while_saving_is_one_line_and_keeps_what_was_finished(toy,
     assert main(["run", str(toy)]) == 0  # space again: the first stage is kept, the second redone
     assert json.loads((run / "01_first" / "COMPLETE").read_text())["resumed"] is False
     assert (run / "02_second" / "COMPLETE").is_file()
+
+
+def test_dry_run_flags_a_finished_stage_whose_config_changed(tmp_path, capsys):
+    """A stage finished under another config is not "done": the dry run says so and how to rerun it,
+    and a run refuses before anything is written."""
+    from posttrain import pipeline
+    from posttrain.cli import main
+    from posttrain.core.rundir import write_json
+    out = tmp_path / "run"
+    _, planned = pipeline.load(REPO / "pipelines" / "demo.yaml", output_dir=str(out))
+    first, second = planned[0], planned[1]
+    for p, recorded in ((first, first.config_hash), (second, "0123456789abcdef")):
+        p.ctx.dir.mkdir(parents=True)
+        write_json(p.ctx.dir / "COMPLETE", {"config_hash": recorded})
+    assert main(["run", str(REPO / "pipelines" / "demo.yaml"), "--dry-run", "--output-dir", str(out)]) == 0
+    dry = capsys.readouterr().out
+    assert re.search(rf"{first.ctx.stage_id} .*\(done\)", dry)
+    assert re.search(rf"{second.ctx.stage_id} .*\(done with another config: --from {second.ctx.stage_id}\)", dry)
+    assert main(["run", str(REPO / "pipelines" / "demo.yaml"), "--output-dir", str(out)]) == 2
+    assert f"stage {second.ctx.stage_id}: finished in" in capsys.readouterr().err
+    assert not (out / "pipeline.yaml").exists()

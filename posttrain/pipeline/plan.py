@@ -202,7 +202,8 @@ def describe(cfg: PipelineConfig, planned: list[PlannedStage]) -> str:
     run_dir = planned[0].ctx.run_dir
     lines = [f"pipeline {cfg.name}: {len(planned)} stage(s) -> {run_dir}  (backend {cfg.backend}, seed {cfg.seed})"]
     for p in planned:
-        state = "done" if p.ctx.is_complete() else ("resume" if p.ctx.resumable() else "run")
+        state = ("done" if p.finished_with_this_config() else f"done with another config: --from {p.ctx.stage_id}"
+                 ) if p.ctx.is_complete() else ("resume" if p.ctx.resumable() else "run")
         where = ""
         if p.launch is not None and p.launch.distributed:
             where = f", {p.launch.num_processes} processes" + (f" x {p.launch.num_machines} machines"
