@@ -22,12 +22,14 @@ log = logging.getLogger("posttrain.rl_queries")
 
 @dataclass
 class DataSource:
-    """A dataset on disk mapped to the column contract (see data_builders/sources.py)."""
+    """A dataset on disk or on the Hub (`ORG/NAME`) mapped to the column contract (data_builders/sources.py)."""
 
     path: str
     columns: dict[str, str] = field(default_factory=dict)  # source column -> contract column
     task: str | None = None  # e.g. math, code (when the file has no `task` column)
     domain: str | None = None
+    name: str | None = field(default=None, metadata={"added": True})  # a Hub dataset's config
+    split: str | None = field(default=None, metadata={"added": True})  # a Hub dataset's split (default train)
 
 
 @dataclass
@@ -50,7 +52,8 @@ def candidates(cfg: QuerySelection):
     if cfg.data and parts:  # a common schema to concatenate with a dataset on disk
         parts = [p.select_columns(["prompt", "answer", "tests", "task", "domain"]) for p in parts]
     if cfg.data:
-        parts.append(sources.load(cfg.data.path, cfg.data.columns, cfg.data.task, cfg.data.domain)
+        d = cfg.data
+        parts.append(sources.load(d.path, d.columns, d.task, d.domain, name=d.name, split=d.split)
                       .select_columns(["prompt", "answer", "tests", "task", "domain"]))
     if not parts:
         raise ValueError("queries: give `families` or `data`")

@@ -1,14 +1,18 @@
-"""Any HF `datasets` source on disk, mapped to the column contract.
+"""Any HF `datasets` source, on disk or by Hub id, mapped to the column contract.
 
     load("data/gsm8k.jsonl", columns={"question": "prompt", "final": "answer"}, task="math")
+    load("openai/gsm8k", columns={"question": "prompt"}, task="math", name="main", split="train")
 
 JSON/JSONL, CSV and parquet files load through `datasets.load_dataset`; a directory written by
-`save_to_disk` through `load_from_disk`. A string prompt becomes one user message.
+`save_to_disk` through `load_from_disk`; an `ORG/NAME` that is not a path on disk through
+`datasets.load_dataset(ORG/NAME, name, split=split)`, with its cache and its offline mode
+(`HF_DATASETS_OFFLINE=1`). A string prompt becomes one user message.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -54,9 +58,37 @@ def read(p: Path, formats: dict[str, str] = FORMATS):
     return load_dataset(formats[p.suffix], data_files=str(p), split="train")
 
 
-def load(path: str, columns: dict[str, str] | None = None, task: str | None = None, domain: str | None = None):
+def is_hub_id(path: str) -> bool:
+    """`ORG/NAME`: one slash, no dataset file suffix, and nothing at that path on disk."""
+    return (re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None and Path(path).suffix not in FORMATS
+            and not Path(path).exists())
+
+
+def hub_label(repo: str, name: str | None) -> str:
+    return f"dataset {repo!r}" + (f" (config {name!r})" if name else "")
+
+
+def from_hub(repo: str, name: str | None = None, split: str | None = None):
+    """One split (default `train`) of a Hub dataset, through `datasets` (its cache, its offline mode)."""
+    from datasets import load_dataset
+    which = hub_label(repo, name)
+    try:
+        return load_dataset(repo, name, split=split or "train")
+    except (ConnectionError, FileNotFoundError, ValueError) as err:  # not reachable, not found, no such split
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{which}: not a file here and not loadable from the Hub or the datasets cache: "
+                         f"{reason}") from None
+
+
+def load(path: str, columns: dict[str, str] | None = None, task: str | None = None, domain: str | None = None,
+         name: str | None = None, split: str | None = None):
     p = Path(path)
-    ds = read(p)
+    if is_hub_id(path):
+        ds, p = from_hub(path, name, split), hub_label(path, name)  # `p` names the source in errors
+    elif name or split:
+        raise ValueError(f"{p}: `name` and `split` choose a Hub dataset's config and split; this is a path on disk")
+    else:
+        ds = read(p)
     for src, dst in (columns or {}).items():
         if src not in ds.column_names:
             raise ValueError(f"{p}: no column {src!r} to map to {dst!r} (has: {', '.join(ds.column_names)})")
