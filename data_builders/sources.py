@@ -12,8 +12,9 @@ JSON/JSONL, CSV and parquet files load through `datasets.load_dataset`; a direct
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+
+from posttrain.core.config import is_hub_id
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -56,12 +57,6 @@ def read(p: Path, formats: dict[str, str] = FORMATS):
     if p.suffix in (".jsonl", ".csv"):
         check_lines(p)
     return load_dataset(formats[p.suffix], data_files=str(p), split="train")
-
-
-def is_hub_id(path: str) -> bool:
-    """`ORG/NAME`: one slash, no dataset file suffix, and nothing at that path on disk."""
-    return (re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None and Path(path).suffix not in FORMATS
-            and not Path(path).exists())
 
 
 def hub_label(repo: str, name: str | None) -> str:

