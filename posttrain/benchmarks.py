@@ -45,8 +45,8 @@ class BenchmarkConfig:
     kind: Literal["humaneval", "ifeval", "math"] | None = None  # default: the benchmark's name
     data: DataRef | None = None  # ifeval: the file; math: a file or a Hub dataset id (ORG/NAME)
     columns: dict[str, str] = field(default_factory=dict)  # math: source column -> prompt / answer
-    name: str | None = None  # math from the Hub: the dataset's config
-    split: str | None = None  # math from the Hub: the split (default test)
+    name: str | None = field(default=None, metadata={"added": True})  # math from the Hub: the dataset's config
+    split: str | None = field(default=None, metadata={"added": True})  # math from the Hub: the split (default test)
     limit: int | None = None  # the first N items
     samples: int = 1  # per item and mode
     pass_k: list[int] = field(default_factory=lambda: [1])

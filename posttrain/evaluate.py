@@ -22,7 +22,7 @@ from data_builders import sources, synthetic
 from data_builders.tasks import evaluate_tasks, load_tasks, routing_table
 from posttrain.benchmarks import BenchmarkConfig, items_sha, load_benchmark, run_benchmark
 from posttrain.core.chat import split_think
-from posttrain.core.config import ExistingPath
+from posttrain.core.config import ExistingPath, identity
 from posttrain.core.generation import EnginePool
 from posttrain.core.stats import accuracy_summary
 from posttrain.thinkfollow import ThinkFollowConfig, plans_sha, think_follow
@@ -185,7 +185,7 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
     if cfg.benchmarks:
         results["benchmarks"] = {}
         for name, bench in cfg.benchmarks.items():
-            settings = {**asdict(bench), "models": None, "seed": seed}
+            settings = {**identity(bench), "models": None, "seed": seed}  # results made before a field was added match
             rows = load_benchmark(name, bench)  # read again: a result is reused only on unchanged items
             for mode in cfg.modes:
                 old = ((previous.get("benchmarks") or {}).get(name) or {}).get(mode)

@@ -163,6 +163,7 @@ def test_a_finished_benchmark_is_reused_until_its_data_file_changes(ifeval_file)
     first = evaluate("unused", cfg, engine=engine)
     again = evaluate("unused", cfg, engine=engine, previous=first)
     assert engine.asked == ["think"] and again["benchmarks"] == first["benchmarks"]
+    assert "split" not in first["benchmarks"]["ifeval"]["think"]["settings"]  # as results made before it existed
     edited = [dict(IFEVAL[0], kwargs=[{"keywords": ["steep"]}, {"relation": "less than", "num_words": 8}])]
     ifeval_file.write_text(json.dumps(edited[0]) + "\n")
     rescored = evaluate("unused", cfg, engine=engine, previous=first)["benchmarks"]["ifeval"]["think"]
