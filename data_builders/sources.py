@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.core.config import is_hub_id
-
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+from posttrain.core.config import FORMATS, is_hub_id
 
 
 def check_lines(p: Path) -> None:

@@ -25,10 +25,14 @@ ExistingPath = typing.NewType("ExistingPath", str)
 DataRef = typing.NewType("DataRef", str)  # an ExistingPath, or a Hub dataset id `ORG/NAME`
 
 
+# dataset file suffixes -> the `datasets` loader that reads them
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
 def is_hub_id(path: str) -> bool:
     """`ORG/NAME`: one slash, no dataset file suffix, and nothing at that path on disk."""
     return (re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None
-            and Path(path).suffix not in (".jsonl", ".json", ".csv", ".parquet") and not Path(path).exists())
+            and Path(path).suffix not in FORMATS and not Path(path).exists())
 
 
 def is_placeholder(value: Any) -> bool:
