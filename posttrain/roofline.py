@@ -9,7 +9,7 @@ rollouts and update timed apart), on-policy distillation (the model as its own t
 model, and the transformers generation engine. Each kind runs twice in the same call, in a fresh
 process each (so peak memory is its own): `before`, the configuration up to issue 29 (float32
 matmuls, activation checkpointing, one batch per GRPO step, a float32 engine), and `after`,
-today's defaults. A step's
+today's defaults (`--arms after grouped`: GRPO's length-grouped micro-batches, not yet a default). A step's
 model FLOPs are ~6·N per trained token and ~2·N per generated token (N: `matmul_params`;
 a teacher's forward adds 2·N_teacher); MFU is their rate as a share of the faster measured peak.
 """
@@ -48,6 +48,9 @@ KINDS = ("sft", "grpo", "distill", "reward_model", "generate")
 BEFORE = {"bf16": False, "gradient_checkpointing": True}
 GRPO_SHAPE = {"before": {"batch_size": 32, "grad_accum": 1},  # the 32 rollouts in one backward
               "after": {"batch_size": 8, "grad_accum": 4}}  # micro-batches of 8, one optimizer step
+# the arms a bench can compare: `grouped` is `after` with GRPO's length-grouped micro-batches, each
+# forward cut to its rows' columns (`length_grouped`, posttrain/core/grpo_batches.py); other kinds as `after`
+ARMS = ("before", "after", "grouped")
 
 
 def matmul_peak(dtype: torch.dtype, largest: int = 2048, seconds: float = 1.0) -> dict[str, float]:
@@ -162,8 +165,9 @@ def _trainer(kind: str, arm: str, ctx: StageContext, model: str, steps: int, new
         rows = build_mix(kinds, 8 * steps, seed=0)
         routed = get_reward("routed", table=routing_table(kinds))
         envs = {k.environment for k in kinds.values() if k.environment} | {"none"}
-        options = GRPOOptions(num_generations=4, max_completion_length=new_tokens,
-                              train=_options(arm, steps, **GRPO_SHAPE[arm]))
+        base = "before" if arm == "before" else "after"
+        options = GRPOOptions(num_generations=4, max_completion_length=new_tokens, length_grouped=arm == "grouped",
+                              train=_options(base, steps, **GRPO_SHAPE[base]))
         return grpo_trainer(ctx, options, Dataset.from_list(rows), [routed], "bench.grpo",
                             environment_factory={e: ENVIRONMENTS[e] for e in envs})
     if kind == "distill":
@@ -195,7 +199,8 @@ def _peak_memory_gb() -> float:
 def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_tokens: int,
              profile: int = 0) -> dict[str, Any]:
     """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of the after arm."""
-    profile = profile if arm == "after" else 0
+    profile = profile if arm in ("after", "grouped") else 0
+    arm = "after" if arm == "grouped" and kind != "grpo" else arm
     if kind == "generate":
         # before: float32 under sdpa, the engine up to issue 29; after: the engine's defaults
         old = {"dtype": "float32", "attn_implementation": "sdpa"} if arm == "before" else {}
@@ -254,24 +259,24 @@ def _child(queue, *args) -> None:
 
 
 def bench_train(model: str = "default", kinds: tuple[str, ...] = KINDS, steps: int = 3,
-                new_tokens: int = 128, profile: int = 0) -> dict[str, Any]:
-    """The roofline, then each kind before and after, each arm in a fresh process."""
+                new_tokens: int = 128, profile: int = 0, arms: tuple[str, str] = ("before", "after")) -> dict[str, Any]:
+    """The roofline, then each kind in both `arms` (the baseline first), each arm in a fresh process."""
     threads = torch.get_num_threads()
     sizes = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
     peaks = {dtype: m["gflops"] for dtype, m in sizes.items()}
     results: dict[str, Any] = {"threads": threads, "peak_gflops": peaks, "peak_matmul_n": {
-        dtype: m["n"] for dtype, m in sizes.items()}, "bf16_autocast": fast_bf16()}
+        dtype: m["n"] for dtype, m in sizes.items()}, "bf16_autocast": fast_bf16(), "arms": list(arms)}
     spawn = multiprocessing.get_context("spawn")
     for kind in kinds:
         results[kind] = {}
-        for arm in ("before", "after"):
+        for arm in arms:
             queue = spawn.Queue()
             proc = spawn.Process(target=_child, args=(queue, kind, arm, model, steps, max(peaks.values()),
                                                           new_tokens, profile))
             proc.start()
             results[kind][arm] = queue.get()
             proc.join()
-        before, after = results[kind]["before"], results[kind]["after"]
+        before, after = (results[kind][arm] for arm in arms)
         if "error" not in before and "error" not in after:
             key = "tokens_per_s" if kind == "generate" else "step_s"
             ratio = after[key] / before[key] if kind == "generate" else before[key] / after[key]
@@ -286,10 +291,11 @@ def table(results: dict[str, Any]) -> str:
              f"bfloat16 {peaks['bfloat16']} GFLOP/s; MFU is against the faster; bf16 autocast by default: "
              f"{'yes' if results['bf16_autocast'] else 'no (bf16 matmuls are not native here)'}",
              f"{'kind':<13}{'arm':<7}{'step s':>8}{'rollout s':>10}{'tokens/s':>10}{'MFU':>7}{'peak GB':>9}  speed-up"]
+    arms = results.get("arms", ["before", "after"])
     for kind in KINDS:
         if kind not in results:
             continue
-        for arm in ("before", "after"):
+        for arm in arms:
             r = results[kind][arm]
             if "error" in r:
                 lines.append(f"{kind:<13}{arm:<7}  failed: {r['error']}")
@@ -297,7 +303,7 @@ def table(results: dict[str, Any]) -> str:
             step = r.get("step_s", r.get("seconds"))
             speed = r.get("train_tokens_per_s", r.get("tokens_per_s"))
             rollout = f"{r['rollout_s']:.2f}" if "rollout_s" in r else "-"
-            mark = f"  {results[kind]['speedup']:.2f}x" if arm == "after" and "speedup" in results[kind] else ""
+            mark = f"  {results[kind]['speedup']:.2f}x" if arm == arms[1] and "speedup" in results[kind] else ""
             lines.append(f"{kind:<13}{arm:<7}{step:>8.2f}{rollout:>10}{speed:>10.0f}{r['mfu']:>7.1%}"
                          f"{r['peak_memory_gb']:>9.2f}{mark}")
             lines += [f"    {op['share']:>6.1%} {op['self_s']:>7.2f} s  {op['op']} (x{op['calls']})"
@@ -312,11 +318,14 @@ def add_parser(kinds_parser) -> None:
     t.add_argument("--steps", type=int, default=3, help="steps per kind (the first, with its warm-up, left out)")
     t.add_argument("--max-new-tokens", type=int, default=128, help="rollout and generation length")
     t.add_argument("--json", help="also write the results here")
+    t.add_argument("--arms", nargs=2, default=["before", "after"], choices=ARMS, metavar="ARM",
+                   help="the baseline arm and the measured one (before: up to issue 29; after: today's "
+                        "defaults; grouped: after with GRPO's length-grouped micro-batches)")
     t.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile the after arm's last step: its N costliest ops (self CPU time)")
 
     def show(a):
-        results = bench_train(a.model, tuple(a.kinds), a.steps, a.max_new_tokens, a.profile)
+        results = bench_train(a.model, tuple(a.kinds), a.steps, a.max_new_tokens, a.profile, tuple(a.arms))
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))

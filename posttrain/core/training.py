@@ -198,6 +198,10 @@ class GRPOOptions:
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
     train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-6, batch_size=8))
+    # loss micro-batches of rows of like length, each forward cut to the columns its rows use
+    # (posttrain/core/grpo_batches.py: the same update, tested); false: TRL's shuffled split at the
+    # generation batch's width. Not the default until `posttrain bench train --arms after grouped` measures it
+    length_grouped: bool = field(default=False, metadata={"added": True})
 
 
 def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,
@@ -205,6 +209,8 @@ def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs:
     """TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns); `trainer_kwargs`
     go to the trainer (e.g. `environment_factory` for tools that run)."""
     from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.core.grpo_batches import LengthGroupedGRPOTrainer
 
     model, tokenizer = load_model(ctx.input_model, train=True)
     o = options
@@ -219,7 +225,8 @@ def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs:
         raise ValueError(f"{ctx.stage_id}: {len(dataset)} training prompt(s), fewer than the {per_step} that one "
                          f"GRPO step samples ({where}.batch_size x steps per generation / num_generations): "
                          "give the stage more prompts or a smaller batch")
-    return rollouts_in_autocast(GRPOTrainer(
+    trainer_class = LengthGroupedGRPOTrainer if o.length_grouped else GRPOTrainer
+    return rollouts_in_autocast(trainer_class(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=o.train.lora.peft_config() if o.train.lora else None, **trainer_kwargs))
 
