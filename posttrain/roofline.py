@@ -198,7 +198,7 @@ def _peak_memory_gb() -> float:
 
 def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_tokens: int,
              profile: int = 0) -> dict[str, Any]:
-    """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of the after arm."""
+    """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of the after or grouped arm."""
     profile = profile if arm in ("after", "grouped") else 0
     arm = "after" if arm == "grouped" and kind != "grpo" else arm
     if kind == "generate":
