@@ -9,7 +9,7 @@ rollouts and update timed apart), on-policy distillation (the model as its own t
 model, and the transformers generation engine. Each kind runs twice in the same call, in a fresh
 process each (so peak memory is its own): `before`, the configuration up to issue 29 (float32
 matmuls, activation checkpointing, one batch per GRPO step, a float32 engine), and `after`,
-today's defaults (`--arms after grouped`: GRPO's length-grouped micro-batches, not yet a default). A step's
+today's defaults (`--arms ungrouped after` isolates GRPO's length-grouped micro-batches). A step's
 model FLOPs are ~6·N per trained token and ~2·N per generated token (N: `matmul_params`;
 a teacher's forward adds 2·N_teacher); MFU is their rate as a share of the faster measured peak.
 """
@@ -48,9 +48,10 @@ KINDS = ("sft", "grpo", "distill", "reward_model", "generate")
 BEFORE = {"bf16": False, "gradient_checkpointing": True}
 GRPO_SHAPE = {"before": {"batch_size": 32, "grad_accum": 1},  # the 32 rollouts in one backward
               "after": {"batch_size": 8, "grad_accum": 4}}  # micro-batches of 8, one optimizer step
-# the arms a bench can compare: `grouped` is `after` with GRPO's length-grouped micro-batches, each
-# forward cut to its rows' columns (`length_grouped`, posttrain/core/grpo_batches.py); other kinds as `after`
-ARMS = ("before", "after", "grouped")
+# the arms a bench can compare: `ungrouped` is `after` without GRPO's length-grouped micro-batches
+# (TRL's split, each forward at the generation batch's width: `length_grouped: false`,
+# posttrain/core/grpo_batches.py); other kinds as `after`
+ARMS = ("before", "after", "ungrouped")
 
 
 def matmul_peak(dtype: torch.dtype, largest: int = 2048, seconds: float = 1.0) -> dict[str, float]:
@@ -166,7 +167,7 @@ def _trainer(kind: str, arm: str, ctx: StageContext, model: str, steps: int, new
         routed = get_reward("routed", table=routing_table(kinds))
         envs = {k.environment for k in kinds.values() if k.environment} | {"none"}
         base = "before" if arm == "before" else "after"
-        options = GRPOOptions(num_generations=4, max_completion_length=new_tokens, length_grouped=arm == "grouped",
+        options = GRPOOptions(num_generations=4, max_completion_length=new_tokens, length_grouped=arm == "after",
                               train=_options(base, steps, **GRPO_SHAPE[base]))
         return grpo_trainer(ctx, options, Dataset.from_list(rows), [routed], "bench.grpo",
                             environment_factory={e: ENVIRONMENTS[e] for e in envs})
@@ -198,9 +199,9 @@ def _peak_memory_gb() -> float:
 
 def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_tokens: int,
              profile: int = 0) -> dict[str, Any]:
-    """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of the after or grouped arm."""
-    profile = profile if arm in ("after", "grouped") else 0
-    arm = "after" if arm == "grouped" and kind != "grpo" else arm
+    """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of an arm but before."""
+    profile = profile if arm != "before" else 0
+    arm = "after" if arm == "ungrouped" and kind != "grpo" else arm
     if kind == "generate":
         # before: float32 under sdpa, the engine up to issue 29; after: the engine's defaults
         old = {"dtype": "float32", "attn_implementation": "sdpa"} if arm == "before" else {}
@@ -234,8 +235,11 @@ def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_token
     step = statistics.median(meter.steps[keep])
     rollout = statistics.median(meter.rollout[keep])
     tokens, generated = statistics.median(meter.tokens[keep]), statistics.median(meter.generated[keep])
-    update = step - rollout
-    out = {"bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing,
+    # each step's own update time (step minus its rollouts), then their median: a median step minus
+    # a median rollout can pair two different steps
+    update = statistics.median(s - r for s, r in zip(meter.steps[keep], meter.rollout[keep], strict=True))
+    out = {"trainer": type(trainer).__name__, "bf16": trainer.args.bf16,
+           "gradient_checkpointing": trainer.args.gradient_checkpointing,
            "batch": trainer.args.per_device_train_batch_size, "grad_accum": trainer.args.gradient_accumulation_steps,
            "step_s": round(step, 2), "steps_s": [round(s, 2) for s in meter.steps],
            "tokens_per_step": int(tokens), "train_tokens_per_s": round(tokens / max(update, 1e-9), 1),
@@ -245,6 +249,7 @@ def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_token
         out["profile"] = profiler.top
     if rollout:
         out.update(rollout_s=round(rollout, 2), update_s=round(update, 2),
+                   rollouts_s=[round(r, 2) for r in meter.rollout],
                    rollout_tokens_per_s=round(generated / rollout, 1),
                    rollout_mfu=round(2 * n * generated / rollout / 1e9 / peak, 4))
     return out
@@ -261,6 +266,8 @@ def _child(queue, *args) -> None:
 def bench_train(model: str = "default", kinds: tuple[str, ...] = KINDS, steps: int = 3,
                 new_tokens: int = 128, profile: int = 0, arms: tuple[str, str] = ("before", "after")) -> dict[str, Any]:
     """The roofline, then each kind in both `arms` (the baseline first), each arm in a fresh process."""
+    if len(arms) != 2 or arms[0] == arms[1] or not set(arms) <= set(ARMS):
+        raise ValueError(f"--arms: two different arms of {', '.join(ARMS)}, the baseline first; got {' '.join(arms)}")
     threads = torch.get_num_threads()
     sizes = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
     peaks = {dtype: m["gflops"] for dtype, m in sizes.items()}
@@ -320,9 +327,9 @@ def add_parser(kinds_parser) -> None:
     t.add_argument("--json", help="also write the results here")
     t.add_argument("--arms", nargs=2, default=["before", "after"], choices=ARMS, metavar="ARM",
                    help="the baseline arm and the measured one (before: up to issue 29; after: today's "
-                        "defaults; grouped: after with GRPO's length-grouped micro-batches)")
+                        "defaults; ungrouped: after without GRPO's length-grouped micro-batches)")
     t.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="also profile the after arm's last step: its N costliest ops (self CPU time)")
+                   help="also profile the last step of each arm but before: its N costliest ops (self CPU time)")
 
     def show(a):
         results = bench_train(a.model, tuple(a.kinds), a.steps, a.max_new_tokens, a.profile, tuple(a.arms))

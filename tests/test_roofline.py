@@ -176,6 +176,7 @@ def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
     grpo = results["grpo"]
     assert (grpo["before"]["batch"], grpo["before"]["grad_accum"]) == (32, 1)
     assert (grpo["after"]["batch"], grpo["after"]["grad_accum"]) == (8, 4)
+    assert (grpo["before"]["trainer"], grpo["after"]["trainer"]) == ("GRPOTrainer", "LengthGroupedGRPOTrainer")
     for arm in ("before", "after"):  # rollouts and update timed apart, the same 32 rollouts per step
         assert 0 < grpo[arm]["rollout_s"] < grpo[arm]["step_s"]
         assert grpo[arm]["update_s"] > 0
@@ -190,6 +191,26 @@ def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
         assert 0 < sum(op["share"] for op in top) <= 1
     printed = roofline.table(results)
     assert "bfloat16" in printed and printed.count("\n") == 1 + 2 * 4 + 3 * 4
+
+
+@pytest.mark.slow
+def test_bench_train_isolates_the_length_grouped_lever(tiny_model):
+    """`--arms ungrouped after`: the same GRPO shape, only the trainer class differs."""
+    results = roofline.bench_train(str(tiny_model), kinds=("grpo",), steps=2, new_tokens=16,
+                                   arms=("ungrouped", "after"))
+    ungrouped, after = results["grpo"]["ungrouped"], results["grpo"]["after"]
+    assert "error" not in ungrouped and "error" not in after, results["grpo"]
+    assert (ungrouped["trainer"], after["trainer"]) == ("GRPOTrainer", "LengthGroupedGRPOTrainer")
+    for key in ("bf16", "gradient_checkpointing", "batch", "grad_accum"):
+        assert ungrouped[key] == after[key], key
+    assert results["grpo"]["speedup"] == round(ungrouped["step_s"] / after["step_s"], 2)
+    assert "ungrouped" in roofline.table(results)
+
+
+@pytest.mark.parametrize("arms", [("after", "after"), ("after", "faster")])
+def test_bench_train_wants_two_different_known_arms(arms):
+    with pytest.raises(ValueError, match="--arms"):
+        roofline.bench_train("default", kinds=("grpo",), arms=arms)
 
 
 def test_gpu_check_runs_a_valid_plan(tmp_path, capsys):

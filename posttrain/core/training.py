@@ -199,9 +199,10 @@ class GRPOOptions:
     vllm_mode: Literal["colocate", "server"] = "colocate"
     train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-6, batch_size=8))
     # loss micro-batches of rows of like length, each forward cut to the columns its rows use
-    # (posttrain/core/grpo_batches.py: the same update, tested); false: TRL's shuffled split at the
-    # generation batch's width. Not the default until `posttrain bench train --arms after grouped` measures it
-    length_grouped: bool = field(default=False, metadata={"added": True})
+    # (posttrain/core/grpo_batches.py: the same update, tested; `posttrain bench train --kinds grpo
+    # --arms ungrouped after`: 1.17x over the stage-4 shape's steps); false: TRL's shuffled split at
+    # the generation batch's width
+    length_grouped: bool = field(default=True, metadata={"added": True})
 
 
 def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,
