@@ -87,6 +87,8 @@ def _eval(args) -> None:
     if args.thinking_budget is not None:
         cfg = from_dict(EvalConfig, {**data.get("eval", data), "thinking_budget": args.thinking_budget},
                         f"{where} (--thinking-budget)")
+    if args.modes:
+        cfg = replace(cfg, modes=args.modes)
     if args.benchmark or args.lm_eval:  # a standard benchmark instead of the config's suites
         bad = [c for c in args.columns or [] if "=" not in c]
         if bad:
@@ -99,7 +101,7 @@ def _eval(args) -> None:
             if args.benchmark else {}
         for name, b in named.items():
             resolved(name, b)  # a missing or superfluous --data fails before the model loads
-        cfg = replace(cfg, suites={}, think_follow=None, tasks=None, modes=args.modes or cfg.modes, benchmarks=named)
+        cfg = replace(cfg, suites={}, think_follow=None, tasks=None, benchmarks=named)
     elif args.data or args.limit or args.columns or args.max_new_tokens or args.data_config or args.data_split:
         raise ValueError("--data, --data-config, --data-split, --columns, --limit and --max-new-tokens go with "
                          "--benchmark NAME")

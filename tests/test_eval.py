@@ -404,3 +404,15 @@ def test_a_stage_without_eval_or_training_curves_leaves_a_note_not_a_failure(tmp
     assert plots == ["plots/eval_accuracy.png"] and (tmp_path / plots[0]).is_file()  # only what has data
     text = markdown(report, plots, "t")
     assert "- rm: no training curves (no TensorBoard scalars in tb/)" in text
+
+
+def test_eval_modes_flag_overrides_the_configs_modes(tmp_path, monkeypatch):
+    from posttrain import cli
+    from posttrain.cli import main
+    (tmp_path / "eval.yaml").write_text("eval: {suites: {lin: {family: linear, n: 2}}, modes: [think]}\n")
+    seen = []
+    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: seen.extend(
+        x.modes for x in [*a, *k.values()] if isinstance(x, EvalConfig)) or {"suites": {}})
+    args = ["eval", "--model", "unused", "--config", str(tmp_path / "eval.yaml")]
+    assert main(args) == 0 and main(args + ["--modes", "think", "no_think"]) == 0
+    assert seen == [["think"], ["think", "no_think"]]
