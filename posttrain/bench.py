@@ -131,7 +131,7 @@ def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict
     """How much of the teacher each student construction keeps before any training: the mean
     negative log-likelihood per assistant token (think block included, as SFT trains it) of the
     teacher's own answers (an off-policy `data/train` dir, or any `messages` file), for the teacher
-    and for each `layers=N[,pick=P][,mlp=M]` spec."""
+    and for each `layers=N[,pick=P][,mlp=M[,refit=1]]` spec."""
     tok = load_tokenizer(teacher)
     everything = list(load_messages(data)["messages"])
     rows = everything[:limit]  # scored; a width-pruned (`mlp=M`) student is ranked on the others

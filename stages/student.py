@@ -2,7 +2,9 @@
 
 A spec keeps N of the teacher's layers (`layers=N[,pick=even|first|ends]`), optionally only the M MLP
 neurons of each that are most active on the teacher's answers (`mlp=M`: width pruning as Minitron
-does it), or builds a smaller random model of the same architecture (`scratch:layers=N[,hidden=H]`).
+does it; `refit=1` then refits each kept `down_proj` by least squares to the whole MLP's output, so
+the pruned layer reproduces what it can of the teacher's), or builds a smaller random model of the
+same architecture (`scratch:layers=N[,hidden=H]`).
 The student always shares the teacher's tokenizer and chat format.
 """
 
@@ -34,42 +36,69 @@ def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
             for m in conversations[::max(1, len(conversations) // n)][:n]]
 
 
-def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
-    """Each layer's MLP neurons ranked as Minitron ranks them: the mean absolute activation (the
-    input of `down_proj`) over every token of the calibration sequences."""
-    layers = model.model.layers
-    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
-
-    def record(i):
-        def hook(_module, inputs, _output):  # returns None: the output is left as it is
-            sums[i].add_(inputs[0][0].detach().abs().float().sum(0).cpu())
-        return hook
-    hooks = [layer.mlp.down_proj.register_forward_hook(record(i)) for i, layer in enumerate(layers)]
+def _watch_down_proj(model: PreTrainedModel, calibration: list[list[int]], record) -> None:
+    """Run the calibration sequences through MODEL, calling `record(layer index, down_proj input,
+    down_proj output)` (one sequence's tokens x features) at every layer's MLP."""
+    def hook(i):
+        return lambda _module, inputs, output: record(i, inputs[0][0].detach(), output[0].detach())
+    hooks = [layer.mlp.down_proj.register_forward_hook(hook(i)) for i, layer in enumerate(model.model.layers)]
     try:
         with torch.inference_mode():
             for ids in calibration:
                 model(torch.tensor([ids], device=model.device))
     finally:
-        for hook in hooks:
-            hook.remove()
+        for h in hooks:
+            h.remove()
+
+
+def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
+    """Each layer's MLP neurons ranked as Minitron ranks them: the mean absolute activation (the
+    input of `down_proj`) over every token of the calibration sequences."""
+    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in model.model.layers]
+
+    def record(i, inputs, _output):
+        sums[i].add_(inputs.abs().float().sum(0).cpu())
+    _watch_down_proj(model, calibration, record)
     tokens = sum(len(ids) for ids in calibration)
     return [s / tokens for s in sums]
 
 
+def refit_down(model: PreTrainedModel, calibration: list[list[int]], neurons: list[torch.Tensor],
+               ridge: float = 1e-3) -> list[torch.Tensor]:
+    """Each layer's `down_proj` over its kept NEURONS, fit by ridge least squares to the whole MLP's
+    output on every calibration token (the teacher's own inputs to the layer): the columns that best
+    stand in for the dropped neurons, not only the kept neurons' own."""
+    layers = model.model.layers
+    grams = [torch.zeros(len(k), len(k), dtype=torch.float64) for k in neurons]
+    cross = [torch.zeros(len(k), layer.mlp.down_proj.out_features, dtype=torch.float64)
+             for k, layer in zip(neurons, layers, strict=True)]
+
+    def record(i, inputs, output):
+        kept = inputs[:, neurons[i]].double().cpu()
+        grams[i].add_(kept.T @ kept)
+        cross[i].add_(kept.T @ output.double().cpu())
+    _watch_down_proj(model, calibration, record)
+    weights = []
+    for gram, xy in zip(grams, cross, strict=True):
+        damped = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+        weights.append(torch.linalg.solve(damped, xy).T.float())
+    return weights
+
+
 def student_spec(teacher_dir: str | os.PathLike, spec: str):
-    """A `layers=N[,pick=P][,mlp=M]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked against
-    the teacher's config: (scratch, pick, options, the teacher's config)."""
+    """A `layers=N[,pick=P][,mlp=M[,refit=1]]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked
+    against the teacher's config: (scratch, pick, options, the teacher's config)."""
     scratch = spec.startswith("scratch:")
     try:
         opts = dict(part.split("=") for part in spec.removeprefix("scratch:").split(","))
         pick = opts.pop("pick", "even")
         opts = {k: int(v) for k, v in opts.items()}
     except ValueError:
-        raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N[,pick=even|first|ends][,mlp=M]' "
-                         "or 'scratch:layers=N[,hidden=H]'") from None
+        raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N[,pick=even|first|ends]"
+                         "[,mlp=M[,refit=1]]' or 'scratch:layers=N[,hidden=H]'") from None
     if pick not in PICKS or scratch and pick != "even":
         raise ValueError(f"student spec {spec!r}: pick must be one of {', '.join(PICKS)} (and only with layers=N)")
-    unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers", "mlp"})
+    unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers", "mlp", "refit"})
     if unknown or "layers" not in opts:
         raise ValueError(f"student spec {spec!r}: unknown or missing keys {sorted(unknown) or ['layers']}")
     config = AutoConfig.from_pretrained(teacher_dir)
@@ -78,6 +107,8 @@ def student_spec(teacher_dir: str | os.PathLike, spec: str):
         raise ValueError(f"student spec {spec!r}: layers must be in 1..{n_teacher}")
     if not 0 < opts.get("mlp", width) <= width:
         raise ValueError(f"student spec {spec!r}: mlp must be in 1..{width} (the teacher's MLP width)")
+    if opts.get("refit", 0) not in (0, 1) or opts.get("refit") and "mlp" not in opts:
+        raise ValueError(f"student spec {spec!r}: refit is 0 or 1, and only with mlp=M")
     if scratch and opts.get("hidden", config.num_attention_heads) % config.num_attention_heads:
         raise ValueError(f"student spec {spec!r}: hidden must be a multiple of the {config.num_attention_heads} heads")
     return scratch, pick, opts, config
@@ -91,7 +122,8 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
     (N of the teacher's layers, initialised from its weights; P says which: `even` (evenly spaced,
     the default), `first` (the first N-1 and the last, as in deep-layer pruning) or `ends` (the first
     and last N/2); `mlp=M` keeps, in each layer, the M MLP neurons most active on `calibration` (token
-    id sequences, e.g. the teacher's own answers): width pruning as in Minitron), or
+    id sequences, e.g. the teacher's own answers): width pruning as in Minitron; `refit=1` also
+    refits each kept `down_proj` to the whole MLP's output on them), or
     `scratch:layers=N` with optional `,hidden=H` (a smaller configuration of the same architecture,
     random init).
     """
@@ -116,10 +148,12 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
     else:
         teacher_model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
         keep = PICKS[pick](opts["layers"], n_teacher)
-        neurons = None
+        neurons = down = None
         if "mlp" in opts:
             config.intermediate_size = opts["mlp"]
             neurons = [s.topk(opts["mlp"]).indices.sort().values for s in mlp_importance(teacher_model, calibration)]
+            if opts.get("refit"):
+                down = refit_down(teacher_model, calibration, neurons)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         state = {}
         for name, tensor in teacher_model.state_dict().items():
@@ -130,6 +164,8 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
                     continue
                 if neurons is not None and tail.startswith("mlp."):  # gate/up rows, down columns
                     tensor = tensor[:, neurons[int(index)]] if "down_proj" in tail else tensor[neurons[int(index)]]
+                    if down is not None and tail == "mlp.down_proj.weight":
+                        tensor = down[int(index)]
                 name = f"{prefix}.layers.{keep.index(int(index))}.{tail}"
             state[name] = tensor
         student.load_state_dict(state)
