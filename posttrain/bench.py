@@ -127,15 +127,17 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
     return results
 
 
-def bench_student(teacher: str, data: str, specs: list[str], limit: int) -> dict:
+def bench_student(teacher: str, data: str, specs: list[str], limit: int, extra: str | None = None) -> dict:
     """How much of the teacher each student construction keeps before any training: the mean
     negative log-likelihood per assistant token (think block included, as SFT trains it) of the
     teacher's own answers (an off-policy `data/train` dir, or any `messages` file), for the teacher
-    and for each `layers=N[,pick=P][,mlp=M[,refit=1]]` spec."""
+    and for each `layers=N[,pick=P][,mlp=M[,refit=1|2]]` spec; a width-pruned student is calibrated on
+    the answers not scored, and on EXTRA (a messages file or dir) where given."""
     tok = load_tokenizer(teacher)
     everything = list(load_messages(data)["messages"])
     rows = everything[:limit]  # scored; a width-pruned (`mlp=M`) student is ranked on the others
-    calibration_ids = calibration(tok, everything[limit:] or rows)
+    extra_rows = list(load_messages(extra)["messages"]) if extra else []
+    calibration_ids = calibration(tok, everything[limit:] + extra_rows or rows)
     encoded = [tok.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
                                        return_assistant_tokens_mask=True) for m in rows]
 
@@ -204,9 +206,11 @@ def add_parser(sub) -> None:
     t.add_argument("--specs", nargs="+", default=["layers=10,pick=even", "layers=10,pick=ends",
                                                   "layers=30,mlp=232"])  # depth vs width at half the default
     t.add_argument("--limit", type=int, default=64, help="examples scored")
+    t.add_argument("--calibration", help="more conversations to calibrate a width-pruned student on (a messages "
+                                         "file or dir, e.g. the teacher's fusion RUN/03_fusion/data/train)")
 
     def show_student(a):
-        result = bench_student(a.teacher, a.data, a.specs, a.limit)
+        result = bench_student(a.teacher, a.data, a.specs, a.limit, a.calibration)
         print(json.dumps(result, indent=2))
         best = min(a.specs, key=lambda k: result[k]["nll"])
         print(f"lowest NLL: {best}, {result[best]['nll_over_teacher']:.2f}x the teacher's")

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher model dir, or `default` (the embedded model); default: the most "
                    "advanced model (general_rl, fusion, reasoning_rl) of the newest finished run under --runs-dir")
     p.add_argument("--runs-dir", default="runs", help="where to look for that teacher (default: runs)")
-    p.add_argument("--student", help="student model dir, or a spec: layers=N[,pick=P][,mlp=M[,refit=1]] | "
+    p.add_argument("--student", help="student model dir, or a spec: layers=N[,pick=P][,mlp=M[,refit=1|2]] | "
                                      "scratch:layers=N,hidden=H")
     p.add_argument("--config", help="distill stage YAML (pipelines/stages/distill.yaml)")
     p.add_argument("--output-dir")

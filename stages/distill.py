@@ -30,6 +30,7 @@ from posttrain.core.models import load_model, load_tokenizer, resolve_model
 from posttrain.core.rundir import distributed, is_main_process
 from posttrain.core.training import TrainOptions, finish, rollouts_in_autocast, sft, train
 from rewards.grading import sample_and_grade
+from stages.sft import load_messages
 from stages.student import build_student, calibration, student_spec
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class OnPolicy:
 @dataclass
 class Config:
     student: str = "layers=6"
+    # more conversations to rank and refit a width-pruned (`mlp=M`) student's neurons on, besides the
+    # teacher's answers: a messages file or dataset dir, or `@ID`, the training data of this run's stage ID
+    calibration: str | None = None
     teacher: str | None = None  # default: the stage's input model
     prompts: Prompts = field(default_factory=Prompts)
     off_policy: OffPolicy = field(default_factory=OffPolicy)
@@ -152,16 +156,27 @@ def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:
     return finish(ctx, trainer, trainer.processing_class)
 
 
-def make_student(ctx: StageContext, teacher: str, spec: str, conversations) -> str:
+def calibration_data(ctx: StageContext, ref: str) -> list:
+    """The conversations of the `calibration` key: a messages file or dir, or `@ID`'s training data."""
+    path = Path(ctx.resolve(ref)).parent / "data" / "train" if ref.startswith("@") else Path(ref)
+    if not path.exists():
+        raise FileNotFoundError(f"stages.{ctx.stage_id}.config.calibration: {ref}: no training data at {path}")
+    return list(load_messages(str(path))["messages"])
+
+
+def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extra: str | None) -> str:
     """The student, built from SPEC into student_init once (rank 0 first when launched); a width-pruned
-    one (`mlp=M`) keeps the neurons most active on CONVERSATIONS: the teacher's answers, or the
-    prompts when the stage has no off-policy phase."""
+    one (`mlp=M`) keeps the neurons most active on CONVERSATIONS (the teacher's answers, or the
+    prompts when the stage has no off-policy phase) and on the EXTRA calibration data."""
     init = ctx.dir / "student_init"
     state = distributed()
     with state.main_process_first() if state else nullcontext():
         if (init / "config.json").is_file():
             return str(init)
-        ids = calibration(load_tokenizer(teacher), conversations) if "mlp=" in spec else None
+        ids = None
+        if "mlp=" in spec:
+            conversations = list(conversations) + (calibration_data(ctx, extra) if extra else [])
+            ids = calibration(load_tokenizer(teacher), conversations)
         return str(build_student(teacher, spec, init, ids))
 
 
@@ -170,6 +185,8 @@ def run(ctx: StageContext, cfg: Config) -> dict:
     spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
     if not (Path(spec) / "config.json").is_file():  # a bad spec fails now, not after the teacher's answers
         student_spec(resolve_model(teacher), spec)
+        if cfg.calibration:
+            calibration_data(ctx, cfg.calibration)  # and a bad calibration path too
     if not (cfg.off_policy.enabled or cfg.on_policy.enabled):
         raise ValueError(f"stages.{ctx.stage_id}.config: off_policy and on_policy are both disabled; nothing to do")
     student, metrics = None, {}
@@ -180,12 +197,12 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         if not pctx.is_complete():
             if name == "off_policy":
                 data = pctx.dataset("train", lambda pctx=pctx: teacher_outputs(pctx, teacher, cfg))
-                pctx.input_model = student or make_student(ctx, teacher, spec, data["messages"])
+                pctx.input_model = student or make_student(ctx, teacher, spec, data["messages"], cfg.calibration)
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:
                 pctx.input_model = student or make_student(ctx, teacher, spec,
-                                                           [r["prompt"] for r in prompt_set(ctx, cfg)])
+                                                           [r["prompt"] for r in prompt_set(ctx, cfg)], cfg.calibration)
                 prompts = pctx.dataset("prompts", lambda pctx=pctx: on_policy_prompts(pctx, cfg))
                 metrics[name] = on_policy(pctx, teacher, phase, prompts)
             pctx.mark_complete({})

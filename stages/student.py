@@ -3,7 +3,9 @@
 A spec keeps N of the teacher's layers (`layers=N[,pick=even|first|ends]`), optionally only the M MLP
 neurons of each that are most active on the teacher's answers (`mlp=M`: width pruning as Minitron
 does it; `refit=1` then refits each kept `down_proj` by least squares to the whole MLP's output, so
-the pruned layer reproduces what it can of the teacher's), or builds a smaller random model of the
+the pruned layer reproduces what it can of the teacher's; `refit=2` refits them layer after layer on
+the student's own inputs to the teacher's residual stream, so each also corrects the layers before
+it), or builds a smaller random model of the
 same architecture (`scratch:layers=N[,hidden=H]`).
 The student always shares the teacher's tokenizer and chat format.
 """
@@ -78,15 +80,60 @@ def refit_down(model: PreTrainedModel, calibration: list[list[int]], neurons: li
         grams[i].add_(kept.T @ kept)
         cross[i].add_(kept.T @ output.double().cpu())
     _watch_down_proj(model, calibration, record)
-    weights = []
-    for gram, xy in zip(grams, cross, strict=True):
-        damped = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-        weights.append(torch.linalg.solve(damped, xy).T.float())
-    return weights
+    return [_ridge(gram, xy, ridge) for gram, xy in zip(grams, cross, strict=True)]
+
+
+def _ridge(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The weight W (out x in) minimising |X W^T - Y|^2 + damping |W|^2, from X^T X and X^T Y; the damping
+    is RIDGE times the mean diagonal of X^T X."""
+    damped = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(damped, cross).T.float()
+
+
+def refit_sequential(teacher: PreTrainedModel, student: PreTrainedModel, keep: list[int],
+                     calibration: list[list[int]], ridge: float = 1e-3) -> None:
+    """Refit the width-pruned STUDENT's `down_proj`s in place, layer after layer, on its own inputs: each
+    is fit by ridge least squares so that the layer's output matches the teacher's residual stream
+    after teacher layer KEEP[i] on the calibration tokens, with the layers before it already refit.
+    Where `refit_down` fits each MLP alone to the teacher's inputs, this also corrects the error the
+    pruned layers before it left in the stream (sequential calibration, as GPTQ and SparseGPT do it).
+    Both models are stepped layer by layer, a sequence at a time (one unpadded causal sequence needs
+    no attention mask)."""
+    seen = {}  # one sequence's post-attention stream and kept activations at the layer being fit
+
+    def watch(key):
+        return lambda _module, inputs, _output: seen.__setitem__(key, inputs[0][0].double())
+
+    def start(model, ids):
+        h = model.model.embed_tokens(torch.tensor([ids]))
+        return h, model.model.rotary_emb(h, torch.arange(len(ids))[None])
+    with torch.inference_mode():
+        ours = [start(student, ids) for ids in calibration]
+        theirs = [start(teacher, ids) for ids in calibration]
+        done = -1
+        for i, layer in enumerate(student.model.layers):
+            for j in range(done + 1, keep[i] + 1):  # the teacher's stream after its layer keep[i]
+                theirs = [(teacher.model.layers[j](h, position_embeddings=pe), pe) for h, pe in theirs]
+            done = keep[i]
+            down = layer.mlp.down_proj
+            gram = torch.zeros(down.in_features, down.in_features, dtype=torch.float64)
+            cross = torch.zeros(down.in_features, down.out_features, dtype=torch.float64)
+            hooks = [layer.post_attention_layernorm.register_forward_hook(watch("stream")),
+                     down.register_forward_hook(watch("acts"))]
+            try:
+                for (h, pe), (target, _) in zip(ours, theirs, strict=True):
+                    layer(h, position_embeddings=pe)
+                    gram.add_(seen["acts"].T @ seen["acts"])
+                    cross.add_(seen["acts"].T @ (target[0].double() - seen["stream"]))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            down.weight.copy_(_ridge(gram, cross, ridge))
+            ours = [(layer(h, position_embeddings=pe), pe) for h, pe in ours]
 
 
 def student_spec(teacher_dir: str | os.PathLike, spec: str):
-    """A `layers=N[,pick=P][,mlp=M[,refit=1]]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked
+    """A `layers=N[,pick=P][,mlp=M[,refit=1|2]]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked
     against the teacher's config: (scratch, pick, options, the teacher's config)."""
     scratch = spec.startswith("scratch:")
     try:
@@ -95,7 +142,7 @@ def student_spec(teacher_dir: str | os.PathLike, spec: str):
         opts = {k: int(v) for k, v in opts.items()}
     except ValueError:
         raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N[,pick=even|first|ends]"
-                         "[,mlp=M[,refit=1]]' or 'scratch:layers=N[,hidden=H]'") from None
+                         "[,mlp=M[,refit=1|2]]' or 'scratch:layers=N[,hidden=H]'") from None
     if pick not in PICKS or scratch and pick != "even":
         raise ValueError(f"student spec {spec!r}: pick must be one of {', '.join(PICKS)} (and only with layers=N)")
     unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers", "mlp", "refit"})
@@ -107,8 +154,8 @@ def student_spec(teacher_dir: str | os.PathLike, spec: str):
         raise ValueError(f"student spec {spec!r}: layers must be in 1..{n_teacher}")
     if not 0 < opts.get("mlp", width) <= width:
         raise ValueError(f"student spec {spec!r}: mlp must be in 1..{width} (the teacher's MLP width)")
-    if opts.get("refit", 0) not in (0, 1) or opts.get("refit") and "mlp" not in opts:
-        raise ValueError(f"student spec {spec!r}: refit is 0 or 1, and only with mlp=M")
+    if opts.get("refit", 0) not in (0, 1, 2) or opts.get("refit") and "mlp" not in opts:
+        raise ValueError(f"student spec {spec!r}: refit is 0, 1 or 2, and only with mlp=M")
     if scratch and opts.get("hidden", config.num_attention_heads) % config.num_attention_heads:
         raise ValueError(f"student spec {spec!r}: hidden must be a multiple of the {config.num_attention_heads} heads")
     return scratch, pick, opts, config
@@ -123,7 +170,8 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
     the default), `first` (the first N-1 and the last, as in deep-layer pruning) or `ends` (the first
     and last N/2); `mlp=M` keeps, in each layer, the M MLP neurons most active on `calibration` (token
     id sequences, e.g. the teacher's own answers): width pruning as in Minitron; `refit=1` also
-    refits each kept `down_proj` to the whole MLP's output on them), or
+    refits each kept `down_proj` to the whole MLP's output on them, `refit=2` to the teacher's
+    residual stream, layer after layer on the student's own inputs), or
     `scratch:layers=N` with optional `,hidden=H` (a smaller configuration of the same architecture,
     random init).
     """
@@ -152,7 +200,7 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
         if "mlp" in opts:
             config.intermediate_size = opts["mlp"]
             neurons = [s.topk(opts["mlp"]).indices.sort().values for s in mlp_importance(teacher_model, calibration)]
-            if opts.get("refit"):
+            if opts.get("refit") == 1:
                 down = refit_down(teacher_model, calibration, neurons)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         state = {}
@@ -169,6 +217,8 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
                 name = f"{prefix}.layers.{keep.index(int(index))}.{tail}"
             state[name] = tensor
         student.load_state_dict(state)
+        if opts.get("refit") == 2:
+            refit_sequential(teacher_model, student, keep, calibration)
     print(f"student {spec}: {num_params(student) / 1e6:.1f}M parameters "
           f"(teacher {params_on_disk(teacher_dir) / 1e6:.1f}M)", flush=True)
     return save(student, tok, output_dir)

@@ -42,3 +42,22 @@ def test_student_bench_scores_constructions_against_the_teacher(tmp_path, chat_j
     assert result["layers=6"]["params_m"] == result["teacher"]["params_m"] > result["layers=3,pick=first"]["params_m"]
     assert result["layers=3,pick=first"]["nll"] != result["layers=3,pick=even"]["nll"]  # different layers kept
     assert out.strip().splitlines()[-1].startswith("lowest NLL: ")
+
+
+def test_student_bench_calibrates_a_width_pruned_student_on_extra_conversations(tmp_path, chat_jsonl):
+    """--calibration adds conversations to the ones a width-pruned student is ranked and refit on: the
+    same spec scores differently with them, and a student that keeps every neuron is unaffected."""
+    import json
+
+    from posttrain.core.models import make_tiny_model
+    teacher = make_tiny_model(tmp_path / "teacher", layers=2)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Spell {w} backwards."},
+                                                      {"role": "assistant", "content": w[::-1]}]}) + "\n"
+                             for w in ("alpha", "river", "stone", "candle", "orbit", "meadow")))
+    specs = ["layers=2,mlp=16,refit=2", "layers=2,mlp=128"]
+    alone = bench.bench_student(str(teacher), str(chat_jsonl), specs, 12)
+    more = bench.bench_student(str(teacher), str(chat_jsonl), specs, 12, str(extra))
+    assert alone["layers=2,mlp=16,refit=2"]["nll"] != more["layers=2,mlp=16,refit=2"]["nll"]
+    full = "layers=2,mlp=128"
+    assert alone[full]["nll"] == more[full]["nll"] == pytest.approx(alone["teacher"]["nll"], rel=1e-4)

@@ -79,7 +79,7 @@ def test_reasoning_rl_runs_grpo_and_moves_the_weights(tmp_path, tiny_model):
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
 
 
-def test_distill_builds_student_and_runs_both_phases(tmp_path):
+def test_distill_builds_student_and_runs_both_phases(tmp_path, chat_jsonl):
     teacher = make_tiny_model(tmp_path / "teacher", layers=4)
     run_dir, planned = run_pipeline(tmp_path, f"""
         name: ds
@@ -89,6 +89,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
           - stage: distill
             config:
               student: layers=2,mlp=32
+              calibration: {chat_jsonl}
               prompts: {{families: {{arithmetic: 6}}}}
               off_policy: {{max_new_tokens: 8, filter_by_reward: false, min_examples: 12,
                            train: {{max_steps: 2, batch_size: 4}}}}
@@ -104,12 +105,18 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     assert sorted(set(off["mode"])) == ["no_think", "think"]
     assert all(m[0]["content"].endswith("/no_think" if mode == "no_think" else "/think")
                for m, mode in zip(off["messages"], off["mode"], strict=True))
-    # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts
+    # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts, and on
+    # the `calibration` conversations
+    from stages.sft import load_messages
     from stages.student import calibration, mlp_importance
     init = AutoModelForCausalLM.from_pretrained(stage.dir / "student_init")
-    ranked = mlp_importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, off["messages"]))
-    kept = [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
     gates = AutoModelForCausalLM.from_pretrained(teacher).model.layers
+
+    def kept_by(conversations):
+        ranked = mlp_importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, conversations))
+        return [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
+    kept = kept_by(list(off["messages"]) + list(load_messages(str(chat_jsonl))["messages"]))
+    assert any(not torch.equal(a, b) for a, b in zip(kept, kept_by(off["messages"]), strict=True))
     for layer, source, rows in zip(init.model.layers, (gates[0], gates[3]), kept, strict=True):
         assert torch.equal(layer.mlp.gate_proj.weight, source.mlp.gate_proj.weight[rows])
     on = load_from_disk(str(stage.dir / "on_policy" / "data" / "prompts"))
@@ -126,9 +133,14 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path):
     # a bad student spec fails before the teacher generates anything
     ('{student: "layers=1,mlp=999", prompts: {families: {arithmetic: 6}}}',
      r"'layers=1,mlp=999': mlp must be in", "data"),
+    # so does calibration data that is not there
+    ('{student: "layers=1,mlp=8", calibration: "@fusion", prompts: {families: {arithmetic: 6}}}',
+     r"@fusion names no finished stage", "data"),
+    ('{student: "layers=1,mlp=8", calibration: nowhere.jsonl, prompts: {families: {arithmetic: 6}}}',
+     r"config.calibration: nowhere.jsonl: no training data at nowhere.jsonl", "data"),
 ])
 def test_distill_stops_with_a_clear_error(tmp_path, tiny_model, config, error, left):
-    with pytest.raises(ValueError, match=error):
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
         run_pipeline(tmp_path, f"""
             name: ds
             model: {tiny_model}
@@ -179,7 +191,7 @@ def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path
                                         ("layers=2,mlp=8", "needs calibration sequences"),
                                         ("scratch:layers=1,mlp=8", "unknown or missing keys"),
                                         ("layers=2,refit=1", "only with mlp=M"),
-                                        ("layers=2,mlp=8,refit=2", "refit is 0 or 1")])
+                                        ("layers=2,mlp=8,refit=3", "refit is 0, 1 or 2")])
 def test_bad_student_specs(tmp_path, tiny_model, spec, error):
     from stages.student import build_student
     with pytest.raises(ValueError, match=error):
@@ -269,6 +281,42 @@ def test_refit_width_pruned_student_stays_closer_to_the_teacher(tmp_path, tiny_m
     plain, fitted = divergence("layers=2,mlp=16", "plain"), divergence("layers=2,mlp=16,refit=1", "refit")
     print("held-out KL to the teacher: plain", plain, "refit", fitted)
     assert fitted < plain
+
+
+def test_sequential_refit_follows_the_teachers_stream(tmp_path, tiny_model):
+    """`refit=2` fits each down_proj, layer after layer, on the student's own inputs to the teacher's
+    residual stream. With every neuron kept it reproduces the teacher (so the layer-by-layer stepping is
+    the model's forward); width-pruned, the student's last hidden state on the calibration
+    tokens and its KL to the teacher on a held-out sequence are both below `refit=1`'s."""
+    from posttrain.core.models import load_tokenizer
+    from stages.student import build_student, calibration
+    tok = load_tokenizer(tiny_model)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
+    talk = [[{"role": "user", "content": f"What is {i} + {i * 7}?"},
+             {"role": "assistant", "content": f"{i} + {i * 7} = {i * 8}."}] for i in range(40)]
+    ids, held_out = calibration(tok, talk[:32]), calibration(tok, talk[32:])
+    width = teacher.config.intermediate_size
+    whole = AutoModelForCausalLM.from_pretrained(build_student(tiny_model, f"layers=2,mlp={width},refit=2",
+                                                               tmp_path / "whole", ids))
+
+    def stream_error(model):  # mean squared error of the last hidden state on the calibration tokens
+        with torch.inference_mode():
+            return sum((model.model(torch.tensor([seq])).last_hidden_state
+                        - teacher.model(torch.tensor([seq])).last_hidden_state).pow(2).mean().item() for seq in ids)
+    with torch.inference_mode():
+        scale = sum(teacher.model(torch.tensor([seq])).last_hidden_state.pow(2).mean().item() for seq in ids)
+    print("every neuron kept: stream error", stream_error(whole), "of the stream's", scale)
+    assert stream_error(whole) < 1e-4 * scale
+    batch = torch.tensor([held_out[0]])
+    with torch.inference_mode():
+        expected = torch.log_softmax(teacher(batch).logits, -1)
+    found = {}
+    for refit in (1, 2):
+        student, kl = _kl_to_teacher(build_student(tiny_model, f"layers=2,mlp=16,refit={refit}",
+                                                   tmp_path / f"refit{refit}", ids), batch, expected)
+        found[refit] = stream_error(student), kl
+    print("calibration stream error, held-out KL: refit=1", found[1], "refit=2", found[2])
+    assert found[2][0] < found[1][0] and found[2][1] < found[1][1]
 
 
 @pytest.mark.parametrize("lora", ["null", "{r: 8, alpha: 16, dropout: 0.0}"], ids=["full", "lora"])
@@ -474,11 +522,13 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
           - id: general_rl
             config: {{examples: 12, held_out: 1, max_completion_length: 6, train: {{max_steps: 1, batch_size: 4}}}}
           - id: distill
-            config: {{student: layers=1, prompts: {{families: {{arithmetic: 4, linear: 4}}}},
+            config: {{student: "layers=1,mlp=16,refit=2", prompts: {{families: {{arithmetic: 4, linear: 4}}}},
                       off_policy: {{max_new_tokens: 6, filter_by_reward: false, min_examples: 1,
                                     train: {{max_steps: 1, batch_size: 2}}}},
                       on_policy: {{max_completion_length: 6, train: {{max_steps: 1, batch_size: 2}}}}}}
         """)
+    # the demo's student: width-pruned, calibrated on the teacher's answers and its fusion data (`@fusion`)
+    assert json.loads((run_dir / "06_distill" / "student_init" / "config.json").read_text())["intermediate_size"] == 16
     report = (run_dir / "report.md").read_text()
     # report.md opens with each stage's effect in one line, computed from report.json (as the terminal prints)
     lines = effects(json.loads((run_dir / "report.json").read_text()))
