@@ -51,7 +51,10 @@ def _train(tmp_path, tiny_model, grouped: bool, widths: list[int]):
     options = GRPOOptions(num_generations=4, max_completion_length=8, length_grouped=grouped,
                           train=TrainOptions(max_steps=1, batch_size=8, micro_batch_size=2, save_steps=100,
                                              learning_rate=1e-2, trainer={"report_to": [], "disable_tqdm": True,
-                                                                       "optim": "sgd"}))  # update = lr x gradient
+                                                                       "optim": "sgd",  # update = lr x gradient
+                                                                       # float32: the same update to 1e-4, not bf16
+                                                                       # autocast's rounding, which differs by shape
+                                                                       "bf16": False}))
     rows = Dataset.from_list([{"prompt": p} for p in prompts])
     trainer = grpo_trainer(ctx, options, rows, [lambda completions, **kw: [len(str(c)) / 100 for c in completions]],
                            "rl.train")
