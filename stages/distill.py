@@ -164,10 +164,10 @@ def calibration_data(ctx: StageContext, ref: str) -> list:
     return list(load_messages(str(path))["messages"])
 
 
-def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extra: str | None) -> str:
+def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extra: list) -> str:
     """The student, built from SPEC into student_init once (rank 0 first when launched); a width-pruned
     one (`mlp=M`) keeps the neurons most active on CONVERSATIONS (the teacher's answers, or the
-    prompts when the stage has no off-policy phase) and on the EXTRA calibration data."""
+    prompts when the stage has no off-policy phase) and on the EXTRA calibration conversations."""
     init = ctx.dir / "student_init"
     state = distributed()
     with state.main_process_first() if state else nullcontext():
@@ -175,18 +175,17 @@ def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extr
             return str(init)
         ids = None
         if "mlp=" in spec:
-            conversations = list(conversations) + (calibration_data(ctx, extra) if extra else [])
-            ids = calibration(load_tokenizer(teacher), conversations)
+            ids = calibration(load_tokenizer(teacher), list(conversations) + extra)
         return str(build_student(teacher, spec, init, ids))
 
 
 def run(ctx: StageContext, cfg: Config) -> dict:
     teacher = ctx.resolve(cfg.teacher) if cfg.teacher else ctx.input_model
     spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
-    if not (Path(spec) / "config.json").is_file():  # a bad spec fails now, not after the teacher's answers
+    # a bad spec or calibration path fails now, not after the teacher's answers
+    extra = calibration_data(ctx, cfg.calibration) if cfg.calibration else []
+    if not (Path(spec) / "config.json").is_file():
         student_spec(resolve_model(teacher), spec)
-        if cfg.calibration:
-            calibration_data(ctx, cfg.calibration)  # and a bad calibration path too
     if not (cfg.off_policy.enabled or cfg.on_policy.enabled):
         raise ValueError(f"stages.{ctx.stage_id}.config: off_policy and on_policy are both disabled; nothing to do")
     student, metrics = None, {}
@@ -197,12 +196,12 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         if not pctx.is_complete():
             if name == "off_policy":
                 data = pctx.dataset("train", lambda pctx=pctx: teacher_outputs(pctx, teacher, cfg))
-                pctx.input_model = student or make_student(ctx, teacher, spec, data["messages"], cfg.calibration)
+                pctx.input_model = student or make_student(ctx, teacher, spec, data["messages"], extra)
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:
                 pctx.input_model = student or make_student(ctx, teacher, spec,
-                                                           [r["prompt"] for r in prompt_set(ctx, cfg)], cfg.calibration)
+                                                           [r["prompt"] for r in prompt_set(ctx, cfg)], extra)
                 prompts = pctx.dataset("prompts", lambda pctx=pctx: on_policy_prompts(pctx, cfg))
                 metrics[name] = on_policy(pctx, teacher, phase, prompts)
             pctx.mark_complete({})
