@@ -147,20 +147,31 @@ def evaluate(model: str, cfg: EvalConfig, engines: EnginePool | None = None, see
     results: dict[str, Any] = {"model": str(model), "suites": {}}
     settings = {"samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens, "thinking_budget": cfg.thinking_budget,
                 "seed": seed}
-    for name, suite in cfg.suites.items():
-        rows = list(load_suite(name, suite))
-        prompts = [row["prompt"] for row in rows]
-        sha = hashlib.sha256("\0".join(map(str, prompts)).encode()).hexdigest()[:16]
-        results["suites"][name] = {}
-        for mode in cfg.modes if suite_modes is None else suite_modes:
+    suites = {name: list(load_suite(name, suite)) for name, suite in cfg.suites.items()}
+    shas = {name: hashlib.sha256("\0".join(str(r["prompt"]) for r in rows).encode()).hexdigest()[:16]
+            for name, rows in suites.items()}
+    results["suites"] = {name: {} for name in suites}
+    for mode in cfg.modes if suite_modes is None else suite_modes:
+        todo = []
+        for name in suites:
             old = ((previous.get("suites") or {}).get(name) or {}).get(mode)
-            if _reusable(old, sha, settings):
+            if _reusable(old, shas[name], settings):
                 results["suites"][name][mode] = old
-                continue
-            graded = sample_and_grade(get_engine(), rows, n=cfg.samples, mode=mode, max_new_tokens=cfg.max_new_tokens,
-                                      thinking_budget=cfg.thinking_budget, seed=seed, progress=True)
-            flat, correct = [c for o in graded.completions for c in o], graded.correct
-            r = {"n_items": len(rows), "samples": cfg.samples, "items_sha": sha, "settings": settings,
+            else:
+                todo.append(name)
+        if not todo:
+            continue
+        # every suite's items in one call: the engine batches them together (faster per item on CPU)
+        graded = sample_and_grade(get_engine(), [r for name in todo for r in suites[name]], n=cfg.samples, mode=mode,
+                                  max_new_tokens=cfg.max_new_tokens, thinking_budget=cfg.thinking_budget, seed=seed,
+                                  progress=True)
+        start_row = 0
+        for name in todo:
+            rows = suites[name]
+            span = slice(start_row, start_row + len(rows))
+            start_row += len(rows)
+            flat, correct = [c for o in graded.completions[span] for c in o], graded.correct[span]
+            r = {"n_items": len(rows), "samples": cfg.samples, "items_sha": shas[name], "settings": settings,
                  **accuracy_summary(correct, cfg.samples, cfg.pass_k),
                  "mean_length": sum(len(c.token_ids) for c in flat) / len(flat),
                  "truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),

@@ -1,12 +1,12 @@
 """Students for strong-to-weak distillation (report §4.5), built from the teacher they learn from.
 
-A spec keeps N of the teacher's layers (`layers=N[,pick=even|first|ends]`), optionally only the M MLP
-neurons of each that are most active on the teacher's answers (`mlp=M`: width pruning as Minitron
+A spec keeps N of the teacher's layers (`layers=N[,pick=even|first|ends]`), optionally only the H
+attention heads of each that write the most to the residual stream (`heads=H`, the same number in
+every key/value group) and the M MLP neurons most active on the teacher's answers (`mlp=M`: width pruning as Minitron
 does it; `refit=1` then refits each kept `down_proj` by least squares to the whole MLP's output, so
 the pruned layer reproduces what it can of the teacher's; `refit=2` refits them layer after layer on
 the student's own inputs to the teacher's residual stream, so each also corrects the layers before
-it), or builds a smaller random model of the
-same architecture (`scratch:layers=N[,hidden=H]`).
+it), or builds a smaller random model of the same architecture (`scratch:layers=N[,hidden=H]`).
 The student always shares the teacher's tokenizer and chat format.
 """
 
@@ -38,16 +38,16 @@ def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
             for m in conversations[::max(1, len(conversations) // n)][:n]]
 
 
-def _watch_down_proj(model: PreTrainedModel, calibration: list[list[int]], record) -> None:
-    """Run the calibration sequences through MODEL, calling `record(layer index, down_proj input,
-    down_proj output)` (one sequence's tokens x features) at every layer's MLP."""
+def _watch(model: PreTrainedModel, calibration: list[list[int]], record, module=lambda layer: layer.mlp.down_proj):
+    """Run the calibration sequences through MODEL, calling `record(layer index, input, output)` of
+    every layer's MODULE (default its MLP's `down_proj`; one sequence's tokens x features)."""
     def hook(i):
         return lambda _module, inputs, output: record(i, inputs[0][0].detach(), output[0].detach())
-    hooks = [layer.mlp.down_proj.register_forward_hook(hook(i)) for i, layer in enumerate(model.model.layers)]
+    hooks = [module(layer).register_forward_hook(hook(i)) for i, layer in enumerate(model.model.layers)]
     try:
         with torch.inference_mode():
-            for ids in calibration:
-                model(torch.tensor([ids], device=model.device))
+            for ids in calibration:  # the decoder alone: the vocabulary projection is not needed
+                model.model(torch.tensor([ids], device=model.device))
     finally:
         for h in hooks:
             h.remove()
@@ -60,9 +60,34 @@ def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list
 
     def record(i, inputs, _output):
         sums[i].add_(inputs.abs().float().sum(0).cpu())
-    _watch_down_proj(model, calibration, record)
+    _watch(model, calibration, record)
     tokens = sum(len(ids) for ids in calibration)
     return [s / tokens for s in sums]
+
+
+def head_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
+    """Each layer's attention heads ranked by what they write: the mean L2 norm of each head's output
+    through its columns of `o_proj` (its share of the attention's update to the residual stream) over
+    every token of the calibration sequences."""
+    config, layers = model.config, model.model.layers
+    sums = [torch.zeros(config.num_attention_heads) for _ in layers]
+
+    def record(i, inputs, _output):
+        per_head = inputs.float().view(len(inputs), config.num_attention_heads, -1)  # tokens x heads x head_dim
+        o_proj = layers[i].self_attn.o_proj.weight.float().view(-1, *per_head.shape[1:])  # hidden x heads x head_dim
+        sums[i].add_(torch.einsum("thd,ohd->tho", per_head, o_proj).norm(dim=-1).sum(0).cpu())
+    _watch(model, calibration, record, module=lambda layer: layer.self_attn.o_proj)
+    tokens = sum(len(ids) for ids in calibration)
+    return [s / tokens for s in sums]
+
+
+def keep_heads(scores: torch.Tensor, n_kv: int, n: int) -> torch.Tensor:
+    """The N query heads to keep of SCORES (one per head, grouped by key/value head as grouped-query
+    attention shares them): the same number, N / N_KV, of the most important in every group, so each
+    kept head keeps its key/value head."""
+    groups = scores.view(n_kv, -1)
+    top = groups.topk(n // n_kv, dim=1).indices.sort(dim=1).values
+    return (top + torch.arange(n_kv)[:, None] * groups.shape[1]).flatten()
 
 
 def refit_down(model: PreTrainedModel, calibration: list[list[int]], neurons: list[torch.Tensor],
@@ -79,7 +104,7 @@ def refit_down(model: PreTrainedModel, calibration: list[list[int]], neurons: li
         kept = inputs[:, neurons[i]].double().cpu()
         grams[i].add_(kept.T @ kept)
         cross[i].add_(kept.T @ output.double().cpu())
-    _watch_down_proj(model, calibration, record)
+    _watch(model, calibration, record)
     return [_ridge(gram, xy, ridge) for gram, xy in zip(grams, cross, strict=True)]
 
 
@@ -120,20 +145,24 @@ def refit_sequential(teacher: PreTrainedModel, student: PreTrainedModel, keep: l
             cross = torch.zeros(down.in_features, down.out_features, dtype=torch.float64)
             hooks = [layer.post_attention_layernorm.register_forward_hook(watch("stream")),
                      down.register_forward_hook(watch("acts"))]
+            kept = []  # per sequence: the stream after attention, and the kept neurons' activations
             try:
                 for (h, pe), (target, _) in zip(ours, theirs, strict=True):
                     layer(h, position_embeddings=pe)
+                    kept.append((seen["stream"], seen["acts"]))
                     gram.add_(seen["acts"].T @ seen["acts"])
                     cross.add_(seen["acts"].T @ (target[0].double() - seen["stream"]))
             finally:
                 for hook in hooks:
                     hook.remove()
             down.weight.copy_(_ridge(gram, cross, ridge))
-            ours = [(layer(h, position_embeddings=pe), pe) for h, pe in ours]
+            # the layer's output with the refit down_proj, without running it again
+            ours = [((stream + acts @ down.weight.double().T).float()[None], pe)
+                    for (stream, acts), (_, pe) in zip(kept, ours, strict=True)]
 
 
 def student_spec(teacher_dir: str | os.PathLike, spec: str):
-    """A `layers=N[,pick=P][,mlp=M[,refit=1|2]]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked
+    """A `layers=N[,pick=P][,heads=H][,mlp=M[,refit=1|2]]` or `scratch:layers=N[,hidden=H]` SPEC, parsed and checked
     against the teacher's config: (scratch, pick, options, the teacher's config)."""
     scratch = spec.startswith("scratch:")
     try:
@@ -142,10 +171,10 @@ def student_spec(teacher_dir: str | os.PathLike, spec: str):
         opts = {k: int(v) for k, v in opts.items()}
     except ValueError:
         raise ValueError(f"student spec {spec!r}: expected a model dir, 'layers=N[,pick=even|first|ends]"
-                         "[,mlp=M[,refit=1|2]]' or 'scratch:layers=N[,hidden=H]'") from None
+                         "[,heads=H][,mlp=M[,refit=1|2]]' or 'scratch:layers=N[,hidden=H]'") from None
     if pick not in PICKS or scratch and pick != "even":
         raise ValueError(f"student spec {spec!r}: pick must be one of {', '.join(PICKS)} (and only with layers=N)")
-    unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers", "mlp", "refit"})
+    unknown = set(opts) - ({"layers", "hidden"} if scratch else {"layers", "mlp", "refit", "heads"})
     if unknown or "layers" not in opts:
         raise ValueError(f"student spec {spec!r}: unknown or missing keys {sorted(unknown) or ['layers']}")
     config = AutoConfig.from_pretrained(teacher_dir)
@@ -156,6 +185,10 @@ def student_spec(teacher_dir: str | os.PathLike, spec: str):
         raise ValueError(f"student spec {spec!r}: mlp must be in 1..{width} (the teacher's MLP width)")
     if opts.get("refit", 0) not in (0, 1, 2) or opts.get("refit") and "mlp" not in opts:
         raise ValueError(f"student spec {spec!r}: refit is 0, 1 or 2, and only with mlp=M")
+    heads, n_kv = config.num_attention_heads, config.num_key_value_heads
+    if not 0 < opts.get("heads", heads) <= heads or opts.get("heads", heads) % n_kv:
+        raise ValueError(f"student spec {spec!r}: heads must be a multiple of the {n_kv} key/value heads, "
+                         f"at most the teacher's {heads}")
     if scratch and opts.get("hidden", config.num_attention_heads) % config.num_attention_heads:
         raise ValueError(f"student spec {spec!r}: hidden must be a multiple of the {config.num_attention_heads} heads")
     return scratch, pick, opts, config
@@ -165,13 +198,15 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
                   calibration: list[list[int]] | None = None) -> Path:
     """A student for `teacher` from SPEC, sharing its tokenizer and chat format.
 
-    SPEC is an existing model dir (used as is, after a vocabulary check), `layers=N[,pick=P][,mlp=M]`
-    (N of the teacher's layers, initialised from its weights; P says which: `even` (evenly spaced,
-    the default), `first` (the first N-1 and the last, as in deep-layer pruning) or `ends` (the first
-    and last N/2); `mlp=M` keeps, in each layer, the M MLP neurons most active on `calibration` (token
-    id sequences, e.g. the teacher's own answers): width pruning as in Minitron; `refit=1` also
-    refits each kept `down_proj` to the whole MLP's output on them, `refit=2` to the teacher's
-    residual stream, layer after layer on the student's own inputs), or
+    SPEC is an existing model dir (used as is, after a vocabulary check), `layers=N[,pick=P][,heads=H]
+    [,mlp=M]` (N of the teacher's layers, initialised from its weights; P says which: `even` (evenly
+    spaced, the default), `first` (the first N-1 and the last, as in deep-layer pruning) or `ends`
+    (the first and last N/2); `heads=H` keeps each layer's H attention heads that write the most to
+    the residual stream on `calibration`, as many per key/value head; `mlp=M` keeps, in each layer,
+    the M MLP neurons most active on `calibration` (token id sequences, e.g. the teacher's own
+    answers): width pruning as in Minitron; `refit=1` also refits each kept `down_proj` to the whole
+    MLP's output on them, `refit=2` to the teacher's residual stream, layer after layer on the
+    student's own inputs), or
     `scratch:layers=N` with optional `,hidden=H` (a smaller configuration of the same architecture,
     random init).
     """
@@ -184,9 +219,9 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
                              "needs a shared tokenizer")
         return Path(spec)
     scratch, pick, opts, config = student_spec(teacher_dir, spec)
-    if "mlp" in opts and not calibration:
-        raise ValueError(f"student spec {spec!r}: mlp=M ranks neurons by their activations and needs calibration "
-                         "sequences")
+    if ("mlp" in opts or "heads" in opts) and not calibration:
+        raise ValueError(f"student spec {spec!r}: mlp=M and heads=H rank neurons and heads by their activations "
+                         "and need calibration sequences")
     n_teacher, config.num_hidden_layers = config.num_hidden_layers, opts["layers"]
     if scratch:
         if "hidden" in opts:
@@ -196,7 +231,12 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
     else:
         teacher_model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
         keep = PICKS[pick](opts["layers"], n_teacher)
-        neurons = down = None
+        neurons = down = heads = None
+        if "heads" in opts:  # each kept head: its rows of q_proj, its columns of o_proj
+            d = config.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            heads = [(keep_heads(s, config.num_key_value_heads, opts["heads"])[:, None] * d + torch.arange(d)).flatten()
+                     for s in head_importance(teacher_model, calibration)]
+            config.num_attention_heads = opts["heads"]
         if "mlp" in opts:
             config.intermediate_size = opts["mlp"]
             neurons = [s.topk(opts["mlp"]).indices.sort().values for s in mlp_importance(teacher_model, calibration)]
@@ -214,6 +254,8 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
                     tensor = tensor[:, neurons[int(index)]] if "down_proj" in tail else tensor[neurons[int(index)]]
                     if down is not None and tail == "mlp.down_proj.weight":
                         tensor = down[int(index)]
+                if heads is not None and tail.startswith(("self_attn.q_proj.", "self_attn.o_proj.weight")):
+                    tensor = tensor[:, heads[int(index)]] if "o_proj" in tail else tensor[heads[int(index)]]
                 name = f"{prefix}.layers.{keep.index(int(index))}.{tail}"
             state[name] = tensor
         student.load_state_dict(state)

@@ -238,6 +238,27 @@ def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny
     assert f"--reuse {tmp_path / 'stage.json'}: holds results of model {tiny_model}" in capsys.readouterr().err
 
 
+def test_evaluate_asks_every_suite_of_a_mode_in_one_call_and_keeps_each_suites_items_apart():
+    from data_builders.synthetic import generate
+    lin, ari = list(generate("linear", 3, seed=7)), list(generate("arithmetic", 2, seed=8))
+    right = {r["prompt"][-1]["content"]: (r["answer"], c) for r, c in zip(lin + ari, [1, 0, 1, 0, 0], strict=True)}
+    calls = []
+
+    class Counting(OracleEngine):
+        def generate(self, prompts, *, n=1, mode="think", **kw):
+            calls.append((mode, len(prompts)))
+            return super().generate(prompts, n=n, mode=mode, **kw)
+    cfg = EvalConfig(suites={"lin": SuiteConfig(family="linear", n=3, seed=7),
+                             "ari": SuiteConfig(family="arithmetic", n=2, seed=8)}, samples=1, pass_k=[1])
+    res = evaluate("m", cfg, engine=Counting(right))["suites"]
+    assert calls == [("think", 5), ("no_think", 5)]
+    assert res["lin"]["think"]["correct_per_item"] == [1, 0, 1] and res["ari"]["no_think"]["correct_per_item"] == [0, 0]
+    assert res["lin"]["think"]["n_items"] == 3 and res["ari"]["think"]["accuracy"] == 0.0
+    # a suite already scored is not asked again; the other still is
+    again = evaluate("m", cfg, engine=Counting(right), previous={"suites": {"lin": res["lin"]}})["suites"]
+    assert calls[2:] == [("think", 2), ("no_think", 2)] and again["lin"] == res["lin"]
+
+
 def test_evaluate_reuses_what_an_earlier_result_holds():
     from data_builders.synthetic import generate
     rows = list(generate("linear", 3, seed=7))

@@ -195,6 +195,21 @@ def test_demo_covers_all_five_stages_with_the_kinds_it_names():
         {p.spec.stage for p in planned}
     kinds = load_tasks(REPO / "pipelines" / "tasks_demo.yaml")
     assert "tool_call_format" not in kinds and "shop_agent" not in kinds and "preference" in kinds
+    # its student has at most half the teacher's parameters (heads and MLP pruned)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from posttrain.core.models import resolve_model
+    from stages.student import student_spec
+    spec = next(p for p in planned if p.spec.stage == "distill").config.student
+    config = AutoConfig.from_pretrained(resolve_model(cfg.model))
+    with torch.device("meta"):
+        full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
+        opts = student_spec(resolve_model(cfg.model), spec)[2]
+        config.num_attention_heads = opts.get("heads", config.num_attention_heads)
+        config.num_hidden_layers, config.intermediate_size = opts["layers"], opts["mlp"]
+        small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
+    assert "heads" in opts and small <= full / 2, (small, full)
 
 
 def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeypatch):

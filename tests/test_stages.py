@@ -188,7 +188,9 @@ def test_distill_default_teacher_is_the_newest_runs_most_advanced_model(tmp_path
                                         ("scratch:layers=1,hidden=7", "multiple of"),
                                         ("layers=2,pick=middle", "pick must be one of even, first, ends"),
                                         ("layers=2,mlp=999", r"mlp must be in 1\.\.128"),
-                                        ("layers=2,mlp=8", "needs calibration sequences"),
+                                        ("layers=2,mlp=8", "need calibration sequences"),
+                                        ("layers=2,heads=2", "need calibration sequences"),
+                                        ("layers=2,heads=3", "multiple of the 2 key/value heads"),
                                         ("scratch:layers=1,mlp=8", "unknown or missing keys"),
                                         ("layers=2,refit=1", "only with mlp=M"),
                                         ("layers=2,mlp=8,refit=3", "refit is 0, 1 or 2")])
@@ -244,6 +246,53 @@ def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model
     _, dropped = divergence("layers=2,mlp=16", "bottom")
     print("KL to the teacher, 16 of 128 neurons kept: most active", kept, "least active", dropped)
     assert 0 < kept < dropped / 2
+
+
+def test_head_pruned_student_keeps_the_heads_that_write_most_in_each_group(tmp_path, tiny_model):
+    """`heads=H` keeps each layer's H attention heads that write the most to the residual stream, as
+    many per key/value head: keeping all is the teacher exactly; in a teacher whose heads 1 and 2 (one
+    in each of its two key/value groups) write 8x louder, those are kept, with their q_proj rows and
+    o_proj columns, and they stay closer to the teacher than the quiet ones would."""
+    from posttrain.core import models
+    from posttrain.core.models import load_tokenizer
+    from stages.student import build_student, calibration, keep_heads
+    assert keep_heads(torch.tensor([0.1, 0.9, 0.8, 0.2, 0.5, 0.4]), n_kv=2, n=4).tolist() == [1, 2, 4, 5]
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = teacher.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)
+    d = config.head_dim
+    loud = torch.cat([torch.arange(h * d, (h + 1) * d) for h in (1, 2)])
+    with torch.no_grad():
+        for layer in teacher.model.layers:
+            layer.self_attn.o_proj.weight[:, loud] *= 8
+    tok = load_tokenizer(tiny_model)
+    tiny_model = models.save(teacher, tok, tmp_path / "teacher")
+    conversations = [[{"role": "user", "content": f"What is {i} + {i * 7}?"},
+                      {"role": "assistant", "content": f"{i} + {i * 7} = {i * 8}."}] for i in range(12)]
+    ids = calibration(tok, conversations)
+    batch = torch.tensor([ids[0]])
+    with torch.inference_mode():
+        expected = torch.log_softmax(teacher(batch).logits, -1)
+    whole, none = _kl_to_teacher(build_student(tiny_model, "layers=2,heads=4", tmp_path / "all", ids), batch, expected)
+    assert none < 1e-6
+    half, kept = _kl_to_teacher(build_student(tiny_model, "layers=2,heads=2", tmp_path / "half", ids), batch, expected)
+    assert half.config.num_attention_heads == 2 and half.config.head_dim == d
+    assert models.num_params(half) == models.num_params(whole) - 2 * 2 * d * config.hidden_size * 2  # q rows, o cols
+    for student_layer, layer in zip(half.model.layers, teacher.model.layers, strict=True):
+        assert torch.equal(student_layer.self_attn.q_proj.weight, layer.self_attn.q_proj.weight[loud])
+        assert torch.equal(student_layer.self_attn.o_proj.weight, layer.self_attn.o_proj.weight[:, loud])
+        assert torch.equal(student_layer.self_attn.k_proj.weight, layer.self_attn.k_proj.weight)
+    quiet = build_student(tiny_model, "layers=2,heads=2", tmp_path / "quiet", ids)
+    quiet_model = AutoModelForCausalLM.from_pretrained(quiet)
+    quiet_idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in (0, 3)])
+    with torch.no_grad():  # the same student shape with the quiet heads instead
+        for student_layer, layer in zip(quiet_model.model.layers, teacher.model.layers, strict=True):
+            student_layer.self_attn.q_proj.weight.copy_(layer.self_attn.q_proj.weight[quiet_idx])
+            student_layer.self_attn.o_proj.weight.copy_(layer.self_attn.o_proj.weight[:, quiet_idx])
+        logps = torch.log_softmax(quiet_model(batch).logits, -1)
+    dropped = torch.nn.functional.kl_div(logps, expected, log_target=True, reduction="batchmean").item()
+    print("KL to the teacher, 2 of 4 heads kept: loudest", kept, "quiet", dropped)
+    assert 0 < kept < dropped
 
 
 def test_refit_width_pruned_student_stays_closer_to_the_teacher(tmp_path, tiny_model):
@@ -522,13 +571,14 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
           - id: general_rl
             config: {{examples: 12, held_out: 1, max_completion_length: 6, train: {{max_steps: 1, batch_size: 4}}}}
           - id: distill
-            config: {{student: "layers=1,mlp=16,refit=2", prompts: {{families: {{arithmetic: 4, linear: 4}}}},
+            config: {{student: "layers=1,heads=2,mlp=16,refit=2", prompts: {{families: {{arithmetic: 4, linear: 4}}}},
                       off_policy: {{max_new_tokens: 6, filter_by_reward: false, min_examples: 1,
                                     train: {{max_steps: 1, batch_size: 2}}}},
                       on_policy: {{max_completion_length: 6, train: {{max_steps: 1, batch_size: 2}}}}}}
         """)
-    # the demo's student: width-pruned, calibrated on the teacher's answers and its fusion data (`@fusion`)
-    assert json.loads((run_dir / "06_distill" / "student_init" / "config.json").read_text())["intermediate_size"] == 16
+    # the demo's student: heads and MLP pruned, calibrated on the teacher's answers and its fusion data (`@fusion`)
+    student = json.loads((run_dir / "06_distill" / "student_init" / "config.json").read_text())
+    assert (student["intermediate_size"], student["num_attention_heads"]) == (16, 2)
     report = (run_dir / "report.md").read_text()
     # report.md opens with each stage's effect in one line, computed from report.json (as the terminal prints)
     lines = effects(json.loads((run_dir / "report.json").read_text()))

@@ -10,7 +10,7 @@ import pytest
 
 import rewards
 from data_builders.tasks import build_mix, evaluate_tasks, items, load_tasks, routing_table, uniform
-from posttrain.core.chat import EMPTY_THINK, last_flag
+from posttrain.core.chat import EMPTY_THINK, SAMPLING, last_flag
 from posttrain.core.config import ConfigError
 from posttrain.core.generation import Completion
 
@@ -144,11 +144,16 @@ def test_evaluate_tasks_scores_every_kind_in_both_modes():
             for r in items(name, kind, 6, seed=0, split="eval", mode=mode):
                 answers[json.dumps(r["prompt"])] = solver_text(r) if name != "rag_faithfulness" else "Red."
 
+    calls = []
+
     class Oracle:
         def generate(self, prompts, n=1, mode=None, **kw):
             assert mode is None  # the flags decide
+            calls.append((kw["temperature"], len(prompts)))
             return [[Completion(answers[json.dumps(p)], [1, 2, 3])] for p in prompts]
     res = evaluate_tasks(Oracle(), kinds, n=6)
+    # one call per sampling setting: every kind's think-mode items (a flagged kind samples as think) together
+    assert calls == [(SAMPLING["think"]["temperature"], 18), (SAMPLING["no_think"]["temperature"], 12)]
     assert set(res["if_case"]) == {"think", "no_think"} and set(res["think_follow"]) == {"flagged"}
     assert res["if_case"]["think"]["score"] == 1.0 and res["think_follow"]["flagged"]["score"] == 1.0
     assert res["rag_faithfulness"]["no_think"]["score"] == 0.0 and res["rag_faithfulness"]["think"]["n_items"] == 6
