@@ -6,8 +6,9 @@ On-policy: the student samples (a random mode per prompt) and its logits are pul
 teacher's on those samples — TRL's DistillationTrainer, reverse KL by default.
 
 The stage's input model is the teacher unless `teacher` names another; `student` is a model dir,
-`@STAGE_ID`, or a spec to build one: `layers=N` (N of the teacher's layers), `mlp=M` (width pruning:
-the M neurons of each MLP most active on the teacher's answers) or `scratch:layers=N,hidden=H`.
+`@STAGE_ID`, or a spec to build one: `layers=N` (N of the teacher's layers), `heads=H` and `mlp=M`
+(width pruning: the H attention heads and M MLP neurons of each layer that do most on the teacher's
+answers) or `scratch:layers=N,hidden=H`.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class OnPolicy:
 @dataclass
 class Config:
     student: str = "layers=6"
-    # more conversations to rank and refit a width-pruned (`mlp=M`) student's neurons on, besides the
-    # teacher's answers: a messages file or dataset dir, or `@ID`, the training data of this run's stage ID
+    # more conversations to rank a width-pruned (`heads=H`, `mlp=M`) student's heads and neurons on, and refit
+    # them, besides the teacher's answers: a messages file or dataset dir, or `@ID`, the training data of stage ID
     calibration: str | None = None
     teacher: str | None = None  # default: the stage's input model
     prompts: Prompts = field(default_factory=Prompts)
@@ -166,7 +167,7 @@ def calibration_data(ctx: StageContext, ref: str) -> list:
 
 def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extra: list) -> str:
     """The student, built from SPEC into student_init once (rank 0 first when launched); a width-pruned
-    one (`mlp=M`) keeps the neurons most active on CONVERSATIONS (the teacher's answers, or the
+    one (`heads=H`, `mlp=M`) keeps the heads and neurons that do most on CONVERSATIONS (the teacher's answers, or the
     prompts when the stage has no off-policy phase) and on the EXTRA calibration conversations."""
     init = ctx.dir / "student_init"
     state = distributed()
@@ -174,7 +175,7 @@ def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extr
         if (init / "config.json").is_file():
             return str(init)
         ids = None
-        if "mlp=" in spec:
+        if "mlp=" in spec or "heads=" in spec:
             ids = calibration(load_tokenizer(teacher), list(conversations) + extra)
         return str(build_student(teacher, spec, init, ids))
 

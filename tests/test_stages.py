@@ -200,6 +200,17 @@ def test_bad_student_specs(tmp_path, tiny_model, spec, error):
         build_student(tiny_model, spec, tmp_path / "s")
 
 
+def test_distill_calibrates_every_pruned_student(tmp_path, tiny_model):
+    """The stage ranks a heads-only (`heads=H`, no `mlp=`) student's heads on the teacher's answers too."""
+    from types import SimpleNamespace
+
+    from stages.distill import make_student
+    talk = [[{"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"{i + 1}."}]
+            for i in range(4)]
+    built = make_student(SimpleNamespace(dir=tmp_path), str(tiny_model), "layers=2,heads=2", talk, [])
+    assert json.loads((Path(built) / "config.json").read_text())["num_attention_heads"] == 2
+
+
 def _kl_to_teacher(student_dir, batch, expected):
     """The student at STUDENT_DIR and its KL to the teacher's log-probs EXPECTED on BATCH."""
     student = AutoModelForCausalLM.from_pretrained(student_dir)
