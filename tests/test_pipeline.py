@@ -173,17 +173,7 @@ def test_table21_distils_from_the_hybrid_stage4_teacher_into_at_most_half():
             assert p.ctx.input_model == student
     assert {by_id[s].config.on_policy.divergence for s in cfg.compare if by_id[s].spec.stage == "distill"} == \
         {"reverse_kl", "forward_kl", "jsd"}
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from posttrain.core.models import resolve_model
-    from stages.student import student_spec
-    config = AutoConfig.from_pretrained(resolve_model(cfg.model))
-    with torch.device("meta"):
-        full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
-        opts = student_spec(resolve_model(cfg.model), spec)[2]  # the project's own parser of the spec
-        config.num_hidden_layers, config.intermediate_size = opts["layers"], opts["mlp"]
-        small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
+    small, full, _ = _student_size(cfg.model, spec)
     assert small <= full / 2, (small, full)
 
 
@@ -196,20 +186,26 @@ def test_demo_covers_all_five_stages_with_the_kinds_it_names():
     kinds = load_tasks(REPO / "pipelines" / "tasks_demo.yaml")
     assert "tool_call_format" not in kinds and "shop_agent" not in kinds and "preference" in kinds
     # its student has at most half the teacher's parameters (heads and MLP pruned)
+    small, full, opts = _student_size(cfg.model, next(p for p in planned if p.spec.stage == "distill").config.student)
+    assert "heads" in opts and small <= full / 2, (small, full)
+
+
+def _student_size(model: str, spec: str) -> tuple[int, int, dict]:
+    """(student parameters, teacher parameters, parsed options) of a `layers=N[,heads=H],mlp=M` SPEC
+    on MODEL, counted on the meta device from the project's own parser of the spec."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from posttrain.core.models import resolve_model
     from stages.student import student_spec
-    spec = next(p for p in planned if p.spec.stage == "distill").config.student
-    config = AutoConfig.from_pretrained(resolve_model(cfg.model))
+    config = AutoConfig.from_pretrained(resolve_model(model))
     with torch.device("meta"):
         full = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
-        opts = student_spec(resolve_model(cfg.model), spec)[2]
+        opts = student_spec(resolve_model(model), spec)[2]
         config.num_attention_heads = opts.get("heads", config.num_attention_heads)
         config.num_hidden_layers, config.intermediate_size = opts["layers"], opts["mlp"]
         small = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
-    assert "heads" in opts and small <= full / 2, (small, full)
+    return small, full, opts
 
 
 def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeypatch):
