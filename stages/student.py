@@ -31,19 +31,20 @@ PICKS = {
 
 def calibration(tokenizer, conversations, n: int = 128) -> list[list[int]]:
     """Token ids of up to N conversations spread over CONVERSATIONS, rendered as SFT trains on them
-    (the sequences `mlp_importance` ranks neurons on)."""
+    (the sequences `importance` ranks heads and neurons on)."""
     conversations = list(conversations)
     return [tokenizer.apply_chat_template(m, chat_template=TRAINING_CHAT_TEMPLATE, return_dict=True,
                                           add_generation_prompt=m[-1]["role"] != "assistant")["input_ids"]
             for m in conversations[::max(1, len(conversations) // n)][:n]]
 
 
-def _watch(model: PreTrainedModel, calibration: list[list[int]], record, module=lambda layer: layer.mlp.down_proj):
-    """Run the calibration sequences through MODEL, calling `record(layer index, input, output)` of
-    every layer's MODULE (default its MLP's `down_proj`; one sequence's tokens x features)."""
-    def hook(i):
+def _watch(model: PreTrainedModel, calibration: list[list[int]], watchers) -> None:
+    """Run the calibration sequences through MODEL once; for each `(module, record)` of WATCHERS, call
+    `record(layer index, input, output)` of every layer's `module(layer)` (one sequence's tokens x features)."""
+    def hook(record, i):
         return lambda _module, inputs, output: record(i, inputs[0][0].detach(), output[0].detach())
-    hooks = [module(layer).register_forward_hook(hook(i)) for i, layer in enumerate(model.model.layers)]
+    hooks = [module(layer).register_forward_hook(hook(record, i))
+             for module, record in watchers for i, layer in enumerate(model.model.layers)]
     try:
         with torch.inference_mode():
             for ids in calibration:  # the decoder alone: the vocabulary projection is not needed
@@ -53,32 +54,37 @@ def _watch(model: PreTrainedModel, calibration: list[list[int]], record, module=
             h.remove()
 
 
-def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
-    """Each layer's MLP neurons ranked as Minitron ranks them: the mean absolute activation (the
-    input of `down_proj`) over every token of the calibration sequences."""
-    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in model.model.layers]
+def importance(model: PreTrainedModel, calibration: list[list[int]], heads: bool = False, mlp: bool = False):
+    """In one pass over the calibration sequences, each layer's attention heads ranked by what they write
+    (`heads`) and its MLP neurons ranked as Minitron ranks them (`mlp`): (head scores, neuron scores), None
+    for what is not asked. A head's score is the mean L2 norm of its output through its columns of `o_proj`
+    (its share of the attention's update to the residual stream); a neuron's, its mean absolute activation
+    (the input of `down_proj`); both over every token of the calibration sequences."""
+    config, layers = model.config, model.model.layers
+    head_sums = [torch.zeros(config.num_attention_heads) for _ in layers]
+    mlp_sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
 
-    def record(i, inputs, _output):
-        sums[i].add_(inputs.abs().float().sum(0).cpu())
-    _watch(model, calibration, record)
+    def record_heads(i, inputs, _output):
+        per_head = inputs.float().view(len(inputs), config.num_attention_heads, -1)  # tokens x heads x head_dim
+        o_proj = layers[i].self_attn.o_proj.weight.float().view(-1, *per_head.shape[1:])  # hidden x heads x head_dim
+        head_sums[i].add_(torch.einsum("thd,ohd->tho", per_head, o_proj).norm(dim=-1).sum(0).cpu())
+
+    def record_mlp(i, inputs, _output):
+        mlp_sums[i].add_(inputs.abs().float().sum(0).cpu())
+    _watch(model, calibration, [w for w, asked in (((lambda layer: layer.self_attn.o_proj, record_heads), heads),
+                                                   ((lambda layer: layer.mlp.down_proj, record_mlp), mlp)) if asked])
     tokens = sum(len(ids) for ids in calibration)
-    return [s / tokens for s in sums]
+    return tuple([s / tokens for s in sums] if asked else None for sums, asked in ((head_sums, heads), (mlp_sums, mlp)))
+
+
+def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
+    """Each layer's MLP neurons' scores (`importance`)."""
+    return importance(model, calibration, mlp=True)[1]
 
 
 def head_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
-    """Each layer's attention heads ranked by what they write: the mean L2 norm of each head's output
-    through its columns of `o_proj` (its share of the attention's update to the residual stream) over
-    every token of the calibration sequences."""
-    config, layers = model.config, model.model.layers
-    sums = [torch.zeros(config.num_attention_heads) for _ in layers]
-
-    def record(i, inputs, _output):
-        per_head = inputs.float().view(len(inputs), config.num_attention_heads, -1)  # tokens x heads x head_dim
-        o_proj = layers[i].self_attn.o_proj.weight.float().view(-1, *per_head.shape[1:])  # hidden x heads x head_dim
-        sums[i].add_(torch.einsum("thd,ohd->tho", per_head, o_proj).norm(dim=-1).sum(0).cpu())
-    _watch(model, calibration, record, module=lambda layer: layer.self_attn.o_proj)
-    tokens = sum(len(ids) for ids in calibration)
-    return [s / tokens for s in sums]
+    """Each layer's attention heads' scores (`importance`)."""
+    return importance(model, calibration, heads=True)[0]
 
 
 def keep_heads(scores: torch.Tensor, n_kv: int, n: int) -> torch.Tensor:
@@ -104,7 +110,7 @@ def refit_down(model: PreTrainedModel, calibration: list[list[int]], neurons: li
         kept = inputs[:, neurons[i]].double().cpu()
         grams[i].add_(kept.T @ kept)
         cross[i].add_(kept.T @ output.double().cpu())
-    _watch(model, calibration, record)
+    _watch(model, calibration, [(lambda layer: layer.mlp.down_proj, record)])
     return [_ridge(gram, xy, ridge) for gram, xy in zip(grams, cross, strict=True)]
 
 
@@ -232,14 +238,16 @@ def build_student(teacher: str | os.PathLike, spec: str, output_dir: str | os.Pa
         teacher_model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
         keep = PICKS[pick](opts["layers"], n_teacher)
         neurons = down = heads = None
+        if "heads" in opts or "mlp" in opts:
+            head_scores, mlp_scores = importance(teacher_model, calibration, heads="heads" in opts, mlp="mlp" in opts)
         if "heads" in opts:  # each kept head: its rows of q_proj, its columns of o_proj
             d = config.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
             heads = [(keep_heads(s, config.num_key_value_heads, opts["heads"])[:, None] * d + torch.arange(d)).flatten()
-                     for s in head_importance(teacher_model, calibration)]
+                     for s in head_scores]
             config.num_attention_heads = opts["heads"]
         if "mlp" in opts:
             config.intermediate_size = opts["mlp"]
-            neurons = [s.topk(opts["mlp"]).indices.sort().values for s in mlp_importance(teacher_model, calibration)]
+            neurons = [s.topk(opts["mlp"]).indices.sort().values for s in mlp_scores]
             if opts.get("refit") == 1:
                 down = refit_down(teacher_model, calibration, neurons)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from posttrain import bench, cli
+from posttrain.core.generation import TransformersEngine
 
 
 def test_generate_bench_compares_batched_with_one_at_a_time(tiny_model, capsys):
@@ -13,6 +14,23 @@ def test_generate_bench_compares_batched_with_one_at_a_time(tiny_model, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("batched / one-at-a-time tokens/s: ")
     assert float(out[-1].split(": ")[1]) > 0
+
+
+def test_generate_bench_compares_the_top_k_sampler_with_transformers_sampling(tiny_model, capsys, monkeypatch):
+    knobs, used = TransformersEngine._knobs, []
+
+    def spy(self, sampling, seed):
+        out = knobs(self, sampling, seed)
+        used.append(("sampler" if "logits_processor" in out else "transformers", out["do_sample"]))
+        return out
+    monkeypatch.setattr(TransformersEngine, "_knobs", spy)
+    cli.main(["bench", "generate", "--model", str(tiny_model), "--prompts", "4", "--batch-size", "4",
+              "--max-new-tokens", "6", "--baseline", "sampling"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("top-k sampler / transformers' sampling tokens/s: ") and float(out[-1].split(": ")[1]) > 0
+    # each arm twice, interleaved, each run after its warm-up: transformers' sampling, then the sampler
+    assert used == [("transformers", True)] * 2 + [("sampler", False)] * 2 + [("transformers", True)] * 2 + \
+        [("sampler", False)] * 2
 
 
 @pytest.mark.slow

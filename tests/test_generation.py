@@ -7,11 +7,18 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from posttrain.cli import _pool
 from posttrain.core.chat import BUDGET_STOP_TEXT, EMPTY_THINK, THINK_CLOSE
 from posttrain.core.generation import EnginePool, GenerationEngine, TransformersEngine
+from posttrain.core.generation.hf import TopKSampler
 from posttrain.core.models import fast_bf16, prepare_model
 
 PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Say hi. /no_think"}]]
@@ -186,18 +193,20 @@ def test_vllm_backend_fails_clearly_without_vllm(tiny_model, monkeypatch):
 
 def test_unset_sampling_knobs_reach_model_generate_per_mode(engine, monkeypatch):
     """The report's sampling (thinking T 0.6 / top-p 0.95 / top-k 20, non-thinking 0.7 / 0.8 / 20) is
-    what `model.generate` receives when the caller sets none, in `generate`, `stream`, and both phases
-    of the thinking budget (the model's generation_config holds the thinking settings, so the
-    non-thinking ones must be passed explicitly)."""
+    what `model.generate` receives when the caller sets none (as the settings of its top-k sampler), in
+    `generate`, `stream`, and both phases of the thinking budget (the model's generation_config holds
+    the thinking settings, so the non-thinking ones must be passed explicitly)."""
     seen = []
     original = engine.model.generate
 
     def spy(*args, **kwargs):
-        seen.append({k: kwargs.get(k) for k in ("do_sample", "temperature", "top_p", "top_k")})
+        [sampler] = kwargs.get("logits_processor") or [None]
+        knobs = sampler.settings if sampler else {k: kwargs.get(k) for k in ("temperature", "top_p", "top_k")}
+        seen.append({"sampler": sampler is not None, "do_sample": kwargs.get("do_sample"), **knobs})
         return original(*args, **kwargs)
     monkeypatch.setattr(engine.model, "generate", spy)
-    think = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
-    no_think = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    think = {"sampler": True, "do_sample": False, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    no_think = {"sampler": True, "do_sample": False, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
     engine.generate(PROMPTS[:1], mode="think", max_new_tokens=2, seed=0)
     assert seen == [think]
     engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, seed=0)
@@ -214,8 +223,35 @@ def test_unset_sampling_knobs_reach_model_generate_per_mode(engine, monkeypatch)
     seen.clear()
     engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, temperature=1.0, seed=0)  # the caller's wins
     engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, temperature=0)  # greedy: no sampling knobs
+    engine.generate(PROMPTS[:1], mode="no_think", max_new_tokens=2, top_k=0, seed=0)  # no top-k: transformers samples
     assert seen == [{**no_think, "temperature": 1.0},
-                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}]
+                    {"sampler": False, "do_sample": False, "temperature": None, "top_p": None, "top_k": None},
+                    {"sampler": False, "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": None}]
+
+
+def test_top_k_sampler_draws_from_transformers_sampling_distribution():
+    """The engine's sampler gives each token the probability transformers' own sampling does
+    (temperature, top-k, top-p warpers, then softmax), and leaves the token it draws as the only finite
+    logit, so greedy search emits it; its draws follow those probabilities."""
+    torch.manual_seed(0)
+    scores = torch.randn(3, 500) * 3
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    for temperature, top_p, top_k in [(0.6, 0.95, 20), (0.7, 0.8, 20), (1.0, 1.0, 5), (0.6, 0.95, 1000)]:
+        reference = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k),
+                                         TopPLogitsWarper(top_p)])(ids, scores.clone()).softmax(-1)
+        sampler = TopKSampler(temperature, top_p, top_k)
+        probs, index = sampler.candidates(ids, scores.clone())
+        ours = torch.zeros_like(scores).scatter_(-1, index, probs)
+        assert torch.allclose(ours, reference, atol=1e-6)
+    sampler = TopKSampler(0.6, 0.95, 20)
+    counts = torch.zeros_like(scores)
+    for _ in range(2000):
+        out = sampler(ids, scores.clone())
+        assert (out == 0).sum(-1).tolist() == [1, 1, 1] and torch.isinf(out).sum(-1).tolist() == [499] * 3
+        counts += out == 0
+    probs, index = sampler.candidates(ids, scores)
+    expected = torch.zeros_like(scores).scatter_(-1, index, probs)
+    assert (counts / 2000 - expected).abs().max() < 0.05  # 2000 draws: s.e. <= 0.011
 
 
 def test_stream_is_generate_token_by_token(engine):

@@ -110,7 +110,7 @@ def test_the_batch_shape_is_set_by_the_options_not_under_trainer():
 
 def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
     """TRL samples outside autocast; the project's GRPO trainer samples in bf16 as its loss runs, and
-    decodes with the generation engine's attention kernel."""
+    decodes with the generation engine's attention kernel and top-k sampler."""
     from datasets import Dataset
     prompts = [[{"role": "user", "content": f"Count to {i}."}] for i in range(8)]
     ctx = StageContext(stage_id="rl", dir=tmp_path / "rl", input_model=str(tiny_model))
@@ -132,7 +132,17 @@ def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
         del kernels[first:]
         return out
     trainer._generate = spy
+    model, calls = trainer.accelerator.unwrap_model(trainer.model), []
+    original = model.generate
+
+    def spy_generate(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+    model.generate = spy_generate
     trainer.train()
+    assert calls and all(not kw["do_sample"] and kw["logits_processor"][0].settings == {
+        "temperature": 0.6, "top_p": 0.95, "top_k": 20} for kw in calls)  # GRPOOptions' defaults: the report's
+    assert model.generate is spy_generate  # put back after the rollouts
     assert in_rollouts and set(in_rollouts) == {torch.bfloat16}
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
     # decoding with the generation engine's attention (eager on CPU), the loss with the model's own

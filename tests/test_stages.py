@@ -252,11 +252,33 @@ def test_width_pruned_student_keeps_the_neurons_that_matter(tmp_path, tiny_model
     for student_layer, layer in zip(top.model.layers, teacher.model.layers, strict=True):
         assert torch.equal(student_layer.mlp.up_proj.weight, layer.mlp.up_proj.weight[loud])
         assert torch.equal(student_layer.mlp.down_proj.weight, layer.mlp.down_proj.weight[:, loud])
-    importance = students.mlp_importance
-    monkeypatch.setattr(students, "mlp_importance", lambda model, seqs: [-s for s in importance(model, seqs)])
+    importance = students.importance
+
+    def reversed_neurons(model, seqs, heads=False, mlp=False):
+        head_scores, mlp_scores = importance(model, seqs, heads=heads, mlp=mlp)
+        return head_scores, [-s for s in mlp_scores]
+    monkeypatch.setattr(students, "importance", reversed_neurons)
     _, dropped = divergence("layers=2,mlp=16", "bottom")
     print("KL to the teacher, 16 of 128 neurons kept: most active", kept, "least active", dropped)
     assert 0 < kept < dropped / 2
+
+
+def test_heads_and_neurons_are_ranked_in_one_pass(tiny_model):
+    """A `heads=H,mlp=M` student's heads and neurons are ranked in one pass over the calibration
+    sequences, with the scores each ranking gives alone."""
+    from posttrain.core.models import load_tokenizer
+    from stages.student import calibration, head_importance, importance, mlp_importance
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids = calibration(load_tokenizer(tiny_model), [[{"role": "user", "content": f"Add {i} and {i}."},
+                                                    {"role": "assistant", "content": f"{2 * i}."}] for i in range(5)])
+    passes = []
+    teacher.model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    heads, neurons = importance(teacher, ids, heads=True, mlp=True)
+    assert len(passes) == len(ids) == 5
+    for both, alone in ((heads, head_importance(teacher, ids)), (neurons, mlp_importance(teacher, ids))):
+        assert len(both) == teacher.config.num_hidden_layers
+        assert all(torch.allclose(b, a) and (b > 0).all() for b, a in zip(both, alone, strict=True))
+    assert importance(teacher, ids, mlp=True)[0] is None and importance(teacher, ids, heads=True)[1] is None
 
 
 def test_head_pruned_student_keeps_the_heads_that_write_most_in_each_group(tmp_path, tiny_model):

@@ -14,6 +14,7 @@ from posttrain.core.callbacks import bar_only, curve_snapshots, rank_record, sta
 from posttrain.core.chat import SAMPLING
 from posttrain.core.config import check_trainer_overrides
 from posttrain.core.context import StageContext
+from posttrain.core.generation.hf import top_k_sampling
 from posttrain.core.generation.vllm import release, use_reload_sync
 from posttrain.core.models import attention, decode_attention, load_model, save
 from posttrain.core.rundir import distributed, wait_for_everyone
@@ -133,15 +134,16 @@ def rollouts_in_autocast(trainer):
     """Make an on-policy trainer (GRPO, distillation) sample its transformers rollouts as the
     generation engine decodes: under the trainer's mixed-precision autocast (TRL calls `generate`
     outside it, so a bf16 run would sample with float32 matmuls) and with the engine's decoding
-    attention (`decode_attention`: eager on CPU), the training forward keeping its own. The
-    float32 weights are untouched; the loss is recomputed from the sampled ids, so no sampled
-    log-probability enters it (vLLM rollouts are left as they are)."""
+    attention (`decode_attention`: eager on CPU), the training forward keeping its own, and with its
+    top-k sampler (`top_k_sampling`). The float32 weights are untouched; the loss is recomputed from
+    the sampled ids, so no sampled log-probability enters it (vLLM rollouts are left as they are)."""
     if getattr(trainer.args, "use_vllm", False):
         return trainer
     generate, model = trainer._generate, trainer.accelerator.unwrap_model(trainer.model)
 
     def _generate(prompts):
-        with trainer.accelerator.autocast(), attention(model, decode_attention(model)):
+        with (trainer.accelerator.autocast(), attention(model, decode_attention(model)),
+              top_k_sampling(model, trainer.generation_config)):
             return generate(prompts)
     trainer._generate = _generate
     return trainer
