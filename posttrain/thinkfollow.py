@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from data_builders.flags import FlagMix, carry_suite, suite, user_text
-from posttrain.core.chat import MODES, SAMPLING, split_think
+from posttrain.core.chat import MODES, split_think
 from rewards.formats import follows_mode
 
 
@@ -71,17 +71,14 @@ def _score(engine, cfg: ThinkFollowConfig, seed: int, plans: list[dict]) -> dict
         for i in active:
             turn = plans[i]["turns"][t]
             convs[i].append({"role": "user", "content": user_text(turn["prompt"], turn)})
-        for mode in MODES:  # the report's sampling for the mode the flags ask for
-            group = [i for i in active if plans[i]["turns"][t]["mode"] == mode]
-            if not group:
-                continue
-            outs = engine.generate([convs[i] for i in group], mode=None, max_new_tokens=cfg.max_new_tokens,
-                                   seed=seed + t, progress=False, **SAMPLING[mode])
-            for i, [c] in zip(group, outs, strict=True):
-                ok[i].append(follows_mode(c.text, mode))
-                reasoning, answer = split_think(c.text)
-                convs[i].append({"role": "assistant", "content": answer if reasoning is not None else c.text,
-                                 "reasoning_content": reasoning})
+        # one batch per turn: the engine samples each conversation as its flags' mode asks (the report's settings)
+        outs = engine.generate([convs[i] for i in active], mode=None, max_new_tokens=cfg.max_new_tokens,
+                               seed=seed + t, progress=False)
+        for i, [c] in zip(active, outs, strict=True):
+            ok[i].append(follows_mode(c.text, plans[i]["turns"][t]["mode"]))
+            reasoning, answer = split_think(c.text)
+            convs[i].append({"role": "assistant", "content": answer if reasoning is not None else c.text,
+                             "reasoning_content": reasoning})
     turns = [(t, o) for p, oks in zip(plans, ok, strict=True) for t, o in zip(p["turns"], oks, strict=True)]
 
     def share(keep) -> float | None:

@@ -19,8 +19,8 @@ def test_generate_bench_compares_batched_with_one_at_a_time(tiny_model, capsys):
 def test_generate_bench_compares_the_top_k_sampler_with_transformers_sampling(tiny_model, capsys, monkeypatch):
     knobs, used = TransformersEngine._knobs, []
 
-    def spy(self, sampling, seed):
-        out = knobs(self, sampling, seed)
+    def spy(self, sampling):
+        out = knobs(self, sampling)
         used.append(("sampler" if "logits_processor" in out else "transformers", out["do_sample"]))
         return out
     monkeypatch.setattr(TransformersEngine, "_knobs", spy)

@@ -229,6 +229,33 @@ def test_unset_sampling_knobs_reach_model_generate_per_mode(engine, monkeypatch)
                     {"sampler": False, "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": None}]
 
 
+def test_flags_decide_each_prompts_sampling_in_one_batch(engine, monkeypatch):
+    """`mode=None`: each prompt samples with the report's settings for its own last flag, in one batch
+    (the sampler's temperature and top-p per row); knobs one batch cannot mix (no top-k) split it by
+    setting, and every completion still belongs to its own prompt."""
+    prompts = [[{"role": "user", "content": "Add 2 and 3. /think"}], [{"role": "user", "content": "Hi. /no_think"}],
+               [{"role": "system", "content": "/no_think"}, {"role": "user", "content": "Name a colour."}]]
+    seen, original = [], engine.model.generate
+
+    def spy(*args, **kwargs):
+        [sampler] = kwargs.get("logits_processor") or [None]
+        seen.append((len(kwargs["input_ids"]), sampler.settings if sampler else kwargs.get("temperature")))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(engine.model, "generate", spy)
+    engine.generate(prompts, mode=None, max_new_tokens=3, seed=0)
+    assert seen == [(3, {"temperature": [0.6, 0.7, 0.7], "top_p": [0.95, 0.8, 0.8], "top_k": 20})]
+    seen.clear()
+    outs = engine.generate(prompts, mode=None, max_new_tokens=4, top_k=0, seed=0, logprobs=True)
+    assert sorted(seen) == [(1, 0.6), (2, 0.7)]
+    for prompt, [c] in zip(prompts, outs, strict=True):
+        prefix = engine.render(prompt, None)
+        with torch.no_grad():
+            logits = engine.model(torch.tensor([prefix + c.token_ids])).logits[0, len(prefix) - 1:-1].float()
+        raw = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(c.logprobs), raw, atol=1e-4 if engine.model.dtype == torch.float32
+                              else 5e-2)
+
+
 def test_top_k_sampler_draws_from_transformers_sampling_distribution():
     """The engine's sampler gives each token the probability transformers' own sampling does
     (temperature, top-k, top-p warpers, then softmax), and leaves the token it draws as the only finite
@@ -243,6 +270,13 @@ def test_top_k_sampler_draws_from_transformers_sampling_distribution():
         probs, index = sampler.candidates(ids, scores.clone())
         ours = torch.zeros_like(scores).scatter_(-1, index, probs)
         assert torch.allclose(ours, reference, atol=1e-6)
+    # one setting per row (a batch of both modes): each row's distribution as its own setting gives it
+    mixed = TopKSampler([0.6, 0.7, 0.6], [0.95, 0.8, 0.95], 20)
+    probs, index = mixed.candidates(ids, scores.clone())
+    for row, (temperature, top_p) in enumerate([(0.6, 0.95), (0.7, 0.8), (0.6, 0.95)]):
+        alone, at = TopKSampler(temperature, top_p, 20).candidates(ids[row:row + 1], scores[row:row + 1].clone())
+        assert torch.equal(index[row], at[0]) and torch.allclose(probs[row], alone[0])
+    assert TopKSampler([0.6, 0.6], [0.95, 0.95], 20).settings == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
     sampler = TopKSampler(0.6, 0.95, 20)
     counts = torch.zeros_like(scores)
     for _ in range(2000):

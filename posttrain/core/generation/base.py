@@ -81,8 +81,9 @@ class GenerationEngine:
                  top_k: int | None = None, thinking_budget: int | None = None, seed: int | None = None,
                  logprobs: bool = False, progress: bool = False) -> list[list[Completion]]:
         """Sample `n` completions per chat prompt. Unset sampling knobs take the report's settings for
-        the mode; temperature 0 is greedy. `mode=None` leaves the mode to the flags in the prompt."""
-        sampling = sampling_for(mode, temperature, top_p, top_k)
+        the mode; temperature 0 is greedy. `mode=None` leaves the mode to the flags in each prompt, and
+        its sampling too (the last flag's mode: one batch can hold both)."""
+        sampling = [sampling_for(mode or resolve_mode(m), temperature, top_p, top_k) for m in prompts for _ in range(n)]
         prefix = [self.render(m, mode) for m in prompts for _ in range(n)]
         prefill = EMPTY_THINK if mode == "no_think" else ""  # the template's no-think prefill
         budget = thinking_budget if thinking_budget and mode != "no_think" else None
@@ -128,7 +129,7 @@ class GenerationEngine:
             todo.append(i)
         if not todo:
             return
-        answers = self._sample(cont, remaining, sampling, seed, logprobs, False)
+        answers = self._sample(cont, remaining, [sampling[i] for i in todo], seed, logprobs, False)
         for i, (ids, lps, fin) in zip(todo, answers, strict=True):
             c = results[i]
             c.text += self.decode(ids)
@@ -167,12 +168,13 @@ class GenerationEngine:
 
     def _stream(self, prefix, max_new_tokens, sampling, seed):
         """Yields text pieces, returns (generated_ids, finish_reason). Default: all at once."""
-        [(ids, _, finish)] = self._sample([prefix], max_new_tokens, sampling, seed, False, False)
+        [(ids, _, finish)] = self._sample([prefix], max_new_tokens, [sampling], seed, False, False)
         yield self.decode(ids)
         return ids, finish
 
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
-        """[(generated_ids, logprobs|None, finish_reason)] for each token-id prefix."""
+        """[(generated_ids, logprobs|None, finish_reason)] for each token-id prefix, sampled with the
+        knobs of its entry in SAMPLING (one `sampling_for` dict per prefix)."""
         raise NotImplementedError
 
 

@@ -31,14 +31,23 @@ class TopKSampler(LogitsProcessor):
     draw over the whole vocabulary: those took 45% of a 64-row decode step of the 135M model on 2 cores
     (`posttrain bench generate --baseline sampling`)."""
 
-    def __init__(self, temperature: float, top_p: float, top_k: int):
+    def __init__(self, temperature: float | list[float], top_p: float | list[float], top_k: int):
+        """One temperature and top-p for every row, or one per row (lists: a batch of both modes)."""
+        rows = list(zip(temperature, top_p, strict=True)) if isinstance(temperature, list) else None
+        if rows is not None and len(set(rows)) == 1:
+            (temperature, top_p), rows = rows[0], None
         self.top_k, self.settings = top_k, dict(temperature=temperature, top_p=top_p, top_k=top_k)
-        self.warp = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
+        self.groups = [(LogitsProcessorList([TemperatureLogitsWarper(t), TopPLogitsWarper(p)]),
+                        slice(None) if rows is None else torch.tensor([r == (t, p) for r in rows]))
+                       for t, p in ([(temperature, top_p)] if rows is None else sorted(set(rows)))]
 
     def candidates(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
         """Each row's k candidate token ids and their sampling probabilities."""
         values, index = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)
-        return self.warp(input_ids, values).softmax(-1), index
+        probs = torch.empty_like(values)
+        for warp, rows in self.groups:
+            probs[rows] = warp(input_ids[rows], values[rows]).softmax(-1)
+        return probs, index
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs, index = self.candidates(input_ids, scores)
@@ -92,16 +101,22 @@ class TransformersEngine(GenerationEngine):
             model.set_attn_implementation(attn_implementation)
         return cls(model, tokenizer, batch_size=batch_size)
 
-    def _knobs(self, sampling, seed) -> dict[str, Any]:
-        if seed is not None:
-            torch.manual_seed(seed)
-        ends = dict(eos_token_id=list(self.end_ids), pad_token_id=self.tokenizer.pad_token_id)
-        if sampling["temperature"] == 0:
+    def _mixable(self, sampling: list[dict]) -> bool:
+        """Whether rows with these knobs sample in one batch: the same knobs, or the top-k sampler's
+        with one k (its temperature and top-p may differ per row)."""
+        first = sampling[0]
+        return all(s == first for s in sampling) or self.top_k_sampler and all(
+            s["temperature"] > 0 and s["top_k"] == first["top_k"] > 0 for s in sampling)
+
+    def _knobs(self, sampling: list[dict]) -> dict[str, Any]:
+        """`generate`'s sampling arguments for one batch whose rows' knobs are `_mixable`."""
+        ends, first = dict(eos_token_id=list(self.end_ids), pad_token_id=self.tokenizer.pad_token_id), sampling[0]
+        if first["temperature"] == 0:
             return dict(do_sample=False, **ends)
-        if sampling["top_k"] and self.top_k_sampler:  # the report's: sampled among the top k, picked by greedy search
-            return dict(do_sample=False, logits_processor=LogitsProcessorList([TopKSampler(**sampling)]), **ends)
-        return dict(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=None,
-                    **ends)
+        if first["top_k"] and self.top_k_sampler:  # the report's: sampled among the top k, picked by greedy search
+            sampler = TopKSampler([s["temperature"] for s in sampling], [s["top_p"] for s in sampling], first["top_k"])
+            return dict(do_sample=False, logits_processor=LogitsProcessorList([sampler]), **ends)
+        return dict(do_sample=True, temperature=first["temperature"], top_p=first["top_p"], top_k=None, **ends)
 
     def _stream(self, prefix, max_new_tokens, sampling, seed):
         """Token by token through transformers' TextIteratorStreamer (generation runs in a thread)."""
@@ -115,12 +130,15 @@ class TransformersEngine(GenerationEngine):
         streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=drop is None)
         out: dict[str, Any] = {}
 
+        if seed is not None:
+            torch.manual_seed(seed)
+
         def work():
             try:
                 with torch.inference_mode():
                     out["ids"] = self.model.generate(input_ids=torch.tensor([prefix], device=self.model.device),
                                                      max_new_tokens=max_new_tokens, streamer=streamer,
-                                                     **self._knobs(sampling, seed))
+                                                     **self._knobs([sampling]))
             except Exception as err:  # noqa: BLE001 - re-raised below, after the stream is closed
                 out["error"] = err
                 streamer.end()
@@ -149,26 +167,33 @@ class TransformersEngine(GenerationEngine):
 
     @torch.inference_mode()
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
-        knobs = self._knobs(sampling, seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         pad, dev = self.tokenizer.pad_token_id, self.model.device
-        out = []
-        starts = range(0, len(prefixes), self.batch_size)
-        for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
-            batch = prefixes[start:start + self.batch_size]
+        groups: dict[tuple, list[int]] = {}  # rows sampled together: all, or those with the same knobs
+        mixable = self._mixable(sampling)
+        for i, knobs in enumerate(sampling):
+            groups.setdefault(() if mixable else tuple(sorted(knobs.items())), []).append(i)
+        size = self.batch_size
+        batches = [rows[j:j + size] for rows in groups.values() for j in range(0, len(rows), size)]
+        out: list = [None] * len(prefixes)
+        for rows in tqdm(batches, desc="generate", disable=not progress, unit="batch"):
+            batch = [prefixes[i] for i in rows]
             width = max(len(p) for p in batch)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=dev)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=dev)
             gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      output_logits=logprobs, return_dict_in_generate=True, **knobs)
+                                      output_logits=logprobs, return_dict_in_generate=True,
+                                      **self._knobs([sampling[i] for i in rows]))
             new = gen.sequences[:, width:]
             lp = None
             if logprobs:  # raw-model logprobs of the sampled tokens (as vLLM's default)
                 logits = torch.stack(gen.logits, dim=1).float()
                 lp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            for row in range(new.shape[0]):
+            for row, i in enumerate(rows):
                 toks = new[row].tolist()
                 end = next((j for j, t in enumerate(toks) if t in self.end_ids), None)
                 keep = toks[:end] if end is not None else toks
-                out.append((keep, lp[row, :len(keep)].tolist() if lp is not None else None,
-                            "stop" if end is not None else "length"))
+                out[i] = (keep, lp[row, :len(keep)].tolist() if lp is not None else None,
+                          "stop" if end is not None else "length")
         return out

@@ -139,11 +139,11 @@ class VLLMEngine(GenerationEngine):
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=sampling["temperature"],
-                                 top_p=sampling["top_p"], top_k=sampling["top_k"] or -1,
+        params = [SamplingParams(max_tokens=max_new_tokens, temperature=knobs["temperature"],
+                                 top_p=knobs["top_p"], top_k=knobs["top_k"] or -1,
                                  seed=None if seed is None else seed + i,  # repeated prompts must differ
                                  logprobs=0 if logprobs else None, stop_token_ids=list(self.end_ids),
-                                 skip_special_tokens=True) for i in range(len(prefixes))]
+                                 skip_special_tokens=True) for i, knobs in enumerate(sampling)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=progress)
         results = []
         for o in outs:
