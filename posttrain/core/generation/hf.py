@@ -46,6 +46,7 @@ class TopKSampler(LogitsProcessor):
         values, index = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)
         probs = torch.empty_like(values)
         for warp, rows in self.groups:
+            rows = rows if isinstance(rows, slice) else rows.to(values.device)
             probs[rows] = warp(input_ids[rows], values[rows]).softmax(-1)
         return probs, index
 
