@@ -174,7 +174,7 @@ class GenerationEngine:
 
     def _sample(self, prefixes, max_new_tokens, sampling, seed, logprobs, progress):
         """[(generated_ids, logprobs|None, finish_reason)] for each token-id prefix, sampled with the
-        knobs of its entry in SAMPLING (one `sampling_for` dict per prefix)."""
+        knobs of its own entry of `sampling` (one `sampling_for` dict per prefix)."""
         raise NotImplementedError
 
 
