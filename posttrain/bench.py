@@ -58,13 +58,12 @@ def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: in
     if backend == "vllm":
         return bench_vllm(model, rows, batch_size, max_new_tokens)
     engine = EnginePool(backend).get(model, batch_size=batch_size)
-    arms = ({"one_at_a_time": {"batch_size": 1}, "batched": {"batch_size": batch_size}} if baseline == "one_at_a_time"
-            else {"transformers_sampling": {"top_k_sampler": False}, "top_k_sampler": {"top_k_sampler": True}})
+    # each arm: (batch size, top-k sampler on)
+    arms = ({"one_at_a_time": (1, True), "batched": (batch_size, True)} if baseline == "one_at_a_time"
+            else {"transformers_sampling": (batch_size, False), "top_k_sampler": (batch_size, True)})
     results: dict = {}
     for _ in range(1 if baseline == "one_at_a_time" else 2):
-        for label, settings in arms.items():
-            engine.batch_size, engine.top_k_sampler = settings.get("batch_size", batch_size), \
-                settings.get("top_k_sampler", True)
+        for label, (engine.batch_size, engine.top_k_sampler) in arms.items():
             run = {"batch_size": engine.batch_size, **_throughput(engine, rows, max_new_tokens)}
             if label not in results or run["tokens_per_s"] > results[label]["tokens_per_s"]:
                 results[label] = run

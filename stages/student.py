@@ -77,16 +77,6 @@ def importance(model: PreTrainedModel, calibration: list[list[int]], heads: bool
     return tuple([s / tokens for s in sums] if asked else None for sums, asked in ((head_sums, heads), (mlp_sums, mlp)))
 
 
-def mlp_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
-    """Each layer's MLP neurons' scores (`importance`)."""
-    return importance(model, calibration, mlp=True)[1]
-
-
-def head_importance(model: PreTrainedModel, calibration: list[list[int]]) -> list[torch.Tensor]:
-    """Each layer's attention heads' scores (`importance`)."""
-    return importance(model, calibration, heads=True)[0]
-
-
 def keep_heads(scores: torch.Tensor, n_kv: int, n: int) -> torch.Tensor:
     """The N query heads to keep of SCORES (one per head, grouped by key/value head as grouped-query
     attention shares them): the same number, N / N_KV, of the most important in every group, so each

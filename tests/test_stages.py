@@ -108,12 +108,13 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path, chat_jsonl):
     # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts, and on
     # the `calibration` conversations
     from stages.sft import load_messages
-    from stages.student import calibration, mlp_importance
+    from stages.student import calibration, importance
     init = AutoModelForCausalLM.from_pretrained(stage.dir / "student_init")
     gates = AutoModelForCausalLM.from_pretrained(teacher).model.layers
 
     def kept_by(conversations):
-        ranked = mlp_importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, conversations))
+        ranked = importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, conversations),
+                            mlp=True)[1]
         return [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
     kept = kept_by(list(off["messages"]) + list(load_messages(str(chat_jsonl))["messages"]))
     assert any(not torch.equal(a, b) for a, b in zip(kept, kept_by(off["messages"]), strict=True))
@@ -267,7 +268,7 @@ def test_heads_and_neurons_are_ranked_in_one_pass(tiny_model):
     """A `heads=H,mlp=M` student's heads and neurons are ranked in one pass over the calibration
     sequences, with the scores each ranking gives alone."""
     from posttrain.core.models import load_tokenizer
-    from stages.student import calibration, head_importance, importance, mlp_importance
+    from stages.student import calibration, importance
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
     ids = calibration(load_tokenizer(tiny_model), [[{"role": "user", "content": f"Add {i} and {i}."},
                                                     {"role": "assistant", "content": f"{2 * i}."}] for i in range(5)])
@@ -275,7 +276,8 @@ def test_heads_and_neurons_are_ranked_in_one_pass(tiny_model):
     teacher.model.register_forward_pre_hook(lambda module, args: passes.append(1))
     heads, neurons = importance(teacher, ids, heads=True, mlp=True)
     assert len(passes) == len(ids) == 5
-    for both, alone in ((heads, head_importance(teacher, ids)), (neurons, mlp_importance(teacher, ids))):
+    separate = importance(teacher, ids, heads=True)[0], importance(teacher, ids, mlp=True)[1]
+    for both, alone in zip((heads, neurons), separate, strict=True):
         assert len(both) == teacher.config.num_hidden_layers
         assert all(torch.allclose(b, a) and (b > 0).all() for b, a in zip(both, alone, strict=True))
     assert importance(teacher, ids, mlp=True)[0] is None and importance(teacher, ids, heads=True)[1] is None
@@ -333,13 +335,13 @@ def test_refit_width_pruned_student_stays_closer_to_the_teacher(tmp_path, tiny_m
     the calibration tokens is below plain pruning's (least squares over those same columns), and the
     student's KL to the teacher on a held-out sequence falls too."""
     from posttrain.core.models import load_tokenizer
-    from stages.student import build_student, calibration, mlp_importance, refit_down
+    from stages.student import build_student, calibration, importance, refit_down
     tok = load_tokenizer(tiny_model)
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model)
     talk = [[{"role": "user", "content": f"What is {i} + {i * 7}?"},
              {"role": "assistant", "content": f"{i} + {i * 7} = {i * 8}."}] for i in range(40)]
     ids, held_out = calibration(tok, talk[:32]), calibration(tok, talk[32:])
-    neurons = [s.topk(16).indices.sort().values for s in mlp_importance(teacher, ids)]
+    neurons = [s.topk(16).indices.sort().values for s in importance(teacher, ids, mlp=True)[1]]
     refit = refit_down(teacher, ids, neurons)
     mlp, kept = teacher.model.layers[0].mlp, neurons[0]
     inputs = []
