@@ -1,7 +1,8 @@
 """Strong-to-weak distillation (Qwen3 report §4.5).
 
 Off-policy: the teacher answers the prompts in both `/think` and `/no_think` modes; answers that
-can be checked are kept only when correct; the student is fine-tuned on them (stage-3 style SFT).
+can be checked are kept only when correct; the student is fine-tuned on them (stage-3 style SFT),
+with the synthetic families' worked solutions where `off_policy.traces` asks for them.
 On-policy: the student samples (a random mode per prompt) and its logits are pulled towards the
 teacher's on those samples — TRL's DistillationTrainer, reverse KL by default.
 
@@ -49,12 +50,23 @@ class Prompts:
 
 
 @dataclass
+class Traces:
+    """Worked solutions of the synthetic families (their solvers' reasoning, checked by construction)."""
+    families: dict[str, int] = field(default_factory=dict)
+    knobs: dict[str, dict] = field(default_factory=dict)
+    seed: int = 6
+
+
+@dataclass
 class OffPolicy:
     enabled: bool = True
     modes: list[Literal["think", "no_think"]] = field(default_factory=lambda: list(MODES))
     max_new_tokens: int = 256
     filter_by_reward: bool = True  # drop teacher answers that a rule reward grades wrong
     min_examples: int = 32  # stop when the filter keeps fewer (the teacher does not know the prompts)
+    # solver traces trained on with the teacher's answers, in think mode (none by default): where the teacher
+    # is right too seldom to teach a small student, its curriculum's correct solutions can (README, "The demo")
+    traces: Traces = field(default_factory=Traces, metadata={"added": True})
     train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=40, learning_rate=1e-4))
 
 
@@ -109,8 +121,19 @@ def teacher_outputs(ctx: StageContext, teacher: str, cfg: Config):
         raise ValueError(f"{ctx.stage_id}: the reward filter kept {len(out)} of {total} answers of teacher {teacher}, "
                          f"fewer than off_policy.min_examples={cfg.off_policy.min_examples}: use a teacher that "
                          "knows these prompts (--teacher), or lower off_policy.min_examples")
-    ctx.write_metrics({"off_policy_examples": len(out), "off_policy_prompts": total})
-    return Dataset.from_list(out)
+    traces = solver_traces(ctx, cfg.off_policy.traces)
+    ctx.write_metrics({"off_policy_examples": len(out), "off_policy_prompts": total, "off_policy_traces": len(traces)})
+    return Dataset.from_list([{**o, "source": "teacher"} for o in out] + traces)
+
+
+def solver_traces(ctx: StageContext, cfg: Traces) -> list[dict]:
+    """The families' worked solutions as think-mode conversations, less any prompt the eval suites ask."""
+    if not cfg.families:
+        return []
+    rows = unseen(ctx, candidates(QuerySelection(families=cfg.families, knobs=cfg.knobs, seed=cfg.seed)), [])[0]
+    return [{"messages": with_flag(r["prompt"], "think") + [
+        {"role": "assistant", "content": r["response"], "reasoning_content": r["reasoning"]}],
+        "mode": "think", "source": "trace"} for r in rows]
 
 
 def prompt_set(ctx: StageContext, cfg: Config):
@@ -197,7 +220,8 @@ def run(ctx: StageContext, cfg: Config) -> dict:
         if not pctx.is_complete():
             if name == "off_policy":
                 data = pctx.dataset("train", lambda pctx=pctx: teacher_outputs(pctx, teacher, cfg))
-                pctx.input_model = student or make_student(ctx, teacher, spec, data["messages"], extra)
+                answers = data.filter(lambda r: r["source"] == "teacher") if "source" in data.column_names else data
+                pctx.input_model = student or make_student(ctx, teacher, spec, answers["messages"], extra)
                 metrics[name] = sft(pctx, data.select_columns(["messages"]), phase.train,
                                     where=f"stages.{ctx.stage_id}.config.off_policy.train")
             else:

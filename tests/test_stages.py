@@ -92,7 +92,7 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path, chat_jsonl):
               calibration: {chat_jsonl}
               prompts: {{families: {{arithmetic: 6}}}}
               off_policy: {{max_new_tokens: 8, filter_by_reward: false, min_examples: 12,
-                           train: {{max_steps: 2, batch_size: 4}}}}
+                           traces: {{families: {{arithmetic: 3}}}}, train: {{max_steps: 2, batch_size: 4}}}}
               on_policy: {{max_completion_length: 8, train: {{max_steps: 2, batch_size: 2}}}}
         """)
     stage = planned[0].ctx
@@ -105,7 +105,16 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path, chat_jsonl):
     assert sorted(set(off["mode"])) == ["no_think", "think"]
     assert all(m[0]["content"].endswith("/no_think" if mode == "no_think" else "/think")
                for m, mode in zip(off["messages"], off["mode"], strict=True))
-    # the width cut is ranked on the teacher's answers (the SFT data), not on the bare prompts, and on
+    # the solver traces join the teacher's 12 answers: think mode, the worked solution in the think block
+    traces = [m for m, source in zip(off["messages"], off["source"], strict=True) if source == "trace"]
+    assert off["source"].count("teacher") == 12 and len(traces) == 3
+    from data_builders.synthetic import generate
+    expected = generate("arithmetic", 3, seed=6)
+    for m, row in zip(traces, expected, strict=True):
+        assert m[0]["content"].endswith("/think") and m[1]["reasoning_content"] == row["reasoning"]
+        assert m[1]["content"].endswith(f"\\boxed{{{row['answer']}}}.")
+    answers = [m for m, source in zip(off["messages"], off["source"], strict=True) if source == "teacher"]
+    # the width cut is ranked on the teacher's answers (not the bare prompts, nor the traces), and on
     # the `calibration` conversations
     from stages.sft import load_messages
     from stages.student import calibration, importance
@@ -116,8 +125,8 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path, chat_jsonl):
         ranked = importance(AutoModelForCausalLM.from_pretrained(teacher), calibration(t_tok, conversations),
                             mlp=True)[1]
         return [ranked[i].topk(32).indices.sort().values for i in (0, 3)]  # `even` keeps layers 0 and 3
-    kept = kept_by(list(off["messages"]) + list(load_messages(str(chat_jsonl))["messages"]))
-    assert any(not torch.equal(a, b) for a, b in zip(kept, kept_by(off["messages"]), strict=True))
+    kept = kept_by(answers + list(load_messages(str(chat_jsonl))["messages"]))
+    assert any(not torch.equal(a, b) for a, b in zip(kept, kept_by(answers), strict=True))
     for layer, source, rows in zip(init.model.layers, (gates[0], gates[3]), kept, strict=True):
         assert torch.equal(layer.mlp.gate_proj.weight, source.mlp.gate_proj.weight[rows])
     on = load_from_disk(str(stage.dir / "on_policy" / "data" / "prompts"))
