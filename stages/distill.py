@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from data_builders.rl_queries import DataSource, QuerySelection, candidates, unseen
+from data_builders.synthetic import FAMILIES
 from posttrain.core.chat import MODES, split_think, with_flag
 from posttrain.core.context import StageContext
 from posttrain.core.generation import GenerationEngine
@@ -206,10 +207,13 @@ def make_student(ctx: StageContext, teacher: str, spec: str, conversations, extr
 def run(ctx: StageContext, cfg: Config) -> dict:
     teacher = ctx.resolve(cfg.teacher) if cfg.teacher else ctx.input_model
     spec = ctx.resolve(cfg.student) if cfg.student.startswith("@") else cfg.student
-    # a bad spec or calibration path fails now, not after the teacher's answers
+    # a bad spec, calibration path or trace family fails now, not after the teacher's answers
     extra = calibration_data(ctx, cfg.calibration) if cfg.calibration else []
     if not (Path(spec) / "config.json").is_file():
         student_spec(resolve_model(teacher), spec)
+    if unknown := sorted(set(cfg.off_policy.traces.families) - set(FAMILIES)):
+        raise ValueError(f"stages.{ctx.stage_id}.config.off_policy.traces.families: unknown {unknown} "
+                         f"(known: {', '.join(FAMILIES)})")
     if not (cfg.off_policy.enabled or cfg.on_policy.enabled):
         raise ValueError(f"stages.{ctx.stage_id}.config: off_policy and on_policy are both disabled; nothing to do")
     student, metrics = None, {}

@@ -148,6 +148,9 @@ def test_distill_builds_student_and_runs_both_phases(tmp_path, chat_jsonl):
      r"@fusion names no finished stage", "data"),
     ('{student: "layers=1,mlp=8", calibration: nowhere.jsonl, prompts: {families: {arithmetic: 6}}}',
      r"config.calibration: nowhere.jsonl: no training data at nowhere.jsonl", "data"),
+    # and a trace family that does not exist
+    ("{student: layers=1, prompts: {families: {arithmetic: 6}}, off_policy: {traces: {families: {sums: 4}}}}",
+     r"config.off_policy.traces.families: unknown \['sums'\] \(known: arithmetic, ", "data"),
 ])
 def test_distill_stops_with_a_clear_error(tmp_path, tiny_model, config, error, left):
     with pytest.raises((ValueError, FileNotFoundError), match=error):
