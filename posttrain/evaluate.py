@@ -56,6 +56,7 @@ class SuiteConfig:
     n: int = 40
     seed: int = 10_000  # eval items are generated from seeds no training split uses
     knobs: dict[str, Any] = field(default_factory=dict)
+    models: list[str] | None = None  # in a pipeline: the models scored on this suite (`base`, stage ids); default all
 
     def __post_init__(self):
         if (self.family is None) == (self.data is None):

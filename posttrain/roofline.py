@@ -23,12 +23,14 @@ import resource
 import statistics
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from trl import SFTTrainer
 
 from data_builders.agent import ENVIRONMENTS
 from data_builders.pairs import PairsConfig
@@ -50,8 +52,9 @@ GRPO_SHAPE = {"before": {"batch_size": 32, "grad_accum": 1},  # the 32 rollouts 
               "after": {"batch_size": 8, "grad_accum": 4}}  # micro-batches of 8, one optimizer step
 # the arms a bench can compare: `ungrouped` is `after` without GRPO's length-grouped micro-batches
 # (TRL's split, each forward at the generation batch's width: `length_grouped: false`,
-# posttrain/core/grpo_batches.py); other kinds as `after`
-ARMS = ("before", "after", "ungrouped")
+# posttrain/core/grpo_batches.py); `fused` is `after` with SFT as it ran before the model's own LM head
+# (TRL's fused head, one row at a time; posttrain/core/sft_head.py); other kinds as `after`
+ARMS = ("before", "after", "ungrouped", "fused")
 
 
 def matmul_peak(dtype: torch.dtype, largest: int = 2048, seconds: float = 1.0) -> dict[str, float]:
@@ -140,9 +143,10 @@ def top_ops(prof, rows: int) -> list[dict[str, Any]]:
 
 
 def _options(arm: str, steps: int, before: dict[str, Any] = BEFORE, batch_size: int = 8, **shape: Any) -> TrainOptions:
-    """`before`: the whole batch in one forward/backward, as up to issue 29; `after`: the defaults."""
+    """`before`: the whole batch in one forward/backward, as up to issue 29; `fused`: one row at a time;
+    `after`: the defaults."""
     return TrainOptions(max_steps=steps, save_steps=10_000, learning_rate=1e-5, batch_size=batch_size,
-                        micro_batch_size=batch_size if arm == "before" else None,
+                        micro_batch_size={"before": batch_size, "fused": 1}.get(arm),
                         trainer=dict(before if arm == "before" else {}, report_to=[], disable_tqdm=True), **shape)
 
 
@@ -160,7 +164,10 @@ def _conversations(n: int):
 def _trainer(kind: str, arm: str, ctx: StageContext, model: str, steps: int, new_tokens: int = 128):
     """The trainer each stage builds, on the bench's data."""
     if kind == "sft":
-        return sft_trainer(ctx, _conversations(8 * steps), _options(arm, steps, batch_size=8), "bench.sft")
+        trainer = sft_trainer(ctx, _conversations(8 * steps), _options(arm, steps, batch_size=8), "bench.sft")
+        if arm in ("before", "fused"):  # TRL's own loss, through its fused LM head
+            trainer.compute_loss = types.MethodType(SFTTrainer.compute_loss, trainer)
+        return trainer
     if kind == "grpo":
         kinds = load_tasks(TASKS)
         rows = build_mix(kinds, 8 * steps, seed=0)
@@ -201,7 +208,7 @@ def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_token
              profile: int = 0) -> dict[str, Any]:
     """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of an arm but before."""
     profile = profile if arm != "before" else 0
-    arm = "after" if arm == "ungrouped" and kind != "grpo" else arm
+    arm = "after" if (arm == "ungrouped" and kind != "grpo") or (arm == "fused" and kind != "sft") else arm
     if kind == "generate":
         # before: float32 under sdpa, the engine up to issue 29; after: the engine's defaults
         old = {"dtype": "float32", "attn_implementation": "sdpa"} if arm == "before" else {}
@@ -327,7 +334,8 @@ def add_parser(kinds_parser) -> None:
     t.add_argument("--json", help="also write the results here")
     t.add_argument("--arms", nargs=2, default=["before", "after"], choices=ARMS, metavar="ARM",
                    help="the baseline arm and the measured one (before: up to issue 29; after: today's "
-                        "defaults; ungrouped: after without GRPO's length-grouped micro-batches)")
+                        "defaults; ungrouped: after without GRPO's length-grouped micro-batches; "
+                        "fused: after with SFT through TRL's fused LM head, one row at a time)")
     t.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile the last step of each arm but before: its N costliest ops (self CPU time)")
 

@@ -36,12 +36,13 @@ class LoraOptions:
                           target_modules=self.target_modules, task_type=task_type)
 
 
-# Rows per forward/backward by trainer, on CPU (issue 29; default model, 2 cores, bf16 autocast; a
-# batch of 8 ~100-500-token conversations, `posttrain bench train`): SFT one row at a time trains
-# 2.2x the tokens/s of the whole padded batch of 8 (no padding, activations 4.6 GB instead of 12.8);
-# on-policy distillation in pairs 1.13x (its vocabulary-wide divergence dominates). GPUs, and the
-# trainers not listed, take the whole batch at once.
-CPU_MICRO_BATCH = {"sft": 1, "distill": 2}
+# Rows per forward/backward by trainer, on CPU (issue 29; default model, 2 cores, bf16 autocast,
+# `posttrain bench train`): on-policy distillation in pairs, 1.13x the tokens/s of whole batches of 8
+# (its vocabulary-wide divergence dominates). SFT in fours since it scores with the model's own head
+# (posttrain/core/sft_head.py): a batch of 8 short rows of like length trains 1.2-1.6x faster whole or
+# in fours than one row at a time, while 8 rows of 100-500 tokens padded whole are the slowest (README).
+# GPUs, and the trainers not listed, take the whole batch at once.
+CPU_MICRO_BATCH = {"sft": 4, "distill": 2}
 
 
 def micro_batch(kind: str | None) -> int | None:
@@ -161,15 +162,17 @@ def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, m
     Packing is off by default: it is only correct with an attention kernel that respects the packed
     boundaries (e.g. flash attention); turn it on for GPU recipes.
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from posttrain.core.sft_head import ModelHeadSFTTrainer
 
     model, tokenizer = load_model(ctx.input_model, train=True)
     conversations = "messages" in dataset.column_names
     args = options.args(ctx, SFTConfig, where, "sft", assistant_only_loss=conversations,
                         completion_only_loss=None if conversations else True, max_length=max_length,
                         packing=packing, padding_free=packing, dataset_num_proc=None)
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=options.lora.peft_config() if options.lora else None)
+    return ModelHeadSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=options.lora.peft_config() if options.lora else None)
 
 
 def sft(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,

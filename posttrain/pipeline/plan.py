@@ -162,11 +162,12 @@ def plan(cfg: PipelineConfig, where: str, output_dir: str | None = None) -> list
 
 
 def _check_eval_models(eval_cfg: EvalConfig, labels: list[str], where: str) -> None:
-    """The models that ThinkFollow, the task kinds and `mode_models` name must be `base` or stage ids."""
+    """The models that the suites, ThinkFollow, the task kinds and `mode_models` name must be `base` or stage ids."""
     named = [(f"mode_models.{m}", names) for m, names in eval_cfg.mode_models.items()] + [
         (f"{part}.models", getattr(eval_cfg, part).models or []) for part in ("think_follow", "tasks")
         if getattr(eval_cfg, part) is not None] + [
-        (f"benchmarks.{name}.models", b.models or []) for name, b in eval_cfg.benchmarks.items()]
+        (f"benchmarks.{name}.models", b.models or []) for name, b in eval_cfg.benchmarks.items()] + [
+        (f"suites.{name}.models", suite.models or []) for name, suite in eval_cfg.suites.items()]
     for name, bench in eval_cfg.benchmarks.items():
         try:
             resolved(name, bench)

@@ -128,15 +128,17 @@ def _evaluator(cfg: PipelineConfig, run_dir: Path, engines: EnginePool):
 
     def run_eval(model: str, path: Path, label: str) -> dict:
         """Evaluates what `path` does not hold yet (a new suite, mode or ThinkFollow) and keeps the rest;
-        task kinds, ThinkFollow and a mode of `mode_models` only for the models named there (base or
-        stage ids; default all)."""
+        suites, task kinds, ThinkFollow and a mode of `mode_models` only for the models named there
+        (base or stage ids; default all)."""
         cached = read_json(path)
         wanted = {part: getattr(eval_cfg, part) is not None and (not getattr(eval_cfg, part).models
                                                                   or label in getattr(eval_cfg, part).models)
                   for part in ("tasks", "think_follow")}
         modes = [m for m in eval_cfg.modes if label in eval_cfg.mode_models.get(m, [label])]
         benchmarks = {k: b for k, b in eval_cfg.benchmarks.items() if not b.models or label in b.models}
-        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes}, benchmarks=benchmarks)
+        suites = {k: s for k, s in eval_cfg.suites.items() if not s.models or label in s.models}
+        this_cfg = replace(eval_cfg, **{part: None for part, yes in wanted.items() if not yes}, benchmarks=benchmarks,
+                           suites=suites)
         results = evaluate(model, this_cfg, engines=engines, seed=cfg.seed, previous=cached, resolve=resolve,
                            suite_modes=modes)
         for part, yes in wanted.items():
