@@ -217,18 +217,21 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     def fake_evaluate(model, cfg, suite_modes=None, **kw):
         seen[model] = (cfg.think_follow is not None, cfg.tasks is not None, suite_modes)
         seen[model, "benchmarks"] = sorted(cfg.benchmarks)
+        seen[model, "suites"] = sorted(cfg.suites)
         return {"model": model, "suites": {}, **({"think_follow": {"score": 1.0}} if cfg.think_follow else {}),
                 **({"benchmarks": {k: {"think": {"accuracy": 1.0}} for k in cfg.benchmarks}} if cfg.benchmarks else {})}
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     cfg = PipelineConfig(name="t", stages=[], eval={
-        "suites": {"lin": {"family": "linear", "n": 2}}, "think_follow": {"n": 2, "models": ["fusion"]},
+        "suites": {"lin": {"family": "linear", "n": 2}, "lin_more": {"family": "linear", "n": 4, "models": ["fusion"]}},
+        "think_follow": {"n": 2, "models": ["fusion"]},
         "tasks": {"spec": str(REPO / "pipelines" / "tasks.yaml"), "models": ["fusion"]},
         "mode_models": {"no_think": ["fusion"]}, "benchmarks": {"humaneval": {"models": ["fusion"]}}})
     run_eval = runner._evaluator(cfg, tmp_path, EnginePool())
     run_eval("a", tmp_path / "a.json", "base")
     run_eval("b", tmp_path / "b.json", "fusion")
     assert seen == {"a": (False, False, ["think"]), "b": (True, True, ["think", "no_think"]),
-                    ("a", "benchmarks"): [], ("b", "benchmarks"): ["humaneval"]}
+                    ("a", "benchmarks"): [], ("b", "benchmarks"): ["humaneval"],
+                    ("a", "suites"): ["lin"], ("b", "suites"): ["lin", "lin_more"]}
     (tmp_path / "c.json").write_text(json.dumps({"suites": {}, "think_follow": {"score": 0.5}}))
     assert run_eval("c", tmp_path / "c.json", "base")["think_follow"] == {"score": 0.5}  # an earlier score is kept
     # which models are scored is not a setting of the score: earlier results stay reusable
@@ -245,6 +248,8 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     ({"benchmarks": {"humaneval": {"models": ["secnod"]}}}, "eval.benchmarks.humaneval.models: 'secnod' is not"),
     ({"benchmarks": {"gsm8k": {"kind": "math"}}}, "eval.benchmarks: benchmark 'gsm8k' (math) needs data: FILE"),
     ({"benchmarks": {"humaneval": {"models": ["second"], "limit": 8}}}, None),
+    ({"suites": {"lin": {"family": "linear", "n": 2, "models": ["base", "thrid"]}}},
+     "eval.suites.lin.models: 'thrid' is not `base` or a stage id"),
 ])
 def test_eval_models_must_name_the_base_model_or_a_stage(toy, tmp_path, given, message):
     from posttrain import pipeline

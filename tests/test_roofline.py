@@ -76,8 +76,7 @@ def test_bf16_defaults_match_the_float32_loss(tmp_path, tiny_model):
 
 
 def test_micro_batches_make_the_whole_batchs_update(tmp_path, tiny_model):
-    """A batch of 4 in micro-batches of 1 (the CPU default for SFT) against one forward of 4, in
-    float32: TRL normalises the loss over the batch's tokens, so the updates agree to rounding."""
+    """A batch of 4 in micro-batches of 1 against one forward of 4, in float32: TRL normalises the loss over the batch's tokens, so the updates agree to rounding."""
     default = _sft(tmp_path, tiny_model, "default")
     micro = micro_batch("sft") or 4
     assert (default.args.per_device_train_batch_size, default.args.gradient_accumulation_steps) == (micro, 4 // micro)
@@ -93,6 +92,34 @@ def test_micro_batches_make_the_whole_batchs_update(tmp_path, tiny_model):
         assert abs(a - b) <= 1e-3 * a, losses
     for (name, a), b in zip(whole.model.named_parameters(), split.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4), name
+
+
+def test_on_cpu_sft_scores_with_the_models_head_as_trls_fused_head_does(tmp_path, tiny_model):
+    """posttrain/core/sft_head.py: one padded batch with prompt tokens outside the loss, in float32. The
+    model's own head gives TRL's loss, gradients and logged entropy and token accuracy."""
+    from trl import SFTTrainer
+
+    from posttrain.core.sft_head import ModelHeadSFTTrainer
+    trainer = _sft(tmp_path, tiny_model, "head", micro=4, bf16=False)
+    assert isinstance(trainer, ModelHeadSFTTrainer)
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["attention_mask"] == 0).any() and (batch["labels"][batch["attention_mask"] == 1] == -100).any()
+    tokens = (batch["labels"][:, 1:] != -100).sum()
+    results = []
+    for compute_loss in (ModelHeadSFTTrainer.compute_loss, SFTTrainer.compute_loss):
+        trainer.model.zero_grad()
+        loss = compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=tokens)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert ours.item() > 1.0 and torch.allclose(ours, theirs, rtol=1e-5)
+    for a, b in zip(our_grads, their_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    metrics = trainer._metrics["train"]
+    for name in ("entropy", "mean_token_accuracy"):
+        assert len(metrics[name]) == 2 and metrics[name][0] == pytest.approx(metrics[name][1], rel=1e-4), name
+    assert metrics["num_tokens"] == [2 * int(batch["attention_mask"].sum())]
 
 
 @pytest.mark.parametrize("micro", [3, 0, 16])

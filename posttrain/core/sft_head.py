@@ -40,8 +40,8 @@ class ModelHeadSFTTrainer(SFTTrainer):
             metrics["entropy"].append((self.accelerator.gather_for_metrics(entropy).sum() / valid).item())
             metrics["mean_token_accuracy"].append((self.accelerator.gather_for_metrics(correct).sum() / valid).item())
             if mode == "train":
-                mask = inputs.get("attention_mask")
-                tokens = mask.sum() if mask is not None else inputs["position_ids"].size(1)
+                attention = inputs.get("attention_mask")
+                tokens = attention.sum() if attention is not None else inputs["position_ids"].size(1)
                 self._total_train_tokens += self.accelerator.gather_for_metrics(torch.as_tensor(tokens)).sum().item()
             metrics["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
