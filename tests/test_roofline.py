@@ -76,7 +76,8 @@ def test_bf16_defaults_match_the_float32_loss(tmp_path, tiny_model):
 
 
 def test_micro_batches_make_the_whole_batchs_update(tmp_path, tiny_model):
-    """A batch of 4 in micro-batches of 1 against one forward of 4, in float32: TRL normalises the loss over the batch's tokens, so the updates agree to rounding."""
+    """A batch of 4 in micro-batches of 1 against one forward of 4, in float32: the loss is normalised
+    over the batch's tokens, so the updates agree to rounding."""
     default = _sft(tmp_path, tiny_model, "default")
     micro = micro_batch("sft") or 4
     assert (default.args.per_device_train_batch_size, default.args.gradient_accumulation_steps) == (micro, 4 // micro)
