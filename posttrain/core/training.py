@@ -160,7 +160,8 @@ def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, m
     `prompt`/`completion` conversations: completion-only loss, rendered by the model's own Qwen3
     template, so earlier turns look as they do at inference (their reasoning dropped).
     Packing is off by default: it is only correct with an attention kernel that respects the packed
-    boundaries (e.g. flash attention); turn it on for GPU recipes.
+    boundaries (e.g. flash attention); turn it on for GPU recipes. On CPU the loss comes from the
+    model's own LM head (`ModelHeadSFTTrainer`), on GPUs from TRL's fused one.
     """
     from trl import SFTConfig
 
