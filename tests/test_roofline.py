@@ -123,6 +123,17 @@ def test_on_cpu_sft_scores_with_the_models_head_as_trls_fused_head_does(tmp_path
     assert metrics["num_tokens"] == [2 * int(batch["attention_mask"].sum())]
 
 
+@pytest.mark.parametrize("trainer", [{"loss_type": "dft"}, {"label_smoothing_factor": 0.1}])
+def test_sft_losses_other_than_nll_keep_trls_path(tmp_path, tiny_model, trainer):
+    from trl import SFTTrainer
+    sft = _sft(tmp_path, tiny_model, "other", micro=4, bf16=False, **trainer)
+    sft.model.train()
+    batch = next(iter(sft.get_train_dataloader()))
+    ours = sft.compute_loss(sft.model, dict(batch))
+    theirs = SFTTrainer.compute_loss(sft, sft.model, dict(batch))
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("micro", [3, 0, 16])
 def test_a_micro_batch_must_divide_the_batch(micro):
     with pytest.raises(ConfigError, match=rf"^stage.yaml: train: micro_batch_size: {micro} does not divide batch_size"):

@@ -24,8 +24,14 @@ from trl.trainer.utils import entropy_from_logits
 class ModelHeadSFTTrainer(SFTTrainer):
     """`SFTTrainer` that scores with the model's own head on CPU (TRL's fused head elsewhere)."""
 
+    def _model_head(self, inputs) -> bool:
+        """On CPU, for the plain NLL loss: DFT, label smoothing, a custom loss function and an MoE's
+        auxiliary loss keep TRL's own path."""
+        return (inputs["input_ids"].device.type == "cpu" and self.args.loss_type in ("nll", "chunked_nll")
+                and self.label_smoother is None and self.compute_loss_func is None and not self.aux_loss_enabled)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if inputs["input_ids"].device.type != "cpu":
+        if not self._model_head(inputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
