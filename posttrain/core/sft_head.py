@@ -37,11 +37,12 @@ class ModelHeadSFTTrainer(SFTTrainer):
         inputs["use_cache"] = False
         loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
         with torch.no_grad():
-            logits, labels = outputs.logits[:, :-1], inputs["labels"][:, 1:]
+            labels = inputs["labels"][:, 1:]
             mask = labels != -100
+            scored = outputs.logits[:, :-1][mask]  # the positions in the loss only
             valid = self.accelerator.gather_for_metrics(mask.sum()).sum().clamp(min=1)
-            entropy = entropy_from_logits(logits[mask].float()).sum()
-            correct = (logits.argmax(-1) == labels)[mask].sum()
+            entropy = entropy_from_logits(scored.float()).sum()
+            correct = (scored.argmax(-1) == labels[mask]).sum()
             metrics = self._metrics[mode]
             metrics["entropy"].append((self.accelerator.gather_for_metrics(entropy).sum() / valid).item())
             metrics["mean_token_accuracy"].append((self.accelerator.gather_for_metrics(correct).sum() / valid).item())
