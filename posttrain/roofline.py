@@ -52,8 +52,9 @@ GRPO_SHAPE = {"before": {"batch_size": 32, "grad_accum": 1},  # the 32 rollouts 
               "after": {"batch_size": 8, "grad_accum": 4}}  # micro-batches of 8, one optimizer step
 # the arms a bench can compare: `ungrouped` is `after` without GRPO's length-grouped micro-batches
 # (TRL's split, each forward at the generation batch's width: `length_grouped: false`,
-# posttrain/core/grpo_batches.py); `fused` is `after` with SFT as it ran before the model's own LM head
-# (TRL's fused head, one row at a time; posttrain/core/sft_head.py); other kinds as `after`
+# posttrain/core/grpo_batches.py); `fused` is `after` with TRL's fused LM head where the model's own
+# head replaced it (posttrain/core/model_head.py): SFT as it ran before (one row at a time) and GRPO's
+# log-probabilities; other kinds as `after`
 ARMS = ("before", "after", "ungrouped", "fused")
 
 
@@ -174,10 +175,12 @@ def _trainer(kind: str, arm: str, ctx: StageContext, model: str, steps: int, new
         routed = get_reward("routed", table=routing_table(kinds))
         envs = {k.environment for k in kinds.values() if k.environment} | {"none"}
         base = "before" if arm == "before" else "after"
-        options = GRPOOptions(num_generations=4, max_completion_length=new_tokens, length_grouped=arm == "after",
-                              train=_options(base, steps, **GRPO_SHAPE[base]))
-        return grpo_trainer(ctx, options, Dataset.from_list(rows), [routed], "bench.grpo",
-                            environment_factory={e: ENVIRONMENTS[e] for e in envs})
+        options = GRPOOptions(num_generations=4, max_completion_length=new_tokens,
+                              length_grouped=arm in ("after", "fused"), train=_options(base, steps, **GRPO_SHAPE[base]))
+        trainer = grpo_trainer(ctx, options, Dataset.from_list(rows), [routed], "bench.grpo",
+                               environment_factory={e: ENVIRONMENTS[e] for e in envs})
+        trainer.model_head = arm not in ("before", "fused")  # before: TRL's log-probabilities, its fused head
+        return trainer
     if kind == "distill":
         cfg = distill.Config(on_policy=distill.OnPolicy(max_completion_length=new_tokens,
                                                         train=_options(arm, steps, batch_size=8)))
@@ -208,7 +211,8 @@ def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_token
              profile: int = 0) -> dict[str, Any]:
     """One kind, one arm, in this (fresh) process; `profile` > 0: also the top ops of an arm but before."""
     profile = profile if arm != "before" else 0
-    arm = "after" if (arm == "ungrouped" and kind != "grpo") or (arm == "fused" and kind != "sft") else arm
+    if (arm == "ungrouped" and kind != "grpo") or (arm == "fused" and kind not in ("sft", "grpo")):
+        arm = "after"
     if kind == "generate":
         # before: float32 under sdpa, the engine up to issue 29; after: the engine's defaults
         old = {"dtype": "float32", "attn_implementation": "sdpa"} if arm == "before" else {}
@@ -245,8 +249,8 @@ def _measure(kind: str, arm: str, model: str, steps: int, peak: float, new_token
     # each step's own update time (step minus its rollouts), then their median: a median step minus
     # a median rollout can pair two different steps
     update = statistics.median(s - r for s, r in zip(meter.steps[keep], meter.rollout[keep], strict=True))
-    out = {"trainer": type(trainer).__name__, "bf16": trainer.args.bf16,
-           "gradient_checkpointing": trainer.args.gradient_checkpointing,
+    out = {"trainer": type(trainer).__name__, "model_head": getattr(trainer, "model_head", None),  # GRPO's
+           "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing,
            "batch": trainer.args.per_device_train_batch_size, "grad_accum": trainer.args.gradient_accumulation_steps,
            "step_s": round(step, 2), "steps_s": [round(s, 2) for s in meter.steps],
            "tokens_per_step": int(tokens), "train_tokens_per_s": round(tokens / max(update, 1e-9), 1),
@@ -335,7 +339,7 @@ def add_parser(kinds_parser) -> None:
     t.add_argument("--arms", nargs=2, default=["before", "after"], choices=ARMS, metavar="ARM",
                    help="the baseline arm and the measured one (before: up to issue 29; after: today's "
                         "defaults; ungrouped: after without GRPO's length-grouped micro-batches; "
-                        "fused: after with SFT through TRL's fused LM head, one row at a time)")
+                        "fused: after with TRL's fused LM head: SFT one row at a time, GRPO's log-probabilities)")
     t.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile the last step of each arm but before: its N costliest ops (self CPU time)")
 

@@ -59,7 +59,9 @@ def _train(tmp_path, tiny_model, grouped: bool, widths: list[int]):
     trainer = grpo_trainer(ctx, options, rows, [lambda completions, **kw: [len(str(c)) / 100 for c in completions]],
                            "rl.train")
     trainer.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: widths.append(kwargs["input_ids"].shape[1]) if "labels" in kwargs else None,
+        # the scoring forwards (not generation's): TRL's fused head takes labels, the model's own head no cache
+        lambda mod, args, kwargs: widths.append(kwargs["input_ids"].shape[1])
+        if "labels" in kwargs or kwargs.get("use_cache") is False else None,
         with_kwargs=True)
     trainer.train()
     return trainer
@@ -69,7 +71,7 @@ def test_length_grouped_grpo_makes_trls_update_over_narrower_forwards(tmp_path, 
     wide, narrow = [], []
     trl = _train(tmp_path, tiny_model, False, wide)
     ours = _train(tmp_path, tiny_model, True, narrow)
-    assert type(trl).__name__ == "GRPOTrainer" and type(ours).__name__ == "LengthGroupedGRPOTrainer"
+    assert type(trl).__name__ == "ModelHeadGRPOTrainer" and type(ours).__name__ == "LengthGroupedGRPOTrainer"
     assert len(wide) == len(narrow) and sum(narrow) < sum(wide) and max(narrow) == max(wide), (wide, narrow)
     logs = [next(h for h in t.state.log_history if "grad_norm" in h) for t in (trl, ours)]
     assert logs[0]["grad_norm"] > 0

@@ -96,11 +96,11 @@ def test_micro_batches_make_the_whole_batchs_update(tmp_path, tiny_model):
 
 
 def test_on_cpu_sft_scores_with_the_models_head_as_trls_fused_head_does(tmp_path, tiny_model):
-    """posttrain/core/sft_head.py: one padded batch with prompt tokens outside the loss, in float32. The
+    """posttrain/core/model_head.py: one padded batch with prompt tokens outside the loss, in float32. The
     model's own head gives TRL's loss, gradients and logged entropy and token accuracy."""
     from trl import SFTTrainer
 
-    from posttrain.core.sft_head import ModelHeadSFTTrainer
+    from posttrain.core.model_head import ModelHeadSFTTrainer
     trainer = _sft(tmp_path, tiny_model, "head", micro=4, bf16=False)
     assert isinstance(trainer, ModelHeadSFTTrainer)
     trainer.model.train()
@@ -225,7 +225,8 @@ def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
     grpo = results["grpo"]
     assert (grpo["before"]["batch"], grpo["before"]["grad_accum"]) == (32, 1)
     assert (grpo["after"]["batch"], grpo["after"]["grad_accum"]) == (8, 4)
-    assert (grpo["before"]["trainer"], grpo["after"]["trainer"]) == ("GRPOTrainer", "LengthGroupedGRPOTrainer")
+    assert (grpo["before"]["trainer"], grpo["after"]["trainer"]) == ("ModelHeadGRPOTrainer", "LengthGroupedGRPOTrainer")
+    assert (grpo["before"]["model_head"], grpo["after"]["model_head"]) == (False, True)  # TRL's fused head before
     for arm in ("before", "after"):  # rollouts and update timed apart, the same 32 rollouts per step
         assert 0 < grpo[arm]["rollout_s"] < grpo[arm]["step_s"]
         assert grpo[arm]["update_s"] > 0
@@ -243,17 +244,18 @@ def test_bench_train_before_and_after_on_a_tiny_model(tiny_model):
 
 
 @pytest.mark.slow
-def test_bench_train_isolates_the_length_grouped_lever(tiny_model):
-    """`--arms ungrouped after`: the same GRPO shape, only the trainer class differs."""
-    results = roofline.bench_train(str(tiny_model), kinds=("grpo",), steps=2, new_tokens=16,
-                                   arms=("ungrouped", "after"))
-    ungrouped, after = results["grpo"]["ungrouped"], results["grpo"]["after"]
-    assert "error" not in ungrouped and "error" not in after, results["grpo"]
-    assert (ungrouped["trainer"], after["trainer"]) == ("GRPOTrainer", "LengthGroupedGRPOTrainer")
-    for key in ("bf16", "gradient_checkpointing", "batch", "grad_accum"):
-        assert ungrouped[key] == after[key], key
-    assert results["grpo"]["speedup"] == round(ungrouped["step_s"] / after["step_s"], 2)
-    assert "ungrouped" in roofline.table(results)
+@pytest.mark.parametrize(("arm", "lever"), [("ungrouped", "trainer"), ("fused", "model_head")])
+def test_bench_train_isolates_one_grpo_lever(tiny_model, arm, lever):
+    """`--arms ungrouped after`: only the trainer class differs (length-grouped micro-batches);
+    `--arms fused after`: only the LM head that scores GRPO's log-probabilities."""
+    results = roofline.bench_train(str(tiny_model), kinds=("grpo",), steps=2, new_tokens=16, arms=(arm, "after"))
+    baseline, after = results["grpo"][arm], results["grpo"]["after"]
+    assert "error" not in baseline and "error" not in after, results["grpo"]
+    assert after["trainer"] == "LengthGroupedGRPOTrainer" and after["model_head"] is True
+    for key in ("trainer", "model_head", "bf16", "gradient_checkpointing", "batch", "grad_accum"):
+        assert (baseline[key] != after[key]) == (key == lever), key
+    assert results["grpo"]["speedup"] == round(baseline["step_s"] / after["step_s"], 2)
+    assert arm in roofline.table(results)
 
 
 @pytest.mark.parametrize("arms", [("after", "after"), ("after", "faster")])
@@ -275,3 +277,45 @@ def test_gpu_check_runs_a_valid_plan(tmp_path, capsys):
     assert main(args) == 0
     plan = capsys.readouterr().out
     assert "vllm" in plan
+
+
+@pytest.mark.parametrize("entropy_bonus", [False, True])
+def test_on_cpu_grpo_scores_with_the_models_head_as_trls_fused_head_does(tmp_path, tiny_model, entropy_bonus):
+    """posttrain/core/model_head.py: rows with left-padded prompts and right-padded completions, in
+    float32, at the rollouts' temperature. The model's own head gives TRL's log-probabilities,
+    entropies and their gradients on every completion token."""
+    from datasets import Dataset
+
+    from posttrain.core.model_head import ModelHeadGRPOTrainer
+    ctx = StageContext(stage_id="rl", dir=tmp_path / "rl", input_model=str(tiny_model))
+    options = GRPOOptions(num_generations=2, max_completion_length=8, length_grouped=False,
+                          entropy_coef=0.01 if entropy_bonus else 0.0,
+                          train=TrainOptions(max_steps=1, batch_size=4, save_steps=100,
+                                             trainer={"report_to": [], "disable_tqdm": True, "bf16": False}))
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi."}]}] * 4)
+    trainer = grpo_trainer(ctx, options, rows, [longer], "rl.train")
+    assert type(trainer) is ModelHeadGRPOTrainer and trainer.temperature != 1.0
+    torch.manual_seed(0)
+    ids = torch.randint(0, 200, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # prompt padding on the left
+    mask[1, -4:] = 0  # completion padding on the right
+    mask[2, :1] = 0
+    completion = mask[:, -6:].bool()
+    results = []
+    for head in (True, False):
+        trainer.model_head = head
+        trainer.model.zero_grad()
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 6, batch_size=2,
+                                                                         compute_entropy=True)
+        assert logps.shape == entropies.shape == (3, 6)
+        # entropy enters the loss (and needs its gradient) only as the entropy bonus
+        (logps[completion].sum() + entropy_bonus * entropies[completion].sum()).backward()
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in trainer.model.parameters()]
+        results.append((logps.detach()[completion], entropies.detach()[completion], grads))
+    (ours, our_entropy, our_grads), (theirs, their_entropy, their_grads) = results
+    assert (ours < 0).all() and torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(our_entropy, their_entropy, atol=1e-5)
+    assert any(g.abs().sum() > 0 for g in our_grads)
+    for a, b in zip(our_grads, their_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

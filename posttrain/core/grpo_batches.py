@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl import GRPOTrainer
 from trl.trainer.utils import split_tensor_dict
+
+from posttrain.core.model_head import ModelHeadGRPOTrainer
 
 GROUPABLE_LOSSES = ("grpo", "dapo", "dr_grpo")
 
@@ -61,8 +62,9 @@ def by_length(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return split_tensor_dict(whole, len(batches))
 
 
-class LengthGroupedGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with length-grouped loss micro-batches and padding cut per forward."""
+class LengthGroupedGRPOTrainer(ModelHeadGRPOTrainer):
+    """TRL's GRPOTrainer with length-grouped loss micro-batches and padding cut per forward (and the
+    model's own LM head on CPU: `ModelHeadGRPOTrainer`)."""
 
     def _groups_by_length(self) -> bool:
         return (self.loss_type in GROUPABLE_LOSSES
@@ -77,22 +79,9 @@ class LengthGroupedGRPOTrainer(GRPOTrainer):
         self._buffered_inputs = by_length(self._buffered_inputs)
         return self._buffered_inputs[self._step % self.args.steps_per_generation]
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
-                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
-                                           **multimodal):
-        if compute_aux_loss or any(v is not None for v in multimodal.values()):  # MoE, images: TRL's own
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
-                **multimodal)
-        size = batch_size or input_ids.size(0)
-        logps, entropies = [], []
-        for s in range(0, input_ids.size(0), size):
-            ids, mask = input_ids[s:s + size], attention_mask[s:s + size]
-            first, last = used_columns(mask, logits_to_keep)
-            keep = logits_to_keep - (ids.size(1) - last)
-            lp, ent, _ = super()._get_per_token_logps_and_entropies(
-                model, ids[:, first:last], mask[:, first:last], keep, None, compute_entropy)
-            logps.append(F.pad(lp, (0, logits_to_keep - keep)))  # cut completion padding scores 0, as masked
-            if compute_entropy:
-                entropies.append(F.pad(ent, (0, logits_to_keep - keep)))
-        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+    def _score(self, model, ids, mask, logits_to_keep: int, compute_entropy: bool):
+        first, last = used_columns(mask, logits_to_keep)
+        keep = logits_to_keep - (ids.size(1) - last)
+        lp, ent = super()._score(model, ids[:, first:last], mask[:, first:last], keep, compute_entropy)
+        pad = (0, logits_to_keep - keep)  # cut completion padding scores 0, as masked
+        return F.pad(lp, pad), F.pad(ent, pad) if compute_entropy else None

@@ -39,7 +39,7 @@ class LoraOptions:
 # Rows per forward/backward by trainer, on CPU (issue 29; default model, 2 cores, bf16 autocast,
 # `posttrain bench train`): on-policy distillation in pairs, 1.13x the tokens/s of whole batches of 8
 # (its vocabulary-wide divergence dominates). SFT in fours since it scores with the model's own head
-# (posttrain/core/sft_head.py): a batch of 8 short rows of like length trains 1.2-1.6x faster whole or
+# (posttrain/core/model_head.py): a batch of 8 short rows of like length trains 1.2-1.6x faster whole or
 # in fours than one row at a time, while 8 rows of 100-500 tokens padded whole are the slowest (README).
 # GPUs, and the trainers not listed, take the whole batch at once.
 CPU_MICRO_BATCH = {"sft": 4, "distill": 2}
@@ -165,7 +165,7 @@ def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, m
     """
     from trl import SFTConfig
 
-    from posttrain.core.sft_head import ModelHeadSFTTrainer
+    from posttrain.core.model_head import ModelHeadSFTTrainer
 
     model, tokenizer = load_model(ctx.input_model, train=True)
     conversations = "messages" in dataset.column_names
@@ -215,9 +215,10 @@ def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs:
                  **trainer_kwargs: Any):
     """TRL's GRPOTrainer on `dataset` (conversational `prompt` + reward columns); `trainer_kwargs`
     go to the trainer (e.g. `environment_factory` for tools that run)."""
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from posttrain.core.grpo_batches import LengthGroupedGRPOTrainer
+    from posttrain.core.model_head import ModelHeadGRPOTrainer
 
     model, tokenizer = load_model(ctx.input_model, train=True)
     o = options
@@ -232,7 +233,7 @@ def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs:
         raise ValueError(f"{ctx.stage_id}: {len(dataset)} training prompt(s), fewer than the {per_step} that one "
                          f"GRPO step samples ({where}.batch_size x steps per generation / num_generations): "
                          "give the stage more prompts or a smaller batch")
-    trainer_class = LengthGroupedGRPOTrainer if o.length_grouped else GRPOTrainer
+    trainer_class = LengthGroupedGRPOTrainer if o.length_grouped else ModelHeadGRPOTrainer
     return rollouts_in_autocast(trainer_class(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=o.train.lora.peft_config() if o.train.lora else None, **trainer_kwargs))
