@@ -159,13 +159,13 @@ def test_unknown_backend_is_refused(tiny_model):
 
 def test_engine_dtype_follows_the_machine_unless_set(tiny_model, tmp_path):
     """`auto` is bfloat16 exactly where its matmuls are native (fast_bf16), float32 elsewhere; a set
-    dtype wins; on CPU the engine decodes with eager attention; the weights a run trains from stay float32."""
+    dtype wins; the engine decodes with the model's own attention (sdpa); the weights a run trains from stay float32."""
     auto = TransformersEngine.load(tiny_model)
     assert auto.model.dtype == (torch.bfloat16 if fast_bf16() else torch.float32)
     pooled = EnginePool(transformers={"dtype": "float32"}).get(tiny_model)
     assert pooled.model.dtype == torch.float32
     if auto.model.device.type == "cpu":
-        assert auto.model.config._attn_implementation == pooled.model.config._attn_implementation == "eager"
+        assert auto.model.config._attn_implementation == pooled.model.config._attn_implementation == "sdpa"
     # the same greedy tokens' logprobs in both precisions, within bf16's rounding
     [[a]] = auto.generate(PROMPTS[:1], mode="think", max_new_tokens=6, temperature=0, logprobs=True)
     [[b]] = pooled.generate(PROMPTS[:1], mode="think", max_new_tokens=6, temperature=0, logprobs=True)

@@ -11,7 +11,7 @@ import torch
 from posttrain import roofline
 from posttrain.core.config import ConfigError, from_dict
 from posttrain.core.context import StageContext
-from posttrain.core.models import decode_attention, fast_bf16
+from posttrain.core.models import fast_bf16, residual_stream
 from posttrain.core.training import GRPOOptions, TrainOptions, grpo_trainer, micro_batch, sft_trainer
 from tests.conftest import longer
 
@@ -184,8 +184,8 @@ def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
     assert model.generate is spy_generate  # put back after the rollouts
     assert in_rollouts and set(in_rollouts) == {torch.bfloat16}
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
-    # decoding with the generation engine's attention (eager on CPU), the loss with the model's own
-    assert set(decode_kernels) == {decode_attention(trainer.model) or training_kernel}
+    # decoding and the loss with the model's own attention kernel
+    assert set(decode_kernels) == {training_kernel}
     assert kernels and set(kernels) == {training_kernel} == {trainer.model.config._attn_implementation}
 
 
@@ -319,3 +319,19 @@ def test_on_cpu_grpo_scores_with_the_models_head_as_trls_fused_head_does(tmp_pat
     assert any(g.abs().sum() > 0 for g in our_grads)
     for a, b in zip(our_grads, their_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_residual_stream_keeps_the_kv_cache_in_the_autocast_dtype(tiny_model):
+    """Under a bf16 autocast over float32 weights, the KV cache is float32 (each decoding step casts it
+    back for attention's matmuls); with the residual stream in bf16 it is bf16, the weights untouched."""
+    from posttrain.core.models import load_model
+    model, _ = load_model(tiny_model, train=True)
+    ids = torch.randint(0, 200, (2, 9))
+    caches = {}
+    for dtype in (None, torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), residual_stream(model, dtype):
+            cache = model(input_ids=ids, use_cache=True).past_key_values
+        caches[dtype] = {t.dtype for layer in cache.layers for t in (layer.keys, layer.values)}
+    assert caches == {None: {torch.float32}, torch.bfloat16: {torch.bfloat16}}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert not model.get_input_embeddings()._forward_hooks  # the hook is gone after the block

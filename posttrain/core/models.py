@@ -189,26 +189,22 @@ def fast_bf16() -> bool:
     return native and bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
-def decode_attention(model: PreTrainedModel) -> str | None:
-    """The attention kernel for token-by-token decoding: eager on CPU, where one-token steps ran
-    faster than under sdpa's CPU flash kernel (24% of a batch-16 decode, `posttrain bench train
-    --profile`); None (the model's own) elsewhere."""
-    return "eager" if model.device.type == "cpu" else None
-
-
 @contextlib.contextmanager
-def attention(model: PreTrainedModel, implementation: str | None):
-    """Run the block with the model's attention set to `implementation` (None: unchanged), then
-    set it back."""
-    previous = model.config._attn_implementation
-    if not implementation or implementation == previous:
+def residual_stream(model: PreTrainedModel, dtype: torch.dtype | None):
+    """Run the block with the model's input embeddings cast to `dtype` (None: unchanged), so that under
+    an autocast to `dtype` the residual stream, the rotary embeddings and the KV cache are `dtype`
+    too, as in a model loaded in it. Autocast alone keeps them float32 over float32 weights, and
+    each decoding step then casts the whole float32 cache back to bf16 for attention's matmuls: 48%
+    of a batch-32 decode over ~430-token prompts here (`aten::copy_`), which made GRPO's rollouts of
+    stage 4's tool prompts 5x slower per token than those of short prompts."""
+    if dtype is None:
         yield model
         return
-    model.set_attn_implementation(implementation)
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.to(dtype))
     try:
         yield model
     finally:
-        model.set_attn_implementation(previous)
+        hook.remove()
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, train: bool = False):

@@ -16,7 +16,7 @@ from posttrain.core.config import check_trainer_overrides
 from posttrain.core.context import StageContext
 from posttrain.core.generation.hf import top_k_sampling
 from posttrain.core.generation.vllm import release, use_reload_sync
-from posttrain.core.models import attention, decode_attention, load_model, save
+from posttrain.core.models import load_model, residual_stream, save
 from posttrain.core.rundir import distributed, wait_for_everyone
 
 log = logging.getLogger("posttrain.core.training")
@@ -134,16 +134,17 @@ def train(ctx: StageContext, trainer) -> None:
 def rollouts_in_autocast(trainer):
     """Make an on-policy trainer (GRPO, distillation) sample its transformers rollouts as the
     generation engine decodes: under the trainer's mixed-precision autocast (TRL calls `generate`
-    outside it, so a bf16 run would sample with float32 matmuls) and with the engine's decoding
-    attention (`decode_attention`: eager on CPU), the training forward keeping its own, and with its
+    outside it, so a bf16 run would sample with float32 matmuls) with its residual stream and KV
+    cache in bf16 as in the engine's bf16 model (`residual_stream`), and with the engine's
     top-k sampler (`top_k_sampling`). The float32 weights are untouched; the loss is recomputed from
     the sampled ids, so no sampled log-probability enters it (vLLM rollouts are left as they are)."""
     if getattr(trainer.args, "use_vllm", False):
         return trainer
     generate, model = trainer._generate, trainer.accelerator.unwrap_model(trainer.model)
+    stream = torch.bfloat16 if trainer.args.bf16 else None
 
     def _generate(prompts):
-        with (trainer.accelerator.autocast(), attention(model, decode_attention(model)),
+        with (trainer.accelerator.autocast(), residual_stream(model, stream),
               top_k_sampling(model, trainer.generation_config)):
             return generate(prompts)
     trainer._generate = _generate
