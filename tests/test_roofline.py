@@ -189,6 +189,33 @@ def test_grpo_rollouts_sample_under_the_trainers_autocast(tmp_path, tiny_model):
     assert kernels and set(kernels) == {training_kernel} == {trainer.model.config._attn_implementation}
 
 
+def test_on_policy_distillation_trains_the_student_under_the_autocast(tmp_path, tiny_model):
+    """TRL's DistillationTrainer routes its loss around the forward that accelerate wrapped in the
+    autocast; the project's puts it back: a bf16 run's loss forward computes in bf16 matmuls, over
+    float32 weights that the step updates."""
+    from stages.distill import Config, OnPolicy, Prompts, on_policy_prompts, on_policy_trainer
+    ctx = StageContext(stage_id="distill", dir=tmp_path / "distill", input_model=str(tiny_model))
+    prompts = on_policy_prompts(ctx, Config(prompts=Prompts(families={"arithmetic": 4})))
+    cfg = OnPolicy(max_completion_length=8, train=TrainOptions(
+        max_steps=1, batch_size=4, learning_rate=1e-3, save_steps=100,
+        trainer={"report_to": [], "disable_tqdm": True, **BF16}))
+    trainer = on_policy_trainer(ctx, str(tiny_model), cfg, prompts)
+    seen, in_loss = _matmul_dtypes(trainer.model), []
+    compute = trainer._compute_loss
+
+    def spy(*args, **kwargs):
+        start = len(seen)
+        out = compute(*args, **kwargs)
+        in_loss.extend(seen[start:])
+        return out
+    trainer._compute_loss = spy
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert in_loss and set(in_loss) == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
 def test_matmul_params_count_the_head_not_the_lookup(tiny_model):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     lm = AutoModelForCausalLM.from_pretrained(tiny_model)  # tied: the table is also the head

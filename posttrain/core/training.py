@@ -151,6 +151,20 @@ def rollouts_in_autocast(trainer):
     return trainer
 
 
+def loss_in_autocast(trainer):
+    """Run a distillation trainer's loss under its mixed-precision autocast. TRL's DistillationTrainer
+    computes it through `_forward_redirection`, which swaps out the model's `forward`, the very
+    attribute accelerate wrapped in the autocast: a bf16 run otherwise trained the student in
+    float32 matmuls (on the default model here, 9.5 s against 7.1 s per update of 8 rollouts)."""
+    compute = trainer._compute_loss
+
+    def _compute_loss(*args, **kwargs):
+        with trainer.accelerator.autocast():
+            return compute(*args, **kwargs)
+    trainer._compute_loss = _compute_loss
+    return trainer
+
+
 def sft_trainer(ctx: StageContext, dataset, options: TrainOptions, where: str, max_length: int = 1024,
                 packing: bool = False):
     """TRL's SFTTrainer on `dataset`, with the loss on what the assistant says.
