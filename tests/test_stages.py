@@ -599,7 +599,7 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
         model: {tiny_model}
         output_dir: {tmp_path / 'run'}
         eval:
-          suites: {{arithmetic: {{n: 2}}, linear: {{n: 2}}}}
+          suites: {{arithmetic: {{n: 2}}, linear: {{n: 2}}, arithmetic_128: {{n: 2}}, linear_128: {{n: 2}}}}
           max_new_tokens: 6
           think_follow: {{n: 2, max_new_tokens: 6}}
           tasks: {{n: 1, max_new_tokens: 6}}
@@ -620,6 +620,7 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
           - id: distill
             config: {{student: "layers=1,heads=2,mlp=16,refit=2", prompts: {{families: {{arithmetic: 4, linear: 4}}}},
                       off_policy: {{max_new_tokens: 6, filter_by_reward: false, min_examples: 1,
+                                    traces: {{families: {{arithmetic: 2, linear: 2}}}},
                                     train: {{max_steps: 1, batch_size: 2}}}},
                       on_policy: {{max_completion_length: 6, train: {{max_steps: 1, batch_size: 2}}}}}}
         """)
@@ -648,8 +649,10 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
     assert "think_follow" in evals["fusion"] and "think_follow" not in evals["distill"]  # eval.think_follow.models
     assert "tasks" in evals["general_rl"] and "tasks" not in evals["cold_start"]
     # eval.mode_models: the suites in no-think mode for the fused model only; the task kinds in both modes
-    assert [set(evals[m]["suites"]["arithmetic"]) for m in ("cold_start", "fusion", "distill")] == [
-        {"think"}, {"think", "no_think"}, {"think"}]
+    assert [set(evals[m]["suites"]["arithmetic"]) for m in ("cold_start", "fusion")] == [{"think"}, {"think", "no_think"}]
+    # suites.NAME.models: the teacher and the student on the larger suites, the student on those only
+    assert set(evals["distill"]["suites"]) == {"arithmetic_128", "linear_128"} < set(evals["general_rl"]["suites"])
+    assert json.loads((run_dir / "06_distill" / "off_policy" / "metrics.json").read_text())["off_policy_traces"] == 4
     assert {"think", "no_think"} <= {m for r in evals["general_rl"]["tasks"]["scores"].values() for m in r}
 
 
