@@ -649,7 +649,8 @@ def test_demo_on_a_tiny_model_reports_every_stage_with_its_data_and_plots(tmp_pa
     assert "think_follow" in evals["fusion"] and "think_follow" not in evals["distill"]  # eval.think_follow.models
     assert "tasks" in evals["general_rl"] and "tasks" not in evals["cold_start"]
     # eval.mode_models: the suites in no-think mode for the fused model only; the task kinds in both modes
-    assert [set(evals[m]["suites"]["arithmetic"]) for m in ("cold_start", "fusion")] == [{"think"}, {"think", "no_think"}]
+    assert [set(evals[m]["suites"]["arithmetic"]) for m in ("cold_start", "fusion")] == [
+        {"think"}, {"think", "no_think"}]
     # suites.NAME.models: the teacher and the student on the larger suites, the student on those only
     assert set(evals["distill"]["suites"]) == {"arithmetic_128", "linear_128"} < set(evals["general_rl"]["suites"])
     assert json.loads((run_dir / "06_distill" / "off_policy" / "metrics.json").read_text())["off_policy_traces"] == 4
