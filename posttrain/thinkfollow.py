@@ -37,6 +37,8 @@ class ThinkFollowConfig:
     models: list[str] | None = None  # in a pipeline: the models scored (`base`, stage ids); default all
 
     def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n: ThinkFollow needs at least 1 conversation, got {self.n}")
         FlagMix(kinds=self.kinds)  # the same checks as the builder's
 
     def plans(self) -> list[dict[str, Any]]:

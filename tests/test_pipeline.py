@@ -242,6 +242,7 @@ def test_think_follow_and_task_kinds_only_for_the_models_named(tmp_path, monkeyp
     ({"mode_models": {"no_think": ["fusoin"]}},
      "eval.mode_models.no_think: 'fusoin' is not `base` or a stage id (stages: first, second)"),
     ({"think_follow": {"models": ["base", "third"]}}, "eval.think_follow.models: 'third' is not `base` or a stage id"),
+    ({"think_follow": {"n": 0}}, "n: ThinkFollow needs at least 1 conversation, got 0"),
     ({"modes": ["think"], "mode_models": {"no_think": ["first"]}},
      "eval.mode_models: no_think is not one of the eval's modes ['think']"),
     ({"mode_models": {"no_think": ["base"]}}, None),
