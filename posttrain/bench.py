@@ -29,7 +29,7 @@ from data_builders.synthetic import generate
 from posttrain import roofline
 from posttrain.core.chat import TRAINING_CHAT_TEMPLATE
 from posttrain.core.generation import EnginePool
-from posttrain.core.generation.vllm import use_reload_sync
+from posttrain.core.generation.vllm import colocated_dtype, engine_kwargs, on_cpu, release, use_reload_sync
 from posttrain.core.models import load_model, load_tokenizer, params_on_disk, resolve_model
 from rewards import get as get_reward
 from stages.sft import load_messages
@@ -73,17 +73,18 @@ def bench_generate(model: str, prompts: int, batch_size: int, max_new_tokens: in
 
 
 def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
-    """The vLLM engine (bf16 eager, the CPU default; bf16 compiled; float32 eager) against the
-    transformers engine (float32, batched), each with its start time."""
+    """The vLLM engine in both precisions (eager) and compiled in its default one (`cpu_dtype` on CPU)
+    against the transformers engine (its default precision, batched), each with its start time."""
     results, pool = {}, EnginePool("vllm")
     start = time.perf_counter()
     engine = pool.get(model, backend="transformers", batch_size=batch_size)
-    results["transformers"] = {"start_s": round(time.perf_counter() - start, 1),
+    results["transformers"] = {"start_s": round(time.perf_counter() - start, 1), "dtype": str(engine.model.dtype),
                                **_throughput(engine, rows, max_new_tokens)}
     del engine
-    arms = {"vllm_bfloat16_eager": {"dtype": "bfloat16", "enforce_eager": True},  # the CPU default
-            "vllm_bfloat16_compiled": {"dtype": "bfloat16", "enforce_eager": False},
-            "vllm_float32_eager": {"dtype": "float32", "enforce_eager": True}}
+    default = engine_kwargs()["dtype"] if on_cpu() else "bfloat16"
+    arms = {"vllm_bfloat16_eager": {"dtype": "bfloat16", "enforce_eager": True},
+            "vllm_float32_eager": {"dtype": "float32", "enforce_eager": True},
+            f"vllm_{default}_compiled": {"dtype": default, "enforce_eager": False}}
     for key, settings in arms.items():
         start = time.perf_counter()
         engine = pool.get(model, **settings)
@@ -92,7 +93,8 @@ def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
     base = results["transformers"]["tokens_per_s"]
     for key in arms:
         results[key]["ratio_to_transformers"] = round(results[key]["tokens_per_s"] / base, 2)
-    results["speedup"] = results["vllm_bfloat16_eager"]["ratio_to_transformers"]
+    results["default"] = f"vllm_{default}_eager"
+    results["speedup"] = results[results["default"]]["ratio_to_transformers"]
     return results
 
 
@@ -116,6 +118,7 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
                               zip(_prompts(prompts * steps), ["0"] * (prompts * steps), strict=True)])
     knobs = {"transformers": {}, "paged": {"use_transformers_paged": True},
              "vllm": {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}}
+    knobs["vllm_trl_dtype"] = knobs["vllm"]  # vLLM's own choice for TRL's engine: bf16 on any x86 CPU
     results, medians = {}, {}
     for path in paths:
         model_obj, tokenizer = load_model(model, train=True)
@@ -126,11 +129,13 @@ def bench_grpo(model: str, paths: list[str], steps: int, prompts: int, generatio
                               save_strategy="no", use_cpu=True, bf16=False, logging_steps=1, disable_tqdm=True,
                               **knobs[path])
             start = time.perf_counter()
-            trainer = GRPOTrainer(model=model_obj, args=args, train_dataset=data, processing_class=tokenizer,
-                                  reward_funcs=[get_reward("math")], callbacks=[clock])
+            with colocated_dtype(args if path == "vllm" else None):  # the project's: `cpu_dtype()` on CPU
+                trainer = GRPOTrainer(model=model_obj, args=args, train_dataset=data, processing_class=tokenizer,
+                                      reward_funcs=[get_reward("math")], callbacks=[clock])
             use_reload_sync(trainer)
             setup = time.perf_counter() - start
             trainer.train()
+            release(trainer)  # the next path's engine needs the memory
         medians[path] = statistics.median(clock.times[1:] or clock.times)
         results[path] = {"setup_s": round(setup, 1), "step_s": [round(t, 3) for t in clock.times],
                          "median_step_s": round(medians[path], 3)}
@@ -192,7 +197,7 @@ def add_parser(sub) -> None:
     def show_generate(a):
         result = bench_generate(a.model, a.prompts, a.batch_size, a.max_new_tokens, a.backend, a.baseline)
         print(json.dumps(result, indent=2))
-        what = ("vLLM (bf16, eager) / transformers tokens/s" if a.backend == "vllm"
+        what = (f"vLLM ({result.get('default')}) / transformers tokens/s" if a.backend == "vllm"
                 else "top-k sampler / transformers' sampling tokens/s" if a.baseline == "sampling"
                 else "batched / one-at-a-time tokens/s")
         print(f"{what}: {result['speedup']:.2f}")
@@ -201,7 +206,9 @@ def add_parser(sub) -> None:
     r = kinds.add_parser("grpo", help="GRPO step time per rollout path (transformers, paged, vllm)")
     r.add_argument("--model", default="default")
     r.add_argument("--paths", nargs="+", default=["transformers", "paged", "vllm"],
-                   choices=["transformers", "paged", "vllm"])
+                   choices=["transformers", "paged", "vllm", "vllm_trl_dtype"],
+                   help="vllm: colocated in `cpu_dtype()` on CPU, as the stages run it; vllm_trl_dtype: in the "
+                        "dtype vLLM picks for TRL's engine (bf16 on any x86 CPU)")
     r.add_argument("--steps", type=int, default=3)
     r.add_argument("--prompts", type=int, default=8, help="prompts per step")
     r.add_argument("--generations", type=int, default=4)

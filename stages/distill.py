@@ -29,6 +29,7 @@ from data_builders.synthetic import FAMILIES
 from posttrain.core.chat import MODES, split_think, with_flag
 from posttrain.core.context import StageContext
 from posttrain.core.generation import GenerationEngine
+from posttrain.core.generation.vllm import colocated_dtype
 from posttrain.core.models import load_model, load_tokenizer, resolve_model
 from posttrain.core.rundir import distributed, is_main_process
 from posttrain.core.training import TrainOptions, finish, loss_in_autocast, rollouts_in_autocast, sft, train
@@ -170,9 +171,11 @@ def on_policy_trainer(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts):
                           beta=DIVERGENCE_BETA[cfg.divergence], max_completion_length=cfg.max_completion_length,
                           temperature=cfg.temperature, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode)
     teacher_model, _ = load_model(teacher, dtype=torch.bfloat16 if args.bf16 else torch.float32)  # the run's precision
-    return loss_in_autocast(rollouts_in_autocast(DistillationTrainer(
-        model=student, teacher_model=teacher_model, args=args, train_dataset=prompts, processing_class=tokenizer,
-        peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None)))
+    with colocated_dtype(args):
+        trainer = DistillationTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=prompts,
+                                      processing_class=tokenizer,
+                                      peft_config=cfg.train.lora.peft_config() if cfg.train.lora else None)
+    return loss_in_autocast(rollouts_in_autocast(trainer))
 
 
 def on_policy(ctx: StageContext, teacher: str, cfg: OnPolicy, prompts) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 
 import pytest
 import torch
@@ -189,6 +190,35 @@ def test_vllm_backend_fails_clearly_without_vllm(tiny_model, monkeypatch):
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # import_vllm sets it; restored after
     with pytest.raises(RuntimeError, match="backend 'vllm' needs vLLM .*make install-vllm"):
         EnginePool("vllm").get(tiny_model)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_vllm_precision_on_cpu_follows_the_machine(monkeypatch, native):
+    """vLLM's engines on CPU, the offline one and the one TRL colocates in a trainer, run bf16 only where
+    bf16 matmuls are native (`fast_bf16`); a set dtype wins; on a GPU, a vLLM server or without vLLM
+    rollouts nothing is changed. TRL builds `vllm.LLM` with no dtype: a stand-in records what it gets."""
+    from posttrain.core.generation import vllm as backend
+    monkeypatch.setattr(backend, "fast_bf16", lambda: native)
+    monkeypatch.setattr(backend, "on_cpu", lambda: True)
+    want = "bfloat16" if native else "float32"
+    assert backend.engine_kwargs()["dtype"] == want
+    assert backend.engine_kwargs({"dtype": "float32", "max_model_len": 64})["dtype"] == "float32"
+
+    class LLM:
+        def __init__(self, model, dtype="auto", **kwargs):
+            self.dtype = dtype
+    monkeypatch.setattr(backend, "import_vllm", lambda: types.SimpleNamespace(LLM=LLM))
+    with backend.colocated_dtype(types.SimpleNamespace(use_vllm=True, vllm_mode="colocate")):
+        assert LLM("m").dtype == want and LLM("m", dtype="float16").dtype == "float16"
+    assert LLM("m").dtype == "auto"  # put back after the block
+    for args in (types.SimpleNamespace(use_vllm=True, vllm_mode="server"), types.SimpleNamespace(use_vllm=False),
+                 None):
+        with backend.colocated_dtype(args):
+            assert LLM("m").dtype == "auto"
+    monkeypatch.setattr(backend, "on_cpu", lambda: False)  # a GPU: vLLM's own choice
+    assert "dtype" not in backend.engine_kwargs()
+    with backend.colocated_dtype(types.SimpleNamespace(use_vllm=True, vllm_mode="colocate")):
+        assert LLM("m").dtype == "auto"
 
 
 def test_unset_sampling_knobs_reach_model_generate_per_mode(engine, monkeypatch):

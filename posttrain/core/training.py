@@ -15,7 +15,7 @@ from posttrain.core.chat import SAMPLING
 from posttrain.core.config import check_trainer_overrides
 from posttrain.core.context import StageContext
 from posttrain.core.generation.hf import top_k_sampling
-from posttrain.core.generation.vllm import release, use_reload_sync
+from posttrain.core.generation.vllm import colocated_dtype, release, use_reload_sync
 from posttrain.core.models import load_model, residual_stream, save
 from posttrain.core.rundir import distributed, wait_for_everyone
 
@@ -249,9 +249,11 @@ def grpo_trainer(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs:
                          f"GRPO step samples ({where}.batch_size x steps per generation / num_generations): "
                          "give the stage more prompts or a smaller batch")
     trainer_class = LengthGroupedGRPOTrainer if o.length_grouped else ModelHeadGRPOTrainer
-    return rollouts_in_autocast(trainer_class(
-        model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=o.train.lora.peft_config() if o.train.lora else None, **trainer_kwargs))
+    with colocated_dtype(args):
+        trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                                processing_class=tokenizer,
+                                peft_config=o.train.lora.peft_config() if o.train.lora else None, **trainer_kwargs)
+    return rollouts_in_autocast(trainer)
 
 
 def grpo(ctx: StageContext, options: GRPOOptions, dataset, reward_funcs: list, where: str,

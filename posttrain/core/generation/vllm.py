@@ -12,6 +12,7 @@ tokens transformers gives for the new weights.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -20,17 +21,18 @@ from typing import Any
 import torch
 
 from posttrain.core.generation.base import GenerationEngine
+from posttrain.core.models import fast_bf16
 
 log = logging.getLogger("posttrain.vllm")
 
 # The offline engine on CPU, as measured by `posttrain bench generate --backend vllm --prompts 128
-# --max-new-tokens 256` (default model, 2 cores): bf16 (147 tokens/s compiled vs 108 in float32);
-# eager mode (starts in 6 s instead of 115 s of compilation, for 7% fewer tokens/s, and a pipeline
-# starts an engine per model); an explicit KV cache instead of a share of host memory (vLLM's
-# default share, 0.92, fails on a machine that also holds a trainer); a context that fits the
-# recipes; no chunked prefill: with it, a seeded request whose prompt is split across steps fails on
-# CPU (`RuntimeError: CPU Generator does not use offset`, vLLM 0.31), and the engine seeds requests.
-CPU_ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "bfloat16", "enforce_eager": True, "kv_cache_memory_bytes": 2 << 30,
+# --max-new-tokens 256` (default model, 2 cores): eager mode (starts in 6 s instead of 115 s of
+# compilation, for 7% fewer tokens/s, and a pipeline starts an engine per model); an explicit KV
+# cache instead of a share of host memory (vLLM's default share, 0.92, fails on a machine that also
+# holds a trainer); a context that fits the recipes; no chunked prefill: with it, a seeded request
+# whose prompt is split across steps fails on CPU (`RuntimeError: CPU Generator does not use
+# offset`, vLLM 0.31), and the engine seeds requests. The dtype is `cpu_dtype()`'s.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "kv_cache_memory_bytes": 2 << 30,
                                        "max_model_len": 4096, "enable_chunked_prefill": False}
 GPU_ENGINE_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.85}
 
@@ -55,8 +57,40 @@ def import_vllm():
     return vllm
 
 
+def cpu_dtype() -> str:
+    """vLLM's precision on CPU: bfloat16 where bf16 matmuls are native and faster (`fast_bf16`), else
+    float32. vLLM itself takes bf16 on every x86 CPU, and turns float32 checkpoints (all a trainer
+    saves) into bf16: where bf16 is native that decoded the default model at 147 tokens/s against
+    108 in float32, but on a 2-core AVX2-only EPYC (no AVX512-BF16, no AMX) it is the slower
+    precision (`posttrain bench generate --backend vllm` prints both)."""
+    return "bfloat16" if fast_bf16() else "float32"
+
+
 def engine_kwargs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**(CPU_ENGINE_DEFAULTS if on_cpu() else GPU_ENGINE_DEFAULTS), **(overrides or {})}
+    defaults = {**CPU_ENGINE_DEFAULTS, "dtype": cpu_dtype()} if on_cpu() else GPU_ENGINE_DEFAULTS
+    return {**defaults, **(overrides or {})}
+
+
+@contextlib.contextmanager
+def colocated_dtype(args):
+    """Build a TRL trainer (its config: ARGS) whose colocated vLLM engine runs in `cpu_dtype()` on CPU.
+    TRL constructs `vllm.LLM` without a dtype, so vLLM would take bf16 for the float32 weights it is
+    given, however slow bf16 is here; inside this block an `LLM` built without one gets `cpu_dtype()`.
+    Elsewhere (a GPU, a vLLM server, no vLLM rollouts, ARGS None) nothing changes."""
+    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "colocate" and on_cpu()):
+        yield
+        return
+    llm_class = import_vllm().LLM
+    init = llm_class.__init__
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("dtype", cpu_dtype())
+        init(self, *args, **kwargs)
+    llm_class.__init__ = __init__
+    try:
+        yield
+    finally:
+        llm_class.__init__ = init
 
 
 def start_llm(model_path: str, overrides: dict[str, Any] | None = None):
