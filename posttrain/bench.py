@@ -29,7 +29,7 @@ from data_builders.synthetic import generate
 from posttrain import roofline
 from posttrain.core.chat import TRAINING_CHAT_TEMPLATE
 from posttrain.core.generation import EnginePool
-from posttrain.core.generation.vllm import colocated_dtype, engine_kwargs, on_cpu, release, use_reload_sync
+from posttrain.core.generation.vllm import colocated_dtype, cpu_dtype, on_cpu, release, use_reload_sync
 from posttrain.core.models import load_model, load_tokenizer, params_on_disk, resolve_model
 from rewards import get as get_reward
 from stages.sft import load_messages
@@ -81,7 +81,7 @@ def bench_vllm(model: str, rows, batch_size: int, max_new_tokens: int) -> dict:
     results["transformers"] = {"start_s": round(time.perf_counter() - start, 1), "dtype": str(engine.model.dtype),
                                **_throughput(engine, rows, max_new_tokens)}
     del engine
-    default = engine_kwargs()["dtype"] if on_cpu() else "bfloat16"
+    default = cpu_dtype() if on_cpu() else "bfloat16"
     arms = {"vllm_bfloat16_eager": {"dtype": "bfloat16", "enforce_eager": True},
             "vllm_float32_eager": {"dtype": "float32", "enforce_eager": True},
             f"vllm_{default}_compiled": {"dtype": default, "enforce_eager": False}}

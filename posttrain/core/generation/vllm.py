@@ -83,9 +83,9 @@ def colocated_dtype(args):
     llm_class = import_vllm().LLM
     init = llm_class.__init__
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *positional, **kwargs):
         kwargs.setdefault("dtype", cpu_dtype())
-        init(self, *args, **kwargs)
+        init(self, *positional, **kwargs)
     llm_class.__init__ = __init__
     try:
         yield
