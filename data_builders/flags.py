@@ -71,6 +71,24 @@ def script(cfg: FlagMix, n: int, rng: random.Random) -> list[dict[str, Any]]:
     return plans
 
 
+def flipped(plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan with every flag turned over (`/think` <-> `/no_think`, each in its place) and each turn's
+    mode resolved again: the same conversation in which only the flags differ, so only they can decide
+    the mode. None for a plan without any flag (it would be the same conversation). The twin is marked
+    `twin: True`."""
+    if plan["system"] is None and all(t["where"] is None for t in plan["turns"]):
+        return None
+    other = {THINK_FLAG: NO_THINK_FLAG, NO_THINK_FLAG: THINK_FLAG, None: None}
+    twin: dict[str, Any] = {"system": other[plan["system"]], "turns": [], "twin": True}
+    seen = [{"role": "system", "content": twin["system"]}] if twin["system"] else []
+    for turn in plan["turns"]:
+        flag = other[turn["flag"]]
+        if turn["where"] == "user":
+            seen.append({"role": "user", "content": flag})
+        twin["turns"].append({**turn, "flag": flag, "mode": resolve_mode(seen)})
+    return twin
+
+
 def user_text(prompt: str, turn: dict[str, Any]) -> str:
     return f"{prompt} {turn['flag']}" if turn["where"] == "user" else prompt
 

@@ -15,8 +15,10 @@
   kept when the `tool_call` reward gives it full marks.
 - Flags (data_builders/flags.py) sit in the user message or in the system message; some thinking
   turns carry none (thinking is the default); multi-turn conversations draw a flag per turn and
-  every assistant turn follows the last flag seen so far. Non-thinking turns have
-  `reasoning_content: ""`, which the template renders as the empty block `<think>\\n\\n</think>\\n\\n`.
+  every assistant turn follows the last flag seen so far. With `flag_twins`, each conversation also
+  comes with every flag turned over, on the same questions: a pair that differs only in its flags.
+  Non-thinking turns have `reasoning_content: ""`, which the template renders as the empty block
+  `<think>\\n\\n</think>\\n\\n`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Literal
 
 from data_builders import agent, direct, filters, general
 from data_builders.cold_start import responder_engine
-from data_builders.flags import REASONING, TOOL_CALL, TOOL_KINDS, TOOL_USE, FlagMix, script, user_text
+from data_builders.flags import REASONING, TOOL_CALL, TOOL_KINDS, TOOL_USE, FlagMix, flipped, script, user_text
 from data_builders.rl_queries import QuerySelection, candidates, eval_asks
 from data_builders.synthetic import generate_mix
 from posttrain.core.chat import MODES, split_think, tools_system_message
@@ -70,6 +72,10 @@ class FusionData(FlagMix):
     # solver's short solution (the non-thinking answer: a summary that restates each step), so that an
     # answer forced early by the thinking budget still walks through the solution
     think_answer: Literal["sampled", "solution"] = "solution"
+    # each conversation with a flag is also trained with every flag turned over (flags.flipped) on the same
+    # questions, each turn answered in its new mode from the same item: minimal pairs in which only the flag
+    # decides the mode, not the topic (up to twice `examples` conversations)
+    flag_twins: bool = field(default=False, metadata={"added": True})
     seed: int = 3  # draws of kinds, modes, flags and turns
 
 
@@ -186,6 +192,8 @@ def build(ctx: StageContext, cfg: FusionData):
     rng = random.Random(cfg.seed)
     plans = script(cfg, cfg.examples, rng)
     need = {k: sum(t["kind"] == k for p in plans for t in p["turns"]) for k in cfg.kinds}
+    if cfg.flag_twins:  # each plan with a flag followed by its twin, which reuses its items
+        plans = [q for p in plans for q in (p, flipped(p)) if q is not None]
     stats: dict[str, Any] = {"conversations": len(plans)}
     pools: dict[tuple[str, str], list[tuple[dict, str | None, str]]] = {}
     asked = eval_asks(ctx)  # eval and ThinkFollow items never reach the mix
@@ -235,16 +243,25 @@ def build(ctx: StageContext, cfg: FusionData):
                                f"(see {ctx.dir / 'fusion_data.json'})")
         rng.shuffle(pool)
     used = {key: 0 for key in pools}
-    out, counts = [], {}
+    by_item = {key: {id(row): (row, reply) for row, reply in pool} for key, pool in pools.items()}
+    out, counts, twinned, rows = [], {}, {"same_item": 0, "other_item": 0}, []
     listed = {kinds: tools_listed(set(kinds)) for kinds in ((), (TOOL_USE,), (TOOL_CALL,), TOOL_KINDS)}
     for plan in plans:  # a conversation with a tool turn lists its tools in the system message
         tools = listed[tuple(k for k in TOOL_KINDS if any(t["kind"] == k for t in plan["turns"]))]
         system = " ".join(filter(None, [tools, plan["system"]]))
         messages = [{"role": "system", "content": system}] if system else []
-        for turn in plan["turns"]:
+        # a twin asks its original's questions (the conversation before it): the same items, in the turns' modes
+        original, rows = (rows if plan.get("twin") else None), []
+        for i, turn in enumerate(plan["turns"]):
             key = (turn["kind"], turn["mode"])
-            row, reply = pools[key][used[key] % len(pools[key])]
-            used[key] += 1
+            item = by_item[key].get(id(original[i])) if original else None
+            if original:
+                twinned["same_item" if item else "other_item"] += 1
+            if item is None:
+                item = pools[key][used[key] % len(pools[key])]
+                used[key] += 1
+            row, reply = item
+            rows.append(row)
             messages += [{"role": "user", "content": user_text(row["prompt"][-1]["content"], turn)}, *reply]
             name = f"{turn['kind']}/{turn['mode']}"
             counts[name] = counts.get(name, 0) + 1
@@ -257,7 +274,9 @@ def build(ctx: StageContext, cfg: FusionData):
         flags={where or "none": sum(t["where"] == where for t in turns) for where in ("user", "system", None)},
         thinking_by_default=sum(t["default"] for t in turns),
         turns_histogram={str(k): sum(len(p["turns"]) == k for p in plans) for k in range(1, cfg.max_turns + 1)},
-        reuse={f"{k}/{m}": round(used[(k, m)] / len(pools[(k, m)]), 2) for k, m in pools if used[(k, m)]})
+        reuse={f"{k}/{m}": round(used[(k, m)] / len(pools[(k, m)]), 2) for k, m in pools if used[(k, m)]},
+        **({"flag_twins": {"conversations": sum(bool(p.get("twin")) for p in plans), **twinned}}
+           if cfg.flag_twins else {}))
     write_json(ctx.dir / "fusion_data.json", stats)
     log.info("fusion data: %d conversations, %d turns, think share %.2f, %s", len(out), len(turns),
              stats["think_share"], stats["per_kind_mode"])

@@ -131,7 +131,8 @@ def _eval(args) -> None:
             results["vs_baseline"] = {"baseline": args.baseline, "suites": compare(baseline, results),
                                       "benchmarks": compare({"suites": baseline.get("benchmarks") or {}},
                                                             {"suites": results.get("benchmarks") or {}}),
-                                      "think_follow": compare_think_follow(baseline, results)}
+                                      "think_follow": compare_think_follow(baseline, results),
+                                      "think_follow_held_out": compare_think_follow(baseline, results, held_out=True)}
         except ValueError as err:  # still write the results: they took minutes to make
             problem = f"--baseline {args.baseline}: {err}"
     text = json.dumps(results, indent=2)
@@ -145,10 +146,10 @@ def _eval(args) -> None:
         for mode, g in modes.items():
             print(f"{suite} {mode}: {100 * g['diff']:+.1f} \u00b1 {100 * g['se']:.1f} points vs {args.baseline} "
                   f"(paired over {g['n_items']} items)", file=sys.stderr)
-    tf = results.get("vs_baseline", {}).get("think_follow")
-    if tf:
-        print(f"ThinkFollow: {100 * tf['diff']:+.1f} \u00b1 {100 * tf['se']:.1f} points vs {args.baseline} "
-              f"(paired over {tf['n_items']} turns)", file=sys.stderr)
+    for key, name in (("think_follow", "ThinkFollow"), ("think_follow_held_out", "ThinkFollow, held-out suite")):
+        if tf := paired.get(key):
+            print(f"{name}: {100 * tf['diff']:+.1f} \u00b1 {100 * tf['se']:.1f} points vs {args.baseline} "
+                  f"(paired over {tf['n_items']} turns)", file=sys.stderr)
 
 
 def _pool(args) -> EnginePool:

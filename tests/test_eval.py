@@ -215,6 +215,17 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
     assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 0
     assert "lin think: +25.0 ± 25.0 points" in capsys.readouterr().err
     assert json.loads(out.read_text())["vs_baseline"]["suites"]["lin"]["think"]["diff"] == pytest.approx(0.25)
+    # both ThinkFollow suites, paired turn by turn
+    def follow(main_turns, held_turns):
+        return {"think_follow": {"per_turn": main_turns, "items_sha": "m",
+                                 "held_out": {"per_turn": held_turns, "items_sha": "h"}}}
+    new.update(follow([1, 1, 1, 1], [1, 1, 0, 1]))
+    (tmp_path / "old.json").write_text(json.dumps({"suites": {"lin": {"think": {"samples": 4, "correct_per_item": [
+        1, 2]}}}, **follow([1, 0, 1, 1], [0, 0, 0, 1])}))
+    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "ThinkFollow: +25.0 ± 25.0 points" in err and "ThinkFollow, held-out suite: +50.0 ± 28.9 points" in err
+    assert json.loads(out.read_text())["vs_baseline"]["think_follow_held_out"]["n_items"] == 4
 
 
 def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny_model, monkeypatch, capsys):

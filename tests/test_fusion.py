@@ -118,6 +118,51 @@ def test_mix_invariants(mix, tiny_model):
     assert any(m[0]["role"] == "system" for m in ds["messages"])
 
 
+def _question(message: dict) -> str:
+    return message["content"].removesuffix(" /think").removesuffix(" /no_think")
+
+
+def test_flag_twins_are_minimal_pairs(tmp_path, tiny_model):
+    """With `flag_twins`, each flagged conversation is followed by its twin: the same questions with every
+    flag turned over, each turn answered in its new mode from the same item; the originals are the mix
+    without twins, and a flag-less conversation (thinking by default) gets none."""
+    def mix(flag_twins):
+        ctx = StageContext(stage_id="fusion", dir=tmp_path / str(flag_twins) / "03_fusion",
+                           input_model=str(tiny_model), run_dir=tmp_path / str(flag_twins))
+        cfg = FusionData(examples=60, think_share=0.5, multi_turn_share=0.5, responder="trace",
+                         families={"arithmetic": 20, "linear": 20}, flag_twins=flag_twins,
+                         kinds={"reasoning": 0.5, "instruction": 0.3, "qa": 0.2})
+        return list(build(ctx, cfg)), json.loads((ctx.dir / "fusion_data.json").read_text())
+    plain, _ = mix(False)
+    twinned, stats = mix(True)
+    originals, i, flipped_turns = [], 0, 0
+    while i < len(twinned):
+        row = twinned[i]
+        originals.append(row)
+        msgs = row["messages"]
+        if not any(m["content"].endswith(("/think", "/no_think")) for m in msgs if m["role"] in ("system", "user")):
+            i += 1  # no flag: thinking by default, no twin
+            continue
+        twin = twinned[i + 1]["messages"]
+        pairs = list(zip(msgs, twin, strict=True))
+        for a, b in pairs:
+            assert a["role"] == b["role"]
+            if a["role"] == "user":
+                assert _question(a) == _question(b) and (a["content"] == b["content"]) == (_question(a) == a["content"])
+            if a["role"] == "system":
+                assert {a["content"], b["content"]} == {"/think", "/no_think"}
+        for k, (a, b) in enumerate(pairs):
+            if a["role"] == "assistant":
+                assert resolve_mode(twin[:k]) == ("think" if b["reasoning_content"] else "no_think")
+                assert a["content"] == b["content"]  # the same item's answer, in its mode's form
+                flipped_turns += bool(a["reasoning_content"]) != bool(b["reasoning_content"])
+        i += 2
+    assert originals == plain and flipped_turns > 20
+    assert stats["conversations"] == len(twinned) == len(plain) + stats["flag_twins"]["conversations"]
+    twin_turns = sum(len(r["modes"]) for r in twinned) - sum(len(r["modes"]) for r in plain)
+    assert stats["flag_twins"]["same_item"] == twin_turns and stats["flag_twins"]["other_item"] == 0
+
+
 @pytest.mark.parametrize("think_answer", ["sampled", "solution"])
 def test_what_follows_the_think_block(tmp_path, tiny_model, think_answer):
     from data_builders import synthetic
