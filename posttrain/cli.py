@@ -16,7 +16,7 @@ from posttrain.core.config import ConfigError, apply_overrides, from_dict, load_
 from posttrain.core.generation import EnginePool, VLLMError
 from posttrain.core.models import prepare_model
 from posttrain.core.rundir import LOCK, find_teacher, run_lock
-from posttrain.core.stats import compare, compare_think_follow
+from posttrain.core.stats import compare, compare_tasks, compare_think_follow
 from posttrain.evaluate import BudgetCurveConfig, EvalConfig, budget_curve, evaluate
 from posttrain.harness import harness_rows
 from posttrain.logs import setup_logging
@@ -132,7 +132,8 @@ def _eval(args) -> None:
                                       "benchmarks": compare({"suites": baseline.get("benchmarks") or {}},
                                                             {"suites": results.get("benchmarks") or {}}),
                                       "think_follow": compare_think_follow(baseline, results),
-                                      "think_follow_held_out": compare_think_follow(baseline, results, held_out=True)}
+                                      "think_follow_held_out": compare_think_follow(baseline, results, held_out=True),
+                                      "tasks": compare_tasks(baseline, results)}
         except ValueError as err:  # still write the results: they took minutes to make
             problem = f"--baseline {args.baseline}: {err}"
     text = json.dumps(results, indent=2)
@@ -150,6 +151,10 @@ def _eval(args) -> None:
         if tf := paired.get(key):
             print(f"{name}: {100 * tf['diff']:+.1f} \u00b1 {100 * tf['se']:.1f} points vs {args.baseline} "
                   f"(paired over {tf['n_items']} turns)", file=sys.stderr)
+    for area, modes in paired.get("tasks", {}).get("areas", {}).items():
+        for mode, g in modes.items():
+            print(f"task kinds, {area} {mode}: reward {g['diff']:+.3f} \u00b1 {g['se']:.3f} vs {args.baseline} "
+                  f"(paired over {g['n_items']} items)", file=sys.stderr)
 
 
 def _pool(args) -> EnginePool:

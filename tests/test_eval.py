@@ -226,6 +226,20 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
     err = capsys.readouterr().err
     assert "ThinkFollow: +25.0 ± 25.0 points" in err and "ThinkFollow, held-out suite: +50.0 ± 28.9 points" in err
     assert json.loads(out.read_text())["vs_baseline"]["think_follow_held_out"]["n_items"] == 4
+    # task kinds, paired item by item per kind and mode, and pooled over an area's kinds
+    def tasks(per_item, sha="a"):
+        return {"tasks": {"kind_shas": {"if_case": sha, "if_json": "b"}, "scores": {
+            kind: {"think": {"area": "instruction", "per_item": items}} for kind, items in per_item.items()}}}
+    new.update(tasks({"if_case": [1.0, 1.0], "if_json": [0.5, 1.0]}))
+    old = json.loads((tmp_path / "old.json").read_text())
+    (tmp_path / "old.json").write_text(json.dumps({**old, **tasks({"if_case": [0.0, 1.0], "if_json": [0.5, 0.0]})}))
+    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 0
+    assert "task kinds, instruction think: reward +0.500 ± 0.289 vs" in capsys.readouterr().err  # (1 + 0 + 0 + 1) / 4
+    paired = json.loads(out.read_text())["vs_baseline"]["tasks"]
+    assert paired["kinds"]["if_case"]["think"] == {"diff": 0.5, "se": pytest.approx(0.5), "n_items": 2}
+    (tmp_path / "old.json").write_text(json.dumps({**old, **tasks({"if_case": [0.0, 1.0]}, sha="z")}))
+    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 2
+    assert "task kind 'if_case': scored on other items" in capsys.readouterr().err
 
 
 def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny_model, monkeypatch, capsys):

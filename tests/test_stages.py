@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_cold_start_builds_filtered_long_cot_data_and_trains(tmp_path, tiny_mode
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
 
 
-def test_reasoning_rl_runs_grpo_and_moves_the_weights(tmp_path, tiny_model):
+def test_reasoning_rl_runs_grpo_and_moves_the_weights(tmp_path, tiny_model, caplog):
     """GRPO on a reward with variance (completion length: a random model scores 0 on every math item,
     so every advantage would be 0 and nothing would train): the rewards are logged per step and
     the saved policy differs from the input model. The wide band keeps every query (selection is
@@ -71,7 +72,9 @@ def test_reasoning_rl_runs_grpo_and_moves_the_weights(tmp_path, tiny_model):
     selection = json.loads((stage.dir / "selection.json").read_text())
     assert selection["candidates"] == 6 and selection["kept"] == 6
     from posttrain.report.collect import scalars
-    logged = scalars(stage.tb_dir)
+    with caplog.at_level(logging.INFO):
+        logged = scalars(stage.tb_dir)
+    assert not [r for r in caplog.records if r.name.startswith("tensorboard")]  # no line per events file read
     assert len(logged["train/reward_std"]) == 2 and all(v > 0 for _, v in logged["train/reward_std"])
     routed = [f"train/routed/{task}/tests.conftest:longer" for task in ("math", "countdown")]
     assert sum(len(logged.get(tag, [])) for tag in routed) == 2  # one prompt per step, routed by its task

@@ -86,3 +86,41 @@ def compare_think_follow(baseline: dict[str, Any], results: dict[str, Any],
         return None
     as_items = [{"correct_per_item": r["per_turn"], "samples": 1, "items_sha": r["items_sha"]} for r in (a, b)]
     return paired_difference(*as_items)
+
+
+def task_item_changes(before: dict | None, after: dict | None) -> list[float] | None:
+    """Per-item reward changes of one task kind and mode (eval.json `tasks.scores[kind][mode]`),
+    over the items both scored; None where either is missing or they were scored on other items."""
+    if not before or not after or len(before.get("per_item", [])) != len(after.get("per_item", [])):
+        return None
+    return [a - b for b, a in zip(before["per_item"], after["per_item"], strict=True) if None not in (a, b)]
+
+
+def compare_tasks(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """The paired reward change of every task kind and mode that both eval JSONs scored (`kinds`), and
+    of each area and mode over its kinds' items (`areas`). Raises ValueError, naming the kind, where
+    the two scored a kind on other items."""
+    before, after = baseline.get("tasks") or {}, results.get("tasks") or {}
+    shas = before.get("kind_shas") or {}, after.get("kind_shas") or {}
+    out: dict[str, Any] = {"kinds": {}, "areas": {}}
+    pooled: dict[tuple[str, str], list[float]] = {}
+    for kind, modes in (after.get("scores") or {}).items():
+        old = (before.get("scores") or {}).get(kind)
+        if not old:
+            continue
+        if kind in shas[0] and kind in shas[1] and shas[0][kind] != shas[1][kind]:
+            raise ValueError(f"task kind {kind!r}: scored on other items (kind_shas differ)")
+        for mode, r in modes.items():
+            diffs = task_item_changes(old.get(mode), r)
+            if diffs is None and old.get(mode):
+                raise ValueError(f"task kind {kind!r} mode {mode!r}: not the same items")
+            if diffs:
+                out["kinds"].setdefault(kind, {})[mode] = _mean_se(diffs)
+                pooled.setdefault((r.get("area") or "other", mode), []).extend(diffs)
+    for (area, mode), diffs in pooled.items():
+        out["areas"].setdefault(area, {})[mode] = _mean_se(diffs)
+    return out
+
+
+def _mean_se(diffs: list[float]) -> dict[str, float]:
+    return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}

@@ -4,6 +4,7 @@ scalars, paired gains, missing parts."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     if not tb_dir.is_dir():
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow to import
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader logs each file's end at INFO
     out: dict[str, list[tuple[int, float]]] = {}
     for events in sorted({f.parent for f in tb_dir.rglob("events.out.tfevents.*")}):
         acc = EventAccumulator(str(events)).Reload()
@@ -114,14 +116,6 @@ def paired_gains(report: dict[str, Any]) -> dict[tuple[str, str, str], dict[str,
             for mode, g in modes.items():
                 out[(s["id"], suite, mode)] = {"ref": ref, **g}
     return out
-
-
-def task_item_changes(before: dict | None, after: dict | None) -> list[float] | None:
-    """Per-item reward changes of one task kind and mode (eval.json `tasks.scores[kind][mode]`),
-    over the items both scored; None where either is missing or they were scored on other items."""
-    if not before or not after or len(before.get("per_item", [])) != len(after.get("per_item", [])):
-        return None
-    return [a - b for b, a in zip(before["per_item"], after["per_item"], strict=True) if None not in (a, b)]
 
 
 def gains(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:

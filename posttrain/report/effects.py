@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.core.stats import standard_error
-from posttrain.report.collect import evaluated, paired_gains, task_item_changes
+from posttrain.core.stats import standard_error, task_item_changes
+from posttrain.report.collect import evaluated, paired_gains
 
 INSTRUCTION_AREA = "instruction"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from posttrain.core.stats import compare, standard_error
-from posttrain.report.collect import eval_rows, gains, task_item_changes
+from posttrain.core.stats import compare, standard_error, task_item_changes
+from posttrain.report.collect import eval_rows, gains
 from posttrain.report.effects import effects
 from posttrain.report.hybrid import hybrid_tax
 
