@@ -155,6 +155,9 @@ def _eval(args) -> None:
         for mode, g in modes.items():
             print(f"task kinds, {area} {mode}: reward {g['diff']:+.3f} \u00b1 {g['se']:.3f} vs {args.baseline} "
                   f"(paired over {g['n_items']} items)", file=sys.stderr)
+    if other := paired.get("tasks", {}).get("other_items"):
+        print(f"task kinds not paired, scored on other items than in {args.baseline}: {', '.join(other)}",
+              file=sys.stderr)
 
 
 def _pool(args) -> EnginePool:

@@ -237,9 +237,14 @@ def test_eval_baseline_errors_name_the_file_and_keep_the_results(tmp_path, monke
     assert "task kinds, instruction think: reward +0.500 ± 0.289 vs" in capsys.readouterr().err  # (1 + 0 + 0 + 1) / 4
     paired = json.loads(out.read_text())["vs_baseline"]["tasks"]
     assert paired["kinds"]["if_case"]["think"] == {"diff": 0.5, "se": pytest.approx(0.5), "n_items": 2}
-    (tmp_path / "old.json").write_text(json.dumps({**old, **tasks({"if_case": [0.0, 1.0]}, sha="z")}))
-    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 2
-    assert "task kind 'if_case': scored on other items" in capsys.readouterr().err
+    # a kind scored on other items (another n or seed) is named, not paired; the rest still pairs
+    (tmp_path / "old.json").write_text(json.dumps({**old, **tasks({"if_case": [0.0, 1.0], "if_json": [0.5, 0.0]},
+                                                                  sha="z")}))
+    assert main(args + ["--baseline", str(tmp_path / "old.json"), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "task kinds, instruction think: reward +0.500 ± 0.500 vs" in err and "lin think: +12.5" in err
+    assert "task kinds not paired, scored on other items than in " + str(tmp_path / "old.json") + ": if_case" in err
+    assert json.loads(out.read_text())["vs_baseline"]["tasks"]["other_items"] == ["if_case"]
 
 
 def test_eval_reuse_pairs_a_stages_results_without_sampling_again(tmp_path, tiny_model, monkeypatch, capsys):

@@ -97,26 +97,26 @@ def task_item_changes(before: dict | None, after: dict | None) -> list[float] | 
 
 
 def compare_tasks(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    """The paired reward change of every task kind and mode that both eval JSONs scored (`kinds`), and
-    of each area and mode over its kinds' items (`areas`). Raises ValueError, naming the kind, where
-    the two scored a kind on other items."""
+    """The paired reward change of every task kind and mode that both eval JSONs scored on the same
+    items (`kinds`), and of each area and mode over those kinds' items (`areas`); a kind both scored
+    on other items (another `n` or seed: its `kind_shas` differ) is listed in `other_items`."""
     before, after = baseline.get("tasks") or {}, results.get("tasks") or {}
     shas = before.get("kind_shas") or {}, after.get("kind_shas") or {}
-    out: dict[str, Any] = {"kinds": {}, "areas": {}}
+    out: dict[str, Any] = {"kinds": {}, "areas": {}, "other_items": []}
     pooled: dict[tuple[str, str], list[float]] = {}
     for kind, modes in (after.get("scores") or {}).items():
         old = (before.get("scores") or {}).get(kind)
         if not old:
             continue
-        if kind in shas[0] and kind in shas[1] and shas[0][kind] != shas[1][kind]:
-            raise ValueError(f"task kind {kind!r}: scored on other items (kind_shas differ)")
-        for mode, r in modes.items():
-            diffs = task_item_changes(old.get(mode), r)
-            if diffs is None and old.get(mode):
-                raise ValueError(f"task kind {kind!r} mode {mode!r}: not the same items")
+        changes = {mode: task_item_changes(old.get(mode), r) for mode, r in modes.items()}
+        sha = {shas[0].get(kind), shas[1].get(kind)} - {None}  # older results have none
+        if len(sha) > 1 or any(old.get(mode) and diffs is None for mode, diffs in changes.items()):
+            out["other_items"].append(kind)
+            continue
+        for mode, diffs in changes.items():
             if diffs:
                 out["kinds"].setdefault(kind, {})[mode] = _mean_se(diffs)
-                pooled.setdefault((r.get("area") or "other", mode), []).extend(diffs)
+                pooled.setdefault((modes[mode].get("area") or "other", mode), []).extend(diffs)
     for (area, mode), diffs in pooled.items():
         out["areas"].setdefault(area, {})[mode] = _mean_se(diffs)
     return out
