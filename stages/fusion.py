@@ -3,9 +3,10 @@
 Continual SFT of the stage-2 model on a mix of thinking and non-thinking data, so one model thinks
 or answers directly on request. Thinking data is rejection-sampled from the stage-2 model itself on
 the stage-1 queries; non-thinking data spans direct answers to the same families, instruction
-following, QA and rewriting (data_builders/fusion.py, flags.py). `/think` and `/no_think` sit in the user or
-the system message, the last one wins over several turns, and a non-thinking answer keeps an empty
-think block, which is trained (it is inside the loss mask), so the model learns to emit it.
+following, QA and rewriting (data_builders/fusion.py, fusion_answers.py, flags.py). `/think` and
+`/no_think` sit in the user or the system message, the last one wins over several turns, and a
+non-thinking answer keeps an empty think block, which is trained (it is inside the loss mask), so
+the model learns to emit it.
 
 The thinking budget needs no training: it emerges from fusion, and the generation engine applies it
 at inference (`posttrain generate --thinking-budget N`).

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 
 from data_builders import direct
 from data_builders.flags import script
-from data_builders.fusion import FusionData, build, reasoning_queries
+from data_builders.fusion import FusionData, build
+from data_builders.fusion_answers import reasoning_queries
 from posttrain.core.chat import EMPTY_THINK, resolve_mode
 from posttrain.core.context import StageContext
 from rewards.instruction import meets, parse_constraints

@@ -56,8 +56,7 @@ def paired_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str
             or len(shas) > 1:
         raise ValueError(f"not the same items: {len(a)} x {before.get('samples')} samples vs "
                          f"{len(b)} x {after.get('samples')} samples (or a different items_sha)")
-    diffs = [(y - x) / after["samples"] for x, y in zip(a, b, strict=True)]
-    return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}
+    return mean_se([(y - x) / after["samples"] for x, y in zip(a, b, strict=True)])
 
 
 def compare(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
@@ -115,12 +114,13 @@ def compare_tasks(baseline: dict[str, Any], results: dict[str, Any]) -> dict[str
             continue
         for mode, diffs in changes.items():
             if diffs:
-                out["kinds"].setdefault(kind, {})[mode] = _mean_se(diffs)
+                out["kinds"].setdefault(kind, {})[mode] = mean_se(diffs)
                 pooled.setdefault((modes[mode].get("area") or "other", mode), []).extend(diffs)
     for (area, mode), diffs in pooled.items():
-        out["areas"].setdefault(area, {})[mode] = _mean_se(diffs)
+        out["areas"].setdefault(area, {})[mode] = mean_se(diffs)
     return out
 
 
-def _mean_se(diffs: list[float]) -> dict[str, float]:
+def mean_se(diffs: list[float]) -> dict[str, float]:
+    """The mean of per-item differences, its standard error and the item count."""
     return {"diff": sum(diffs) / len(diffs), "se": standard_error(diffs), "n_items": len(diffs)}

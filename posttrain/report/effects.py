@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.core.stats import standard_error, task_item_changes
+from posttrain.core.stats import mean_se, task_item_changes
 from posttrain.report.collect import evaluated, paired_gains
 
 INSTRUCTION_AREA = "instruction"
@@ -108,9 +108,9 @@ def _tasks(s: dict, evals: dict, ref: str | None) -> str:
     kinds = f"{count} kind{'s' if count > 1 else ''}"
     if diffs is None:
         return f"instruction kinds' reward {mean_after:.3f} ({kinds})"
-    mean_diff = sum(diffs) / len(diffs)
-    return (f"instruction kinds' reward {mean_after - mean_diff:.3f} -> {mean_after:.3f} "
-            f"({mean_diff:+.3f} ± {standard_error(diffs):.3f}, {kinds}) vs {ref}")
+    d = mean_se(diffs)
+    return (f"instruction kinds' reward {mean_after - d['diff']:.3f} -> {mean_after:.3f} "
+            f"({d['diff']:+.3f} ± {d['se']:.3f}, {kinds}) vs {ref}")
 
 
 def _item_diffs(before: dict, after: dict, rows: list[tuple[str, str]]) -> list[float] | None:

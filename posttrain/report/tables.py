@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from posttrain.core.stats import compare, standard_error, task_item_changes
+from posttrain.core.stats import compare, mean_se, task_item_changes
 from posttrain.report.collect import eval_rows, gains
 from posttrain.report.effects import effects
 from posttrain.report.hybrid import hybrid_tax
@@ -174,7 +174,7 @@ def _task_table(report: dict[str, Any]) -> list[str]:
 def _paired_task_change(before: dict | None, after: dict | None) -> str:
     """Mean per-item reward change over the items both scored, with its standard error."""
     diffs = task_item_changes(before, after)
-    return f"{sum(diffs) / len(diffs):+.3f} ± {standard_error(diffs):.3f}" if diffs else ""
+    return "{diff:+.3f} ± {se:.3f}".format(**mean_se(diffs)) if diffs else ""
 
 
 def _budget_table(curve: dict[str, Any] | None) -> list[str]:
