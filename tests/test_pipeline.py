@@ -185,6 +185,11 @@ def test_demo_covers_all_five_stages_with_the_kinds_it_names():
         {p.spec.stage for p in planned}
     kinds = load_tasks(REPO / "pipelines" / "tasks_demo.yaml")
     assert "tool_call_format" not in kinds and "shop_agent" not in kinds and "preference" in kinds
+    # stage 4 trains on some of the kinds the eval scores (the others stay scored), and on preference
+    general = next(p for p in planned if p.spec.stage == "general_rl").config
+    trained = load_tasks(general.tasks)
+    assert cfg.eval["tasks"]["spec"] == "pipelines/tasks_demo.yaml"
+    assert "preference" in trained and set(trained) < set(kinds) and "think_follow" not in trained
     # its student has at most half the teacher's parameters (heads and MLP pruned)
     small, full, opts = _student_size(cfg.model, next(p for p in planned if p.spec.stage == "distill").config.student)
     assert "heads" in opts and small <= full / 2, (small, full)
