@@ -435,3 +435,61 @@ def test_general_rl_prompts_leave_out_the_think_follow_suite(tmp_path):
              if m["role"] == "user"}
     assert len(users) > 400 and not users & asked
     assert json.loads((stage.ctx.dir / "general_rl_data.json").read_text())["dropped_as_eval"] > 0
+
+
+def test_learnable_only_keeps_the_prompts_whose_rollouts_score_differently(tmp_path):
+    """Stage 4's mix with `learnable_only`: each prompt is sampled num_generations times from the input
+    model as GRPO samples it (agent prompts as episodes), and a prompt whose rollouts all score alike
+    (always right, always wrong) is dropped, with per-kind counts written next to the data."""
+    from dataclasses import replace
+
+    from posttrain import pipeline
+    from stages.general_rl import build
+    from tests.conftest import OneEngine
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text("""tasks:
+  easy: {area: instruction, source: instruction, rewards: [instruction]}
+  mixed: {area: instruction, source: instruction, rewards: [instruction], params: {count: 2}}
+  shop: {area: agent, source: shop, environment: shop, rewards: [tool_use]}
+""")
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: p\noutput_dir: {tmp_path / 'run'}\nstages:\n  - stage: general_rl\n    config:\n"
+                    f"      tasks: {tasks}\n      examples: 30\n      held_out: 2\n      num_generations: 3\n"
+                    "      max_completion_length: 24\n      temperature: 0.9\n      learnable_only: true\n")
+    _, planned = pipeline.load(path)
+    ctx, cfg = planned[0].ctx, planned[0].config
+    kinds = load_tasks(tasks)
+    rows = {r["prompt"][-1]["content"]: r for name, kind in kinds.items() for r in items(name, kind, 30, ctx.seed)}
+    seen, settings = Counter(), []
+
+    class Engine:
+        """Always right on `easy`, right on every other sample of `mixed`, never calls a shop tool."""
+        def generate(self, prompts, n=1, mode=None, **kw):
+            assert mode is None and n == 1
+            settings.append(kw)
+            outs = []
+            for p in prompts:
+                row = rows[p[-1]["content"]]
+                seen[p[-1]["content"]] += 1
+                right = row["task"] == "easy" or (row["task"] == "mixed" and seen[p[-1]["content"]] % 2)
+                outs.append([Completion(solver_text(row) if right else "<think>\nhm\n</think>\n\nNo idea.", [1])])
+            return outs
+
+    ctx = replace(ctx, engines=OneEngine(Engine()))
+    kept = build(ctx, cfg)
+    built = json.loads((ctx.dir / "general_rl_data.json").read_text())
+    picked = built["selection"]
+    assert set(kept["task"]) == {"mixed"} and len(kept) == picked["mixed"]["candidates"] == picked["mixed"]["kept"] > 0
+    assert picked["easy"]["kept"] == picked["shop"]["kept"] == 0 and picked["easy"]["candidates"] > 0
+    assert picked["easy"]["mean_reward"] == 1.0 and picked["shop"]["mean_reward"] == 0.0
+    assert built["dropped_as_unlearnable"] == picked["easy"]["candidates"] + picked["shop"]["candidates"]
+    assert set(seen.values()) == {3}  # every prompt sampled num_generations times, shop ones as episodes
+    assert all(s["temperature"] == 0.9 and s["max_new_tokens"] == 24 for s in settings)
+
+    class Solver(Engine):
+        def generate(self, prompts, n=1, mode=None, **kw):
+            return [[Completion(solver_text(rows[p[-1]["content"]]), [1])] for p in prompts]
+    easy = tmp_path / "easy.yaml"
+    easy.write_text("tasks:\n  easy: {area: instruction, source: instruction, rewards: [instruction]}\n")
+    with pytest.raises(ValueError, match="no prompt among .* scores? differently"):
+        build(replace(ctx, engines=OneEngine(Solver())), replace(cfg, tasks=str(easy)))
