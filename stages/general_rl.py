@@ -9,10 +9,11 @@ preference reward model; the `routed` reward sends every sample to its kind's re
 the mean reward per kind (`routed/<kind>/<reward>` in TensorBoard). The mode is set per prompt by
 its flag. Held-out items of every kind are kept out of training for the evaluation.
 
-`learnable_only` applies stage 2's learnability rule (§4.2) to the mix: each prompt's group is
-sampled once from the input model as GRPO samples it, and a prompt whose rollouts all score the same
-is dropped, since its group advantage is zero. That removes the kinds and prompts the stage-3 model
-already saturates (or cannot yet do at all), which otherwise take batch slots and teach nothing.
+`drop_prompts` applies stage 2's learnability rule (§4.2) to the mix: each prompt's group is sampled
+once from the input model as GRPO samples it, and a prompt is dropped when every rollout scores in full
+(`saturated`), or when all its rollouts score alike (`uniform`, the zero-advantage groups, unsolved ones
+too). Off by default: measured on the demo, a single group of 4 is too small a sample to judge a prompt
+by (README, "The demo").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import rewards
 from data_builders.agent import ENVIRONMENTS
@@ -45,8 +47,9 @@ class Config(GRPOOptions):
     held_out: int = 16  # per kind and mode: the evaluation's items, never trained on
     num_generations: int = 4
     max_completion_length: int = 192
-    # drop prompts whose num_generations rollouts from the input model all score the same (module doc)
-    learnable_only: bool = field(default=False, metadata={"added": True})
+    # drop training prompts by one group of num_generations rollouts from the input model (module doc):
+    # those it solves in full every time (saturated) or those whose rollouts all score alike (uniform)
+    drop_prompts: Literal["none", "saturated", "uniform"] = field(default="none", metadata={"added": True})
     train: TrainOptions = field(default_factory=lambda: TrainOptions(max_steps=50, learning_rate=1e-6))
 
     def __post_init__(self):
@@ -63,13 +66,13 @@ def build(ctx: StageContext, cfg: Config):
     rows = [r for r in mix if not any(asked(m["content"]) for m in r["prompt"] if m["role"] == "user")]
     unasked = len(rows)
     selection = {}
-    if cfg.learnable_only:
-        rows, selection = select_learnable(ctx, cfg, kinds, rows)
+    if cfg.drop_prompts != "none":
+        rows, selection = select_prompts(ctx, cfg, kinds, rows)
     per_kind = Counter(r["task"] for r in rows)
     write_json(ctx.dir / "general_rl_data.json", {
         "examples": len(rows), "dropped_as_held_out": cfg.examples - len(mix),
         "dropped_as_eval": len(mix) - unasked,  # the pipeline's eval and ThinkFollow items
-        **({"dropped_as_unlearnable": unasked - len(rows), "selection": selection} if cfg.learnable_only else {}),
+        **({f"dropped_as_{cfg.drop_prompts}": unasked - len(rows), "selection": selection} if selection else {}),
         "per_kind": dict(sorted(per_kind.items())),
         "areas": dict(Counter(kinds[r["task"]].area for r in rows)),
         "think_share": sum(r["mode"] == "think" for r in rows) / max(len(rows), 1),
@@ -77,14 +80,15 @@ def build(ctx: StageContext, cfg: Config):
     return Dataset.from_list(rows)
 
 
-def select_learnable(ctx: StageContext, cfg: Config, kinds: dict, rows: list[dict]) -> tuple[list[dict], dict]:
-    """The rows whose group of `num_generations` rollouts from the input model (GRPO's sampling
-    settings) does not score all alike, and per kind: candidates, kept, their mean reward."""
+def select_prompts(ctx: StageContext, cfg: Config, kinds: dict, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The rows that a group of `num_generations` rollouts from the input model (GRPO's sampling
+    settings) does not mark as `cfg.drop_prompts`, and per kind: candidates, kept, their mean reward."""
     reward = rewards.get("routed", table=routing_table(kinds, ctx.resolve, engines=ctx.engines))
     got = rollout_rewards(ctx.engines.get(ctx.input_model, batch_size=32), kinds, rows, reward, cfg.num_generations,
                           seed=ctx.seed, max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                           top_p=cfg.top_p, top_k=cfg.top_k)
-    keep = [len({s for s in scores if s is not None}) > 1 for scores in got]
+    valid = [[s for s in scores if s is not None] for scores in got]
+    keep = [len(set(v)) > 1 if cfg.drop_prompts == "uniform" else not v or min(v) < 1.0 for v in valid]
     stats: dict[str, dict] = {}
     for row, scores, kept in zip(rows, got, keep, strict=True):
         d = stats.setdefault(row["task"], {"candidates": 0, "kept": 0, "rewards": []})
@@ -97,8 +101,8 @@ def select_learnable(ctx: StageContext, cfg: Config, kinds: dict, rows: list[dic
         log.info("%s: %s kept %d/%d prompts (mean reward %s)", ctx.stage_id, name, d["kept"], d["candidates"],
                  d["mean_reward"])
     if not any(keep):  # before anything is saved: a rerun samples again
-        raise ValueError(f"{ctx.stage_id}: no prompt among {len(rows)} has rollouts that score differently; "
-                         "set learnable_only: false or add kinds the input model has not saturated")
+        raise ValueError(f"{ctx.stage_id}: drop_prompts: {cfg.drop_prompts} leaves none of {len(rows)} prompts; "
+                         "set drop_prompts: none or add kinds the input model has not saturated")
     return [r for r, k in zip(rows, keep, strict=True) if k], dict(sorted(stats.items()))
 
 

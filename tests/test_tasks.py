@@ -437,10 +437,11 @@ def test_general_rl_prompts_leave_out_the_think_follow_suite(tmp_path):
     assert json.loads((stage.ctx.dir / "general_rl_data.json").read_text())["dropped_as_eval"] > 0
 
 
-def test_learnable_only_keeps_the_prompts_whose_rollouts_score_differently(tmp_path):
-    """Stage 4's mix with `learnable_only`: each prompt is sampled num_generations times from the input
-    model as GRPO samples it (agent prompts as episodes), and a prompt whose rollouts all score alike
-    (always right, always wrong) is dropped, with per-kind counts written next to the data."""
+def test_drop_prompts_by_a_group_of_rollouts_from_the_input_model(tmp_path):
+    """Stage 4's mix with `drop_prompts`: each prompt is sampled num_generations times from the input
+    model as GRPO samples it (agent prompts as episodes); `saturated` drops the prompts solved in full
+    every time, `uniform` also those never solved (every group that scores alike), with per-kind counts
+    written next to the data."""
     from dataclasses import replace
 
     from posttrain import pipeline
@@ -455,7 +456,7 @@ def test_learnable_only_keeps_the_prompts_whose_rollouts_score_differently(tmp_p
     path = tmp_path / "p.yaml"
     path.write_text(f"name: p\noutput_dir: {tmp_path / 'run'}\nstages:\n  - stage: general_rl\n    config:\n"
                     f"      tasks: {tasks}\n      examples: 30\n      held_out: 2\n      num_generations: 3\n"
-                    "      max_completion_length: 24\n      temperature: 0.9\n      learnable_only: true\n")
+                    "      max_completion_length: 24\n      temperature: 0.9\n      drop_prompts: uniform\n")
     _, planned = pipeline.load(path)
     ctx, cfg = planned[0].ctx, planned[0].config
     kinds = load_tasks(tasks)
@@ -482,14 +483,19 @@ def test_learnable_only_keeps_the_prompts_whose_rollouts_score_differently(tmp_p
     assert set(kept["task"]) == {"mixed"} and len(kept) == picked["mixed"]["candidates"] == picked["mixed"]["kept"] > 0
     assert picked["easy"]["kept"] == picked["shop"]["kept"] == 0 and picked["easy"]["candidates"] > 0
     assert picked["easy"]["mean_reward"] == 1.0 and picked["shop"]["mean_reward"] == 0.0
-    assert built["dropped_as_unlearnable"] == picked["easy"]["candidates"] + picked["shop"]["candidates"]
+    assert built["dropped_as_uniform"] == picked["easy"]["candidates"] + picked["shop"]["candidates"]
     assert set(seen.values()) == {3}  # every prompt sampled num_generations times, shop ones as episodes
     assert all(s["temperature"] == 0.9 and s["max_new_tokens"] == 24 for s in settings)
+
+    kept = build(ctx, replace(cfg, drop_prompts="saturated"))  # the never-solved shop prompts stay
+    assert Counter(kept["task"]) == {"mixed": picked["mixed"]["candidates"], "shop": picked["shop"]["candidates"]}
+    dropped = json.loads((ctx.dir / "general_rl_data.json").read_text())["dropped_as_saturated"]
+    assert dropped == picked["easy"]["candidates"]
 
     class Solver(Engine):
         def generate(self, prompts, n=1, mode=None, **kw):
             return [[Completion(solver_text(rows[p[-1]["content"]]), [1])] for p in prompts]
     easy = tmp_path / "easy.yaml"
     easy.write_text("tasks:\n  easy: {area: instruction, source: instruction, rewards: [instruction]}\n")
-    with pytest.raises(ValueError, match="no prompt among .* scores? differently"):
-        build(replace(ctx, engines=OneEngine(Solver())), replace(cfg, tasks=str(easy)))
+    with pytest.raises(ValueError, match="drop_prompts: saturated leaves none of"):
+        build(replace(ctx, engines=OneEngine(Solver())), replace(cfg, tasks=str(easy), drop_prompts="saturated"))
