@@ -233,32 +233,6 @@ def evaluate_tasks(engine, kinds: dict[str, TaskKind], n: int = 16, seed: int = 
     return out
 
 
-def rollout_rewards(engine, kinds: dict[str, TaskKind], rows: list[dict[str, Any]], reward, k: int,
-                    seed: int = 0, **sampling: Any) -> list[list[float | None]]:
-    """`k` completions of each training row sampled as GRPO samples them (one `sampling` setting for
-    every row; agent rows as episodes whose tool calls run), each scored by `reward` (the routed
-    reward over `kinds`): per row, its k rewards."""
-    reps = [r for r in rows for _ in range(k)]
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(reps):
-        groups.setdefault(kinds[r["task"]].environment or "", []).append(i)
-    scores: list[float | None] = [None] * len(reps)
-    for environment, idx in groups.items():
-        part = [reps[i] for i in idx]
-        if environment:
-            texts, _, envs = _episodes(engine, environment, part, dict(mode=None, seed=seed, **sampling))
-        else:
-            outs = engine.generate([r["prompt"] for r in part], n=1, progress=True, mode=None, seed=seed, **sampling)
-            texts, envs = [o[0].text for o in outs], None
-        table = uniform(part)
-        columns = {key: [r[key] for r in table] for key in table[0]}
-        if envs is not None:
-            columns["environments"] = envs
-        for i, s in zip(idx, reward(texts, **columns), strict=True):
-            scores[i] = None if s is None else float(s)
-    return [scores[i * k:(i + 1) * k] for i in range(len(rows))]
-
-
 def _generate_all(engine, kinds: dict[str, TaskKind], jobs: list, max_new_tokens: int, seed: int) -> list:
     """(texts, token counts, environments or None) for each job, one sample per item at its mode's
     sampling settings. The items of every kind without tools that sample alike go to the engine as
