@@ -29,9 +29,12 @@ class FlagMix:
     system_flag_share: float = 0.3  # conversations whose first flag sits in the system message
     multi_turn_share: float = 0.5  # conversations of 2..max_turns turns
     max_turns: int = 3
+    # multi-turn conversations of max_turns turns whose first turn (and the second, in half of them)
+    # carries a flag and no later turn does: the mode is set one or two turns back and must carry over
+    carry_share: float = field(default=0.0, metadata={"added": True})
 
     def __post_init__(self):
-        for name in ("think_share", "no_flag_share", "system_flag_share", "multi_turn_share"):
+        for name in ("think_share", "no_flag_share", "system_flag_share", "multi_turn_share", "carry_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         unknown = set(self.kinds) - {REASONING, *TOOL_KINDS, *direct.KINDS}
@@ -47,20 +50,26 @@ def script(cfg: FlagMix, n: int, rng: random.Random) -> list[dict[str, Any]]:
 
     A turn's mode is the last flag seen so far (`resolve_mode`, as the model must learn it): a later
     flag overrides an earlier one, a turn without a flag keeps the mode in force, and with no flag
-    at all the mode is thinking (the default). `where` is "user", "system" or None (no flag)."""
+    at all the mode is thinking (the default). `where` is "user", "system" or None (no flag). A carry
+    conversation (`carry_share` of the multi-turn ones) has flags on its opening turn or two only."""
     kinds, weights = zip(*cfg.kinds.items(), strict=True)
     plans = []
     for _ in range(n):
         multi = cfg.max_turns > 1 and rng.random() < cfg.multi_turn_share
+        # no extra draw without carry_share, so mixes made before it are drawn the same
+        carry = multi and cfg.carry_share > 0 and rng.random() < cfg.carry_share
+        flagged = (1 + (cfg.max_turns > 2 and rng.random() < 0.5)) if carry else cfg.max_turns
         seen: list[dict[str, str]] = []  # the flags so far, as messages, for resolve_mode
         plan: dict[str, Any] = {"system": None, "turns": []}
-        for t in range(rng.randint(2, cfg.max_turns) if multi else 1):
+        for t in range(cfg.max_turns if carry else rng.randint(2, cfg.max_turns) if multi else 1):
             want = "think" if rng.random() < cfg.think_share else "no_think"
             flag = THINK_FLAG if want == "think" else NO_THINK_FLAG
-            if t == 0 and rng.random() < cfg.system_flag_share:
+            if t >= flagged:  # a carry conversation's later turns: the mode set earlier holds
+                where, flag = None, None
+            elif t == 0 and rng.random() < cfg.system_flag_share:
                 where, plan["system"] = "system", flag
                 seen.append({"role": "system", "content": flag})
-            elif want == resolve_mode(seen) and rng.random() < cfg.no_flag_share:
+            elif not carry and want == resolve_mode(seen) and rng.random() < cfg.no_flag_share:
                 where, flag = None, None
             else:
                 where = "user"

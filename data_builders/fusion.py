@@ -105,6 +105,9 @@ def build(ctx: StageContext, cfg: FusionData):
         per_kind_mode=dict(sorted(counts.items())),
         flags={where or "none": sum(t["where"] == where for t in turns) for where in ("user", "system", None)},
         thinking_by_default=sum(t["default"] for t in turns),
+        # turns without a flag whose mode an earlier flag set (carry-over), per mode
+        carried_over={m: sum(t["where"] is None and not t["default"] and t["mode"] == m for t in turns)
+                      for m in ("think", "no_think")},
         turns_histogram={str(k): sum(len(p["turns"]) == k for p in plans) for k in range(1, cfg.max_turns + 1)},
         reuse={f"{k}/{m}": round(used[(k, m)] / len(pools[(k, m)]), 2) for k, m in pools if used[(k, m)]},
         **({"flag_twins": {"conversations": sum(bool(p.get("twin")) for p in plans), **twinned}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 from transformers import AutoTokenizer
@@ -46,6 +47,28 @@ def test_script_last_flag_wins_and_shares():
     # a later user flag overrides an earlier one (system or user)
     assert any(p["system"] == "/no_think" and any(t["mode"] == "think" for t in p["turns"][1:]) for p in plans)
     assert any(p["turns"][0]["mode"] != p["turns"][1]["mode"] for p in plans if len(p["turns"]) > 1)
+
+
+def test_script_carry_share_sets_the_mode_turns_back():
+    # without carry_share the draws are those of mixes made before it (recipe_vllm.yaml's stage 3 in r30)
+    plans = script(FusionData(no_flag_share=0.5), 800, random.Random(3))
+    turns = [t for p in plans for t in p["turns"]]
+    assert Counter(t["where"] for t in turns) == {"user": 825, "system": 254, None: 321}
+    cfg = FusionData(multi_turn_share=1.0, carry_share=1.0, max_turns=3)
+    plans = script(cfg, 400, random.Random(1))
+    assert all(len(p["turns"]) == 3 for p in plans)
+    distance = Counter()
+    for plan in plans:
+        first, second, third = plan["turns"]
+        assert first["where"] in ("user", "system") and third["where"] is None
+        for i, turn in enumerate(plan["turns"]):
+            assert turn["mode"] == resolve_mode(flags_so_far(plan, i)) and not turn["default"]
+        distance[(third["mode"], 1 if second["where"] else 2)] += 1
+    # the last turn's mode comes from one or two turns back, in both modes, about evenly
+    assert set(distance) == {(m, d) for m in ("think", "no_think") for d in (1, 2)}
+    assert min(distance.values()) > 60
+    with pytest.raises(ValueError, match="carry_share"):
+        FusionData(carry_share=1.5)
 
 
 def test_direct_kinds_meet_their_own_constraints():
