@@ -207,8 +207,9 @@ stages:
     assert json.loads((stage.dir / "COMPLETE").read_text())["metrics"]["global_step"] == 2
     built = json.loads((stage.dir / "general_rl_data.json").read_text())
     assert set(built["per_kind"]) == {"echo", "rag_faithfulness", "think_follow", "liked", "shop"}
+    # the base model's eval came before its reward model existed: the kind is scored at the run's end
     before = json.loads((run_dir / "base_eval.json").read_text())["tasks"]
-    assert "liked" in before["skipped"] and "liked" not in before["scores"]  # its reward model came later
+    assert not before["skipped"] and set(before["scores"]["liked"]) == {"think", "no_think"}
     after = json.loads((stage.dir / "eval.json").read_text())["tasks"]["scores"]
     assert set(after) == {"echo", "rag_faithfulness", "think_follow", "liked", "shop"}
     assert set(after["echo"]) == {"think", "no_think"} and set(after["think_follow"]) == {"flagged"}
@@ -221,6 +222,8 @@ stages:
     assert "## Task kinds" in report and "| echo | instruction | no_think |" in report
     assert "Agreement of model-based rewards" in report and "Reward model held-out pair accuracy" in report
     assert "general_rl - base (paired ± s.e.)" in report
+    liked = [line for line in report.splitlines() if line.startswith("| liked | preference | think |")]
+    assert len(liked) == 1 and liked[0].count("±") == 3, liked  # both models' scores and the paired change
 
 
 def test_preference_pairs_are_checked_by_the_kinds_rules():

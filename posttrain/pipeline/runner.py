@@ -1,6 +1,7 @@
 """Pipelines, run: the planned stages in order, each finished stage skipped (its marker is written
 last), an interrupted one resumed from its last checkpoint, `--from STAGE` moving that stage and the
-later ones aside first; the evaluations after the stages, the curves, and the report at the end.
+later ones aside first; the evaluations after the stages (a task kind whose judge or reward model a
+later stage makes is scored at the end), the curves, and the report at the end.
 The run owns its engines (the pool in the stages' context) and closes them when it ends.
 """
 
@@ -86,6 +87,12 @@ def _run(cfg: PipelineConfig, planned: list[PlannedStage], from_stage: str | Non
             evaluator(str(p.ctx.model_dir), p.ctx.dir / "eval.json", p.ctx.stage_id)
         if cfg.eval and p.ctx.curve_points:
             _curve(cfg, p, engines)
+    if evaluator:  # task kinds skipped for a judge or reward model that a later stage made: scored now
+        for model, path, label in [(cfg.model, run_dir / "base_eval.json", "base"),
+                                   *((str(p.ctx.model_dir), p.ctx.dir / "eval.json", p.ctx.stage_id)
+                                     for p in planned if p.spec.eval)]:
+            if ((read_json(path) or {}).get("tasks") or {}).get("skipped"):
+                evaluator(model, path, label)
     if cfg.budget_curve is not None:
         _budget_curve(cfg, planned, run_dir, engines)
     write_report(run_dir, cfg, planned)
