@@ -58,11 +58,14 @@ def instruction(rng: random.Random, families: list[str] | None = None, count: in
     raise ValueError(f"instruction: no satisfiable draw of {count} constraints from {families}")
 
 
-def flag_dialogue(rng: random.Random, max_turns: int = 3, kinds: dict[str, float] | None = None) -> dict[str, Any]:
+def flag_dialogue(rng: random.Random, max_turns: int = 3, kinds: dict[str, float] | None = None,
+                  carry_share: float = 0.0) -> dict[str, Any]:
     """A conversation whose earlier turns are answered (thinking turns keep only their answer, as
-    the template keeps history) and whose last user turn awaits a reply in the mode of the last flag."""
+    the template keeps history) and whose last user turn awaits a reply in the mode of the last flag.
+    `carry_share` of the multi-turn ones flag only their opening turn or two (`flags.FlagMix`), so the
+    reply's mode was set one or two turns back."""
     mix = flags.FlagMix(kinds=kinds or {"instruction": 1, "qa": 1, "rewrite": 1}, max_turns=max_turns,
-                        multi_turn_share=0.7, system_flag_share=0.3, no_flag_share=0.3)
+                        multi_turn_share=0.7, system_flag_share=0.3, no_flag_share=0.3, carry_share=carry_share)
     plan = flags.script(mix, 1, rng)[0]
     messages = [{"role": "system", "content": plan["system"]}] if plan["system"] else []
     for i, turn in enumerate(plan["turns"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,23 @@ def test_flag_dialogue_turns_follow_the_last_flag():
     ok = score(kinds, rows, [solver_text(r) for r in rows])
     flipped = score(kinds, rows, [solver_text({**r, "mode": "think" if r["mode"] == "no_think" else "no_think"})
                                   for r in rows])
+    assert ok == [1.0] * len(rows) and all(s < 1.0 for s in flipped)
+
+
+def test_flag_dialogue_carry_share_sets_the_mode_turns_back():
+    kind = load_tasks(TASKS)["think_follow"]
+    plain = items("think_follow", kind, 40, seed=5)
+    assert plain == items("think_follow", replace(kind, params={"carry_share": 0.0}), 40, seed=5)  # same draws
+    carry = replace(kind, params={"carry_share": 1.0})
+    rows = items("think_follow", carry, 60, seed=5)
+    multi = [r for r in rows if sum(m["role"] == "user" for m in r["prompt"]) > 1]
+    assert len(multi) > 25 and all(sum(m["role"] == "user" for m in r["prompt"]) == 3 for r in multi)
+    assert {r["mode"] for r in multi} == {"think", "no_think"}
+    for r in multi:  # the last turn carries no flag: the mode is the one set on an earlier turn
+        assert last_flag(r["prompt"][-1:]) is None and r["mode"] == (last_flag(r["prompt"]) or "think")
+    ok = score({"think_follow": carry}, rows, [solver_text(r) for r in rows])
+    flipped = score({"think_follow": carry}, rows, [
+        solver_text({**r, "mode": "think" if r["mode"] == "no_think" else "no_think"}) for r in rows])
     assert ok == [1.0] * len(rows) and all(s < 1.0 for s in flipped)
 
 
