@@ -30,6 +30,12 @@ def score(kinds, rows, texts):
     return reward(texts, **{k: [r[k] for r in rows] for k in rows[0]})
 
 
+def mode_scores(kinds, rows):
+    """The scores of the solver's answers in the asked mode, and in the other mode."""
+    other = [{**r, "mode": "think" if r["mode"] == "no_think" else "no_think"} for r in rows]
+    return score(kinds, rows, [solver_text(r) for r in rows]), score(kinds, rows, [solver_text(r) for r in other])
+
+
 def test_builtin_kinds_cover_the_areas_and_their_solvers_score_full_marks():
     kinds = load_tasks(TASKS)
     assert len(kinds) >= 12
@@ -74,9 +80,7 @@ def test_flag_dialogue_turns_follow_the_last_flag():
     for r in rows:
         assert r["mode"] == (last_flag(r["prompt"]) or "think")
         assert r["prompt"][-1]["role"] == "user"
-    ok = score(kinds, rows, [solver_text(r) for r in rows])
-    flipped = score(kinds, rows, [solver_text({**r, "mode": "think" if r["mode"] == "no_think" else "no_think"})
-                                  for r in rows])
+    ok, flipped = mode_scores(kinds, rows)
     assert ok == [1.0] * len(rows) and all(s < 1.0 for s in flipped)
 
 
@@ -91,9 +95,7 @@ def test_flag_dialogue_carry_share_sets_the_mode_turns_back():
     assert {r["mode"] for r in multi} == {"think", "no_think"}
     for r in multi:  # the last turn carries no flag: the mode is the one set on an earlier turn
         assert last_flag(r["prompt"][-1:]) is None and r["mode"] == (last_flag(r["prompt"]) or "think")
-    ok = score({"think_follow": carry}, rows, [solver_text(r) for r in rows])
-    flipped = score({"think_follow": carry}, rows, [
-        solver_text({**r, "mode": "think" if r["mode"] == "no_think" else "no_think"}) for r in rows])
+    ok, flipped = mode_scores({"think_follow": carry}, rows)
     assert ok == [1.0] * len(rows) and all(s < 1.0 for s in flipped)
 
 
